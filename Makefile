@@ -1,0 +1,44 @@
+# Two commands set up everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= data
+ARGS   ?=
+
+.PHONY: run test test-fast data install install-dev lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# Fashion-MNIST offline: Debian's dataset-fashion-mnist, unpacked into $(DATA)/FashionMNIST/raw.
+# Without it (and not root with apt), torchvision downloads the files on first use (needs internet).
+data: $(VENV)/.installed
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)); \
+	fi
+	$(PY) -m pfedla.data.fetch --root $(DATA)
+
+run: data
+	$(PY) -m pfedla.run $(ARGS)
+
+test: install-dev data
+	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) -m pytest -q
+
+test-fast: install-dev
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install-dev
+	$(VENV)/bin/ruff check pfedla tests benchmarks
+
+clean:
+	rm -rf outputs multirun wandb lightning_logs .pytest_cache

@@ -1,0 +1,64 @@
+"""The seam every federated algorithm plugs into (DESIGN.md, "The algorithm interface").
+
+An algorithm is an ``nn.Module`` owning all server-side state, so a Lightning checkpoint holds it.
+One round, driven by ``pfedla.server.FederatedModule``::
+
+    begin_round(sampled)                        # round-level set-up (batched over the sampled clients)
+    for i in sampled:
+        sent = model_for(i)                     # what the server sends client i
+        trained = <client i trains from sent>
+        receive(i, sent, trained, num_samples)  # what the server does with client i's result
+    end_round()                                 # round-level work (averaging, hypernetwork steps)
+
+All sends in a round use the start-of-round state (clients train in parallel); state changes
+are applied in ``end_round``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pfedla.algorithms.stacked import ClientModel, StackedTensors
+
+
+class Algorithm(nn.Module):
+    def __init__(self, model: nn.Module, num_clients: int):
+        super().__init__()
+        self.num_clients = num_clients
+        self.param_names = [n for n, _ in model.named_parameters()]
+        self.buffer_names = [n for n, _ in model.named_buffers()]
+        # Each client's current model. Buffers (BatchNorm statistics) are client-local state.
+        self.client_params = StackedTensors.repeat(dict(model.named_parameters()), num_clients)
+        self.client_buffers = StackedTensors.repeat(dict(model.named_buffers()), num_clients)
+        # Communication totals (bytes), checkpointed with the rest of the server state.
+        self.register_buffer("bytes_down", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("bytes_up", torch.zeros((), dtype=torch.int64))
+
+    # --- the round seam ---------------------------------------------------------------------------
+    def begin_round(self, sampled: list[int]) -> None:
+        self.sampled = list(sampled)
+
+    def model_for(self, i: int) -> ClientModel:
+        raise NotImplementedError
+
+    def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
+        raise NotImplementedError
+
+    def end_round(self) -> None:
+        pass
+
+    def evaluation_model(self, i: int) -> ClientModel:
+        """The model whose accuracy on client i's test split is the headline metric."""
+        return ClientModel(self.client_params.row(i), self.client_buffers.row(i))
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def own_model(self, i: int) -> ClientModel:
+        return ClientModel(
+            {n: t.clone() for n, t in self.client_params.row(i).items()},
+            {n: t.clone() for n, t in self.client_buffers.row(i).items()},
+        )
+
+    def count_bytes(self, down: int = 0, up: int = 0) -> None:
+        self.bytes_down += down
+        self.bytes_up += up

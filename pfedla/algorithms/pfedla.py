@@ -1,0 +1,160 @@
+"""pFedLA and HeurpFedLA (Ma et al., "Layer-wised Model Aggregation for Personalized FL", CVPR 2022).
+
+Round t over the sampled clients S_t (DESIGN.md, "pFedLA, precisely"), all sends from the
+start-of-round state:
+  1. theta_bar_i^l = sum_j alpha_i^l[j] theta_j^l          (``begin_round``: one einsum per tensor)
+  2. client i trains from exactly theta_bar_i -> theta_i'; Delta_i = theta_i' - theta_bar_i
+  3. hypernetwork step on (psi_i, v_i) with grad_outputs = -Delta_i, then SGD descent (``end_round``)
+  4. theta_i <- theta_i'                                    (``end_round``, after all have reported)
+HeurpFedLA(k): the k layers with the largest self-weight alpha_i^l[i] are one-hot on i: kept local,
+neither sent nor uploaded, and (through ``torch.where``) their heads get no gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pfedla.algorithms.base import Algorithm
+from pfedla.algorithms.hypernetwork import LayerwiseHypernetworks
+from pfedla.algorithms.stacked import ClientModel, StackedTensors, Tensors, nbytes
+from pfedla.errors import ConfigError
+from pfedla.models.layers import layer_groups
+
+EVAL_MODELS = ("trained", "aggregated")
+
+
+def aggregate(client_params: Tensors, alpha: torch.Tensor, layers: dict[str, list[str]]) -> Tensors:
+    """theta_bar_s^l = sum_j alpha[s, l, j] * theta_j^l for every tensor of every layer l (Eq. 3)."""
+    out = {}
+    for l, names in enumerate(layers.values()):
+        for name in names:
+            theta = client_params[name]
+            out[name] = torch.einsum("sj,j...->s...", alpha[:, l].to(theta.dtype), theta)
+    return out
+
+
+class PFedLA(Algorithm):
+    def __init__(self, model: nn.Module, num_clients: int, cfg):
+        super().__init__(model, num_clients)
+        self.layers = layer_groups(model, cfg.grouping)
+        self.layer_names = list(self.layers)
+        if cfg.eval_model not in EVAL_MODELS:
+            raise ConfigError(f"algorithm.eval_model={cfg.eval_model} is unknown; valid: trained, aggregated")
+        if not 0 <= cfg.k < len(self.layers):
+            raise ConfigError(
+                f"algorithm.k={cfg.k} must be in [0, {len(self.layers)}) for {len(self.layers)} layers "
+                f"({', '.join(self.layer_names)}); e.g. algorithm.k=1"
+            )
+        self.k, self.eval_model = cfg.k, cfg.eval_model
+        self.hypernetworks = LayerwiseHypernetworks(
+            num_clients, len(self.layers), cfg.embedding_dim, cfg.hidden_dim, cfg.hidden_layers,
+            cfg.normalisation, cfg.head_init, cfg.hn_lr, cfg.hn_momentum,
+        )
+        # HeurpFedLA: a layer a client keeps local is not uploaded, so the server's copy of it goes
+        # stale while the client's own copy (client_params) moves on. pFedLA uploads everything.
+        self.uploaded_params = None
+        if self.k:
+            self.uploaded_params = StackedTensors({n: t.clone() for n, t in self.client_params.as_dict().items()})
+        self.register_buffer("bytes_saved", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def server_view(self) -> Tensors:
+        """theta_j as the server knows them: what aggregation mixes."""
+        return (self.client_params if self.uploaded_params is None else self.uploaded_params).as_dict()
+
+    # --- round ------------------------------------------------------------------------------------
+    def begin_round(self, sampled: list[int]) -> None:
+        super().begin_round(sampled)
+        clients = torch.tensor(sampled, device=self.bytes_up.device)
+        self._clients, self._row = clients, {c: r for r, c in enumerate(sampled)}
+        self._hn_rows = self.hypernetworks.rows(clients)
+        alpha, self._retained = self._effective_alpha(self.hypernetworks.alpha(clients, self._hn_rows), clients)
+        self.round_alpha = alpha.detach()
+        self._aggregated = aggregate(self.server_view, alpha, self.layers)  # graph kept for end_round
+        self._delta = {n: torch.zeros_like(t) for n, t in self._aggregated.items()}
+        self._trained: dict[int, ClientModel] = {}
+
+    def model_for(self, i: int) -> ClientModel:
+        r = self._row[i]
+        params = {n: self._aggregated[n][r].detach().clone() for n in self.param_names}
+        for name in self._local_names(r):
+            params[name] = self.client_params[name][i].clone()
+        sent = self._sent_names(r)
+        self.count_bytes(down=nbytes(params, sent))
+        self.bytes_saved += nbytes(params, self._local_names(r))
+        return ClientModel(params, {n: t.clone() for n, t in self.client_buffers.row(i).items()})
+
+    def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
+        r = self._row[i]
+        for name in self._sent_names(r):
+            self._delta[name][r] = trained.params[name] - sent.params[name]
+        self.count_bytes(up=nbytes(trained.params, self._sent_names(r)))
+        self.bytes_saved += nbytes(trained.params, self._local_names(r))
+        self._trained[i] = trained
+
+    def end_round(self) -> None:
+        reported = torch.tensor([self._row[i] for i in self._trained], dtype=torch.long, device=self._clients.device)
+        if len(reported):
+            # Step 3. Descent on <theta_bar_i(psi_i), -Delta_i> changes psi by +lr J^T Delta_i, which moves
+            # theta_bar_i by lr J J^T Delta_i: a positive inner product with Delta_i, i.e. towards theta_i'.
+            names = list(self._aggregated)
+            grads = torch.autograd.grad(
+                [self._aggregated[n] for n in names],
+                list(self._hn_rows.values()),
+                grad_outputs=[-self._delta[n] for n in names],
+                allow_unused=True,
+            )
+            self.hypernetworks.step(
+                self._clients[reported],
+                {k: (g[reported] if g is not None else None) for k, g in zip(self._hn_rows, grads)},
+            )
+        for i, trained in self._trained.items():  # step 4
+            self.client_params.set_row(i, trained.params)
+            self.client_buffers.set_row(i, trained.buffers)
+            if self.uploaded_params is not None:
+                self.uploaded_params.set_row(i, trained.params, self._sent_names(self._row[i]))
+        del self._aggregated, self._delta, self._hn_rows, self._trained
+
+    # --- evaluation and inspection ----------------------------------------------------------------
+    def evaluation_model(self, i: int) -> ClientModel:
+        if self.eval_model == "trained":
+            return super().evaluation_model(i)
+        with torch.no_grad():
+            clients = torch.tensor([i], device=self.bytes_up.device)
+            alpha, retained = self._effective_alpha(self.hypernetworks.alpha(clients), clients)
+            params = {n: t[0] for n, t in aggregate(self.server_view, alpha, self.layers).items()}
+            for l, layer in enumerate(self.layer_names):
+                if retained is not None and retained[0, l]:
+                    params.update({n: self.client_params[n][i] for n in self.layers[layer]})
+        return ClientModel(params, self.client_buffers.row(i))
+
+    @torch.no_grad()
+    def current_alpha(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha [N, L, N], retained [N, L]) that every client would get now; rows i -> columns j."""
+        clients = torch.arange(self.num_clients, device=self.bytes_up.device)
+        alpha, retained = self._effective_alpha(self.hypernetworks.alpha(clients), clients)
+        if retained is None:
+            retained = torch.zeros(alpha.shape[:2], dtype=torch.bool, device=alpha.device)
+        return alpha, retained
+
+    # --- HeurpFedLA -------------------------------------------------------------------------------
+    def _effective_alpha(self, alpha: torch.Tensor, clients: torch.Tensor):
+        """One-hot (on the client itself) for its k layers of largest self-weight; None mask for pFedLA."""
+        if not self.k:
+            return alpha, None
+        self_weight = alpha[torch.arange(len(clients)), :, clients]  # [S, L]
+        top = torch.argsort(self_weight.detach(), dim=1, descending=True, stable=True)[:, : self.k]
+        retained = torch.zeros_like(self_weight, dtype=torch.bool).scatter_(1, top, True)
+        own = F.one_hot(clients, self.num_clients).to(alpha.dtype)[:, None, :].expand_as(alpha)
+        return torch.where(retained[..., None], own, alpha), retained
+
+    def _local_names(self, r: int) -> list[str]:
+        if self._retained is None:
+            return []
+        return [n for l, layer in enumerate(self.layer_names) if self._retained[r, l] for n in self.layers[layer]]
+
+    def _sent_names(self, r: int) -> list[str]:
+        local = set(self._local_names(r))
+        return [n for n in self.param_names if n not in local]

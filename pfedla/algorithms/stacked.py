@@ -1,0 +1,71 @@
+"""Client state as stacked tensors: ``{name: Tensor[num_clients, *shape]}``.
+
+The client axis is a leading tensor dimension, so aggregation over clients is one ``einsum`` per
+tensor and a round's clients are a row selection, never a Python loop over state_dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class ClientModel:
+    """One client's model as plain tensors: trainable parameters and (never mixed) buffers."""
+
+    params: Tensors
+    buffers: Tensors
+
+    def numel(self, names=None) -> int:
+        return sum(self.params[n].numel() for n in (self.params if names is None else names))
+
+
+class StackedTensors(nn.Module):
+    """Named tensors with a leading client axis, kept as buffers so Lightning checkpoints them."""
+
+    def __init__(self, tensors: Tensors):
+        super().__init__()
+        self.names = list(tensors)
+        for name, value in tensors.items():
+            self.register_buffer(_key(name), value)
+
+    @classmethod
+    def repeat(cls, template: Tensors, num_clients: int) -> StackedTensors:
+        """Every client starts from the same ``template`` tensors."""
+        return cls({n: t.detach().unsqueeze(0).repeat(num_clients, *[1] * t.dim()) for n, t in template.items()})
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return getattr(self, _key(name))
+
+    def as_dict(self) -> Tensors:
+        return {n: self[n] for n in self.names}
+
+    def row(self, i: int) -> Tensors:
+        return {n: self[n][i] for n in self.names}
+
+    @torch.no_grad()
+    def set_row(self, i: int, values: Tensors, names=None) -> None:
+        for n in self.names if names is None else names:
+            self[n][i].copy_(values[n])
+
+
+def _key(name: str) -> str:
+    # buffer names may not contain "."; PyTorch attribute names never contain "__" mid-name in our models.
+    return name.replace(".", "__")
+
+
+def average(stacked: Tensors, weights: torch.Tensor, rows: torch.Tensor | None = None) -> Tensors:
+    """Weighted average over the client axis: ``sum_j w_j t_j / sum_j w_j`` for every tensor."""
+    weights = weights / weights.sum()
+    return {
+        n: torch.einsum("j,j...->...", weights.to(t.dtype), t if rows is None else t[rows]) for n, t in stacked.items()
+    }
+
+
+def nbytes(tensors: Tensors, names=None) -> int:
+    return sum(tensors[n].numel() * tensors[n].element_size() for n in (tensors if names is None else names))

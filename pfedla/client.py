@@ -1,0 +1,72 @@
+"""Local training and evaluation of one client model held as plain tensors.
+
+The shared ``model`` is only an architecture: its weights are never used. Parameters and buffers
+come in as ``{name: Tensor}`` dicts and are applied with ``torch.func.functional_call``, so no
+Trainer or optimizer object exists per client (those cost milliseconds per client per round).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+Tensors = dict[str, torch.Tensor]
+STREAM_CLIENT_BATCHES = 4
+
+
+def client_generator(seed: int, round_idx: int, client: int) -> torch.Generator:
+    """Batch-order randomness for (seed, round, client): reproducible without saving RNG state."""
+    state = np.random.SeedSequence([seed, STREAM_CLIENT_BATCHES, round_idx, client]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def train_client(
+    model: nn.Module,
+    params: Tensors,
+    buffers: Tensors,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensors, Tensors, torch.Tensor]:
+    """Run ``epochs`` of minibatch SGD starting exactly from ``params``; return (params', buffers', mean loss).
+
+    Inputs are not modified. Buffers (BatchNorm running statistics) are updated on copies.
+    """
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    buffers = {k: v.detach().clone() for k, v in buffers.items()}
+    velocity = {k: torch.zeros_like(v) for k, v in params.items()} if momentum else {}
+    model.train()
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=generator).to(y.device)
+        for start in range(0, len(y), batch_size):
+            batch = order[start : start + batch_size]
+            logits = functional_call(model, {**params, **buffers}, (x[batch],))
+            loss = F.cross_entropy(logits, y[batch])
+            grads = torch.autograd.grad(loss, list(params.values()))
+            with torch.no_grad():
+                for (name, p), g in zip(params.items(), grads):
+                    if weight_decay:
+                        g = g + weight_decay * p
+                    if momentum:
+                        g = velocity[name].mul_(momentum).add_(g)
+                    p.sub_(lr * g)
+            losses.append(loss.detach())
+    return {k: v.detach() for k, v in params.items()}, buffers, torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, params: Tensors, buffers: Tensors, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Class predictions of the model (eval mode: BatchNorm uses the running statistics)."""
+    model.eval()
+    state = {**params, **buffers}
+    return torch.cat([functional_call(model, state, (x[i : i + chunk],)).argmax(1) for i in range(0, len(x), chunk)])

@@ -1,0 +1,157 @@
+"""Seeded non-IID partitions of a pooled label array across clients.
+
+Every function takes a ``numpy.random.Generator`` and returns one index array per client; the same
+seed gives the same partition, whatever algorithm runs on it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pfedla.errors import ConfigError
+
+# Independent random streams derived from the run seed, so changing one use never shifts another.
+STREAM_FRACTION, STREAM_PARTITION, STREAM_SPLIT = 1, 2, 3
+
+
+def rng_for(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, stream]))
+
+
+def stratified_subset(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a subset keeping round(fraction * n_c) (at least 1) samples of every class c."""
+    if fraction >= 1.0:
+        return np.arange(len(labels))
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        keep.append(rng.permutation(members)[: max(1, round(fraction * len(members)))])
+    return np.sort(np.concatenate(keep))
+
+
+def iid_partition(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return [np.sort(part) for part in np.array_split(rng.permutation(len(labels)), num_clients)]
+
+
+def dirichlet_partition(
+    labels: np.ndarray,
+    num_clients: int,
+    alpha: float,
+    min_samples: int,
+    rng: np.random.Generator,
+    max_tries: int = 100,
+) -> list[np.ndarray]:
+    """Label skew: class c's samples go to clients in proportions p_c ~ Dir(alpha * 1_N).
+
+    Draws are repeated up to ``max_tries`` times until every client has ``min_samples``; for very
+    small alpha or many clients that may never happen, so the last draw is then topped up
+    deterministically by moving samples from the largest clients (terminates whenever
+    ``len(labels) >= num_clients * min_samples``, which the caller checks).
+    """
+    classes = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    for _ in range(max(1, max_tries)):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for members in classes:
+            members = rng.permutation(members)
+            proportions = rng.dirichlet(np.full(num_clients, alpha))
+            cuts = (np.cumsum(proportions)[:-1] * len(members)).astype(int)
+            for client, chunk in enumerate(np.split(members, cuts)):
+                parts[client].append(chunk)
+        clients = [np.concatenate(p) for p in parts]
+        if min(len(c) for c in clients) >= min_samples:
+            break
+    else:
+        clients = _top_up(clients, min_samples)
+    return [np.sort(c) for c in clients]
+
+
+def _top_up(clients: list[np.ndarray], min_samples: int) -> list[np.ndarray]:
+    clients = list(clients)
+    for needy in range(len(clients)):
+        while len(clients[needy]) < min_samples:
+            donor = max(range(len(clients)), key=lambda j: len(clients[j]))
+            need = min(min_samples - len(clients[needy]), len(clients[donor]) - min_samples)
+            if need <= 0:
+                raise ConfigError("partition: not enough samples to give every client partition.min_samples")
+            clients[needy] = np.concatenate([clients[needy], clients[donor][-need:]])
+            clients[donor] = clients[donor][:-need]
+    return clients
+
+
+def pathological_partition(
+    labels: np.ndarray, num_clients: int, classes_per_client: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Each client holds exactly ``classes_per_client`` classes; a class is split evenly among its holders.
+
+    Classes are handed out least-held first (random tie-break), so holders are balanced across classes.
+    """
+    class_ids = np.unique(labels)
+    holders_per_class = np.zeros(len(class_ids), dtype=int)
+    held: list[np.ndarray] = []
+    for _ in range(num_clients):
+        order = rng.permutation(len(class_ids))
+        chosen = order[np.argsort(holders_per_class[order], kind="stable")[:classes_per_client]]
+        holders_per_class[chosen] += 1
+        held.append(chosen)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for c_pos, c in enumerate(class_ids):
+        holders = [i for i in range(num_clients) if c_pos in held[i]]
+        if not holders:
+            continue
+        members = rng.permutation(np.flatnonzero(labels == c))
+        if len(members) < len(holders):
+            raise ConfigError(
+                f"partition.classes_per_client={classes_per_client}: class {c} has {len(members)} samples "
+                f"for {len(holders)} holders; use fewer clients or a larger dataset.fraction"
+            )
+        for client, chunk in zip(holders, np.array_split(members, len(holders))):
+            parts[client].append(chunk)
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def split_train_test(
+    client_indices: list[np.ndarray], test_fraction: float, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Split each client's share once into disjoint train/test parts (at least one sample each)."""
+    train, test = [], []
+    for indices in client_indices:
+        shuffled = rng.permutation(indices)
+        n_test = min(max(1, round(test_fraction * len(indices))), len(indices) - 1)
+        test.append(np.sort(shuffled[:n_test]))
+        train.append(np.sort(shuffled[n_test:]))
+    return train, test
+
+
+def check_feasible(cfg, num_clients: int, num_classes: int, num_samples: int, source: str) -> None:
+    """Rules that need the dataset's size; raised after loading, before partitioning or training."""
+    if cfg.name == "pathological" and cfg.classes_per_client > num_classes:
+        raise ConfigError(
+            f"partition.classes_per_client must be <= the {num_classes} classes of {source} "
+            f"(got {cfg.classes_per_client}); try partition.classes_per_client={min(2, num_classes)}"
+        )
+    if num_samples < num_clients * cfg.min_samples:
+        raise ConfigError(
+            f"federation.num_clients={num_clients} x partition.min_samples={cfg.min_samples} needs "
+            f"{num_clients * cfg.min_samples} samples but {source} has {num_samples}; "
+            "use fewer federation.num_clients or a larger dataset.fraction"
+        )
+
+
+def partition(labels: np.ndarray, num_clients: int, cfg, seed: int) -> list[np.ndarray]:
+    """Dispatch on ``cfg.name`` (the ``partition`` config node)."""
+    rng = rng_for(seed, STREAM_PARTITION)
+    if cfg.name == "iid":
+        clients = iid_partition(labels, num_clients, rng)
+    elif cfg.name == "dirichlet":
+        clients = dirichlet_partition(labels, num_clients, cfg.alpha, cfg.min_samples, rng, cfg.max_tries)
+    elif cfg.name == "pathological":
+        clients = pathological_partition(labels, num_clients, cfg.classes_per_client, rng)
+    else:
+        raise ConfigError(f"partition={cfg.name} is unknown; valid: dirichlet, pathological, iid")
+    smallest = min(range(num_clients), key=lambda i: len(clients[i]))
+    if len(clients[smallest]) < cfg.min_samples:
+        raise ConfigError(
+            f"partition={cfg.name}: client {smallest} gets {len(clients[smallest])} samples, below "
+            f"partition.min_samples={cfg.min_samples}; use fewer federation.num_clients or a larger dataset.fraction"
+        )
+    return clients

@@ -1,0 +1,122 @@
+"""Entry point: ``python -m pfedla.run [+experiment=NAME] [overrides]`` (Hydra; ``-m`` sweeps).
+
+``run(cfg, run_dir)`` does the work and is what tests call through Hydra's compose API.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+import pfedla.config  # noqa: F401  (registers the schemas with Hydra's ConfigStore)
+from pfedla.algorithms import build_algorithm
+from pfedla.algorithms.pfedla import PFedLA
+from pfedla.data import build_federated_data
+from pfedla.errors import ConfigError
+from pfedla.models import build_model
+from pfedla.outputs import build_summary, write_alpha, write_json
+from pfedla.server import FederatedModule
+from pfedla.validate import validate_config
+from pfedla.viz.partition import plot_partition
+
+log = logging.getLogger("pfedla")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def setup(cfg: DictConfig) -> FederatedModule:
+    """Everything before training: validation, data, model, algorithm. Raises ConfigError early."""
+    validate_config(cfg)
+    data = build_federated_data(cfg)
+    torch.manual_seed(cfg.seed)  # every client starts from this one initial model
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    algorithm = build_algorithm(cfg.algorithm, model, data.num_clients)
+    return FederatedModule(model, algorithm, data, cfg)
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+        every_n_epochs=cfg.checkpoint.every, save_on_train_epoch_end=True, enable_version_counter=False,
+    )
+    return L.Trainer(
+        max_epochs=cfg.federation.rounds,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        logger=[CSVLogger(save_dir=run_dir, name="", version="", flush_logs_every_n_steps=1)],
+        callbacks=[checkpoint],
+        log_every_n_steps=1,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=run_dir,
+    )
+
+
+def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = None) -> dict:
+    """Run one experiment into ``run_dir``; returns the summary written to ``summary.json``.
+
+    ``module`` (from ``setup(cfg)``) may be passed in to observe or instrument it.
+    """
+    run_dir = Path(run_dir)
+    module = setup(cfg) if module is None else module
+    run_dir.mkdir(parents=True, exist_ok=True)
+    partition = module.data.summary()
+    write_json(run_dir / "partition.json", partition)
+    plot_partition(partition, run_dir / "partition.png", f"{cfg.dataset.name} / {cfg.partition.name} partition")
+
+    started = time.perf_counter()
+    trainer = make_trainer(cfg, run_dir)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(num_workers|many workers|LightningModule.*optimizer).*")
+        trainer.fit(module)
+    wall_seconds = time.perf_counter() - started
+
+    algorithm = module.algorithm
+    communication = {"bytes_down": int(algorithm.bytes_down), "bytes_up": int(algorithm.bytes_up)}
+    if isinstance(algorithm, PFedLA):
+        communication["bytes_saved"] = int(algorithm.bytes_saved)
+        alpha, retained = algorithm.current_alpha()
+        write_alpha(run_dir / "alpha.npz", alpha.cpu().numpy(), retained.cpu().numpy(), algorithm.layer_names)
+    summary = build_summary(module.history, OmegaConf.to_container(cfg, resolve=True), wall_seconds, communication)
+    summary["partition_fingerprint"] = partition["fingerprint"]
+    write_json(run_dir / "summary.json", summary)
+    final = summary["final"]
+    log.info(
+        "round %d: test/acc_mean=%.4f test/acc_weighted=%.4f (best %.4f at round %d) in %.1fs -> %s",
+        final["round"], final["test/acc_mean"], final["test/acc_weighted"],
+        summary["best"]["test/acc_mean"], summary["best"]["round"], wall_seconds, run_dir,
+    )
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        run(cfg, run_dir)
+    except ConfigError as err:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # One bad job must not stop the sweep: record why it failed where the report will look.
+            (run_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n")
+            log.error("job %s failed: %s", hydra_cfg.job.num, err)
+            return
+        print(f"pfedla: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

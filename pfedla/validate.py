@@ -1,0 +1,75 @@
+"""Semantic checks on a composed config, run before any data is loaded or training starts.
+
+Types and unknown keys are caught earlier by the dataclass schemas (pfedla/config.py); these are
+the value rules. Each failure raises one ``ConfigError`` naming the key, the value and an example.
+"""
+
+from __future__ import annotations
+
+from pfedla.algorithms import ALGORITHMS
+from pfedla.algorithms.hypernetwork import HEAD_INITS, NORMALISATIONS
+from pfedla.algorithms.pfedla import EVAL_MODELS
+from pfedla.data.sources import DATASET_NAMES
+from pfedla.errors import ConfigError
+from pfedla.models import MODEL_NAMES
+from pfedla.models.layers import GROUPINGS
+
+PARTITIONS = ("dirichlet", "pathological", "iid")
+
+
+def _check(ok: bool, key: str, value, rule: str, example: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {rule} (got {value!r}); try {key}={example}")
+
+
+def _choice(group: str, value, valid) -> None:
+    if value not in valid:
+        raise ConfigError(f"{group}={value} is unknown; valid: {', '.join(valid)} (e.g. {group}={valid[0]})")
+
+
+def validate_config(cfg) -> None:
+    fed, cl = cfg.federation, cfg.client
+    _check(fed.num_clients >= 1, "federation.num_clients", fed.num_clients, "must be >= 1", "20")
+    _check(fed.rounds >= 1, "federation.rounds", fed.rounds, "must be >= 1", "30")
+    _check(0 < fed.participation <= 1, "federation.participation", fed.participation, "must be in (0, 1]", "0.1")
+    _check(fed.eval_every >= 1, "federation.eval_every", fed.eval_every, "must be >= 1", "1")
+    _check(cl.epochs >= 1, "client.epochs", cl.epochs, "must be >= 1", "1")
+    _check(cl.batch_size >= 1, "client.batch_size", cl.batch_size, "must be >= 1", "32")
+    _check(cl.lr > 0, "client.lr", cl.lr, "must be > 0", "0.01")
+    _check(0 <= cl.momentum < 1, "client.momentum", cl.momentum, "must be in [0, 1)", "0.9")
+    _check(cl.weight_decay >= 0, "client.weight_decay", cl.weight_decay, "must be >= 0", "0.0")
+    _check(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1", "1")
+
+    ds = cfg.dataset
+    _choice("dataset", ds.name, DATASET_NAMES)
+    _check(0 < ds.fraction <= 1, "dataset.fraction", ds.fraction, "must be in (0, 1]", "0.1")
+
+    part = cfg.partition
+    _choice("partition", part.name, PARTITIONS)
+    _check(0 < part.test_fraction < 1, "partition.test_fraction", part.test_fraction, "must be in (0, 1)", "0.25")
+    _check(part.min_samples >= 2, "partition.min_samples", part.min_samples, "must be >= 2 (one train, one test)", "10")
+    if part.name == "dirichlet":
+        _check(part.alpha is not None and part.alpha > 0, "partition.alpha", part.alpha, "must be > 0", "0.5")
+    if part.name == "pathological":
+        k = part.classes_per_client
+        _check(k is not None and k >= 1, "partition.classes_per_client", k, "must be >= 1", "2")
+
+    _choice("model", cfg.model.name, MODEL_NAMES)
+
+    algo = cfg.algorithm
+    _choice("algorithm", algo.name, tuple(ALGORITHMS))
+    if algo.name in ("pfedla", "heurpfedla"):
+        _check(algo.hn_lr > 0, "algorithm.hn_lr", algo.hn_lr, "must be > 0", "0.005")
+        _check(0 <= algo.hn_momentum < 1, "algorithm.hn_momentum", algo.hn_momentum, "must be in [0, 1)", "0.0")
+        for key, value in (("embedding_dim", algo.embedding_dim), ("hidden_dim", algo.hidden_dim)):
+            _check(value >= 1, f"algorithm.{key}", value, "must be >= 1", "100")
+        _check(algo.hidden_layers >= 1, "algorithm.hidden_layers", algo.hidden_layers, "must be >= 1", "3")
+        _choice("algorithm.normalisation", algo.normalisation, NORMALISATIONS)
+        _choice("algorithm.head_init", algo.head_init, HEAD_INITS)
+        _choice("algorithm.grouping", algo.grouping, GROUPINGS)
+        _choice("algorithm.eval_model", algo.eval_model, EVAL_MODELS)
+        if algo.name == "heurpfedla":
+            _check(algo.k >= 1, "algorithm.k", algo.k, "must be >= 1 for heurpfedla (k=0 is pfedla)", "2")
+        else:
+            _check(algo.k >= 0, "algorithm.k", algo.k, "must be >= 0", "0")
+

@@ -1,0 +1,33 @@
+"""Partition figure: one stacked bar per client, one colour per class (train + test samples)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_partition(summary: dict, path: str | Path, title: str = "Client data partition") -> Path:
+    counts = np.asarray(summary["train_class_counts"]) + np.asarray(summary["test_class_counts"])
+    num_clients, num_classes = counts.shape
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * num_clients + 2), 4))
+    cmap = plt.get_cmap("tab20" if num_classes > 10 else "tab10")
+    bottom = np.zeros(num_clients)
+    for c in range(num_classes):
+        ax.bar(np.arange(num_clients), counts[:, c], bottom=bottom, color=cmap(c % cmap.N), label=str(c), width=0.85)
+        bottom += counts[:, c]
+    ax.set_xlabel("client")
+    ax.set_ylabel("samples (train + test)")
+    ax.set_title(title)
+    if num_clients <= 50:
+        ax.set_xticks(np.arange(num_clients))
+    if num_classes <= 20:
+        ax.legend(title="class", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,39 @@
+"""Small builders shared by the algorithm tests."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import OmegaConf
+
+from pfedla.algorithms.pfedla import PFedLA
+from pfedla.models.cnn import CNN
+
+
+def pfedla_cfg(**over):
+    base = dict(
+        name="pfedla", embedding_dim=8, hidden_dim=8, hidden_layers=3, hn_lr=0.005, hn_momentum=0.0,
+        normalisation="relu", head_init="random", grouping="module", eval_model="trained", k=0,
+    )
+    return OmegaConf.create({**base, **over})
+
+
+def tiny_model(batch_norm: bool = False, seed: int = 0) -> CNN:
+    torch.manual_seed(seed)
+    return CNN((1, 16, 16), 3, channels=(2, 3), hidden=(5, 4), batch_norm=batch_norm)
+
+
+def make_pfedla(num_clients: int = 4, dtype=torch.float32, seed: int = 0, **over) -> PFedLA:
+    algo = PFedLA(tiny_model(seed=seed), num_clients, pfedla_cfg(**over)).to(dtype)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # distinct client models, as after a few rounds
+        for name in algo.client_params.names:
+            t = algo.client_params[name]
+            t.add_(0.1 * torch.randn(t.shape, generator=gen, dtype=t.dtype))
+            if algo.uploaded_params is not None:
+                algo.uploaded_params[name].copy_(t)
+    return algo
+
+
+def toy_batch(n: int = 12, seed: int = 0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 16, 16, generator=gen, dtype=dtype), torch.randint(0, 3, (n,), generator=gen)

@@ -1,0 +1,53 @@
+import torch
+
+from pfedla.algorithms.hypernetwork import normalise
+from pfedla.algorithms.pfedla import aggregate
+from tests.helpers import make_pfedla
+
+
+def test_aggregation_equals_explicit_per_client_per_layer_loop():
+    algo = make_pfedla(num_clients=5)
+    clients = torch.tensor([3, 0, 4])
+    alpha = algo.hypernetworks.alpha(clients).detach()
+    got = aggregate(algo.client_params.as_dict(), alpha, algo.layers)
+    for s, i in enumerate(clients.tolist()):
+        for l, (layer, names) in enumerate(algo.layers.items()):
+            for name in names:
+                expected = torch.zeros_like(algo.client_params[name][0])
+                for j in range(5):
+                    expected += alpha[s, l, j] * algo.client_params[name][j]
+                torch.testing.assert_close(got[name][s], expected, msg=f"client {i}, {layer}/{name}")
+
+
+def test_alpha_rows_are_nonnegative_and_sum_to_one():
+    for normalisation in ("relu", "softmax"):
+        for head_init in ("random", "uniform"):
+            algo = make_pfedla(num_clients=6, normalisation=normalisation, head_init=head_init)
+            alpha = algo.hypernetworks.alpha(torch.arange(6)).detach()
+            assert alpha.shape == (6, len(algo.layers), 6)
+            assert (alpha >= 0).all()
+            torch.testing.assert_close(alpha.sum(-1), torch.ones(6, len(algo.layers)))
+
+
+def test_uniform_head_init_starts_every_layer_at_one_over_n():
+    algo = make_pfedla(num_clients=4, head_init="uniform")
+    torch.testing.assert_close(algo.hypernetworks.alpha(torch.arange(4)).detach(), torch.full((4, 5, 4), 0.25))
+
+
+def test_all_zero_scores_fall_back_to_one_hot_on_self():
+    scores = torch.tensor([[[-1.0, -2.0, -0.5], [0.0, 0.0, 0.0]], [[1.0, 3.0, 0.0], [-1.0, -1.0, -1.0]]])
+    alpha = normalise(scores, torch.tensor([2, 1]), "relu")
+    expected = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]], [[0.25, 0.75, 0.0], [0.0, 1.0, 0.0]]])
+    torch.testing.assert_close(alpha, expected)
+
+
+def test_all_zero_fallback_through_the_hypernetwork_has_finite_gradients():
+    algo = make_pfedla(num_clients=3)
+    with torch.no_grad():
+        algo.hypernetworks.head_weight.zero_()
+        algo.hypernetworks.head_bias.fill_(-1.0)
+    rows = algo.hypernetworks.rows(torch.tensor([1]))
+    alpha = algo.hypernetworks.alpha(torch.tensor([1]), rows)
+    assert torch.equal(alpha[0], torch.tensor([0.0, 1.0, 0.0]).expand(5, 3))
+    alpha.sum().backward()
+    assert all(torch.isfinite(r.grad).all() for r in rows.values() if r.grad is not None)

@@ -1,0 +1,144 @@
+"""End to end through Hydra's compose API (seconds), the real CLI, and a -m sweep."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from pfedla.errors import ConfigError
+from pfedla.run import run, setup
+from tests.conftest import REPO, SYNTHETIC, compose_config
+
+
+def test_synthetic_run_writes_contracted_files_and_learns(synthetic_cfg, tmp_path):
+    cfg = synthetic_cfg("federation.rounds=3", "client.epochs=2", "client.batch_size=16")
+    summary = run(cfg, tmp_path)
+    contracted = ("metrics.csv", "summary.json", "partition.json", "partition.png", "alpha.npz")
+    contracted += ("checkpoints/last.ckpt",)
+    for name in contracted:
+        assert (tmp_path / name).is_file(), name
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(float(r["round"])) for r in rows] == [1, 2, 3]
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["final"]["test/acc_mean"] == pytest.approx(float(rows[-1]["test/acc_mean"]))
+    assert on_disk["final"]["test/acc_mean"] == pytest.approx(np.mean(on_disk["final"]["client_acc"]))
+    assert on_disk["best"]["test/acc_mean"] == max(float(r["test/acc_mean"]) for r in rows)
+    assert on_disk["config"]["federation"]["num_clients"] == 4
+    assert on_disk["bytes_down"] > 0 and on_disk["wall_seconds"] > 0
+    assert summary["final"]["test/acc_mean"] > 0.5, "10 balanced classes: chance is 0.1"
+    alpha = np.load(tmp_path / "alpha.npz")
+    assert alpha["alpha"].shape == (4, 5, 4) and list(alpha["layers"]) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    np.testing.assert_allclose(alpha["alpha"].sum(-1), 1.0, rtol=1e-5)
+    partition = json.loads((tmp_path / "partition.json").read_text())
+    assert sum(partition["train_sizes"]) + sum(partition["test_sizes"]) == 1000
+
+
+def test_client_trains_starting_exactly_from_the_aggregated_model(synthetic_cfg, tmp_path):
+    cfg = synthetic_cfg("federation.rounds=2", "algorithm.head_init=random")
+    module = setup(cfg)
+    algo, real_trainer, starts = module.algorithm, module.client_trainer, []
+
+    def spy(model, params, buffers, x, y, **kw):
+        i = next(c for c in range(4) if torch.equal(x, module.data.train_x[c]))
+        with torch.no_grad():  # independent: explicit per-client, per-layer sum with the current (start-of-round) state
+            alpha = algo.hypernetworks.alpha(torch.tensor([i]))[0]
+            expected = {
+                name: sum(alpha[l, j] * algo.client_params[name][j] for j in range(4))
+                for l, names in enumerate(algo.layers.values()) for name in names
+            }
+            own = {n: algo.client_params[n][i].clone() for n in params}
+        starts.append((i, {n: p.clone() for n, p in params.items()}, expected, own))
+        out = real_trainer(model, params, buffers, x, y, **kw)
+        return out
+
+    module.client_trainer = spy
+    run(cfg, tmp_path, module=module)
+    assert [i for i, *_ in starts] == [0, 1, 2, 3, 0, 1, 2, 3]
+    for _, got, expected, _ in starts:
+        torch.testing.assert_close(got, expected)
+    # Round 2: the aggregate differs from the client's own model, so starting from "own" would fail above.
+    assert all(any(not torch.allclose(got[n], own[n]) for n in got) for _, got, _, own in starts[4:])
+
+
+def test_same_config_and_seed_give_identical_metrics(synthetic_cfg, tmp_path):
+    a = run(synthetic_cfg("seed=1"), tmp_path / "a")
+    b = run(synthetic_cfg("seed=1"), tmp_path / "b")
+    c = run(synthetic_cfg("seed=2"), tmp_path / "c")
+    assert a["final"] == b["final"] and a["partition_fingerprint"] == b["partition_fingerprint"]
+    assert a["partition_fingerprint"] != c["partition_fingerprint"]
+    assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
+
+
+def test_heurpfedla_runs_and_reports_saved_communication(synthetic_cfg, tmp_path):
+    summary = run(synthetic_cfg("algorithm=heurpfedla", "algorithm.k=2"), tmp_path)
+    pfedla = run(synthetic_cfg(), tmp_path / "p")
+    assert summary["bytes_saved"] > 0 and pfedla["bytes_saved"] == 0
+    assert summary["bytes_down"] + summary["bytes_saved"] / 2 == pfedla["bytes_down"]
+    assert np.load(tmp_path / "alpha.npz")["retained"].sum(1).tolist() == [2, 2, 2, 2]
+
+
+def test_a_typo_in_a_key_fails_at_composition_naming_the_key():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(SYNTHETIC + ["federation.num_client=5"])
+    assert "num_client" in str(err.value) + str(err.value.__cause__)
+    with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError)):
+        compose_config(SYNTHETIC + ["seed=abc"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("partition.alpha=-1", "partition.alpha"),
+        ("federation.participation=1.5", "federation.participation"),
+        ("client.lr=0", "client.lr"),
+        ("algorithm.hn_lr=-0.1", "algorithm.hn_lr"),
+        ("partition=pathological partition.classes_per_client=11", "partition.classes_per_client"),
+        ("algorithm=heurpfedla algorithm.k=5", "algorithm.k"),
+        ("dataset.fraction=0", "dataset.fraction"),
+    ],
+)
+def test_bad_values_fail_before_training_naming_the_key(synthetic_cfg, tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        run(synthetic_cfg(*override.split()), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_dataset_offline_names_path_and_both_fixes(synthetic_cfg, tmp_path):
+    from pfedla.errors import DatasetMissingError
+
+    cfg = synthetic_cfg("dataset=mnist", f"dataset.root={tmp_path}", "dataset.download=false")
+    with pytest.raises(DatasetMissingError) as err:
+        run(cfg, tmp_path / "run")
+    assert str(tmp_path / "MNIST") in str(err.value) and "download" in str(err.value)
+
+
+def _cli(*args, cwd=REPO):
+    cmd = [sys.executable, "-m", "pfedla.run", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_runs_an_experiment(tmp_path):
+    proc = _cli("+experiment=smoke", "trainer.progress_bar=false", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 3
+
+
+def test_cli_bad_value_exits_nonzero_with_one_clear_line(tmp_path):
+    proc = _cli("+experiment=smoke", "client.batch_size=0", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "client.batch_size must be >= 1 (got 0); try client.batch_size=32" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_multirun_sweep(tmp_path):
+    proc = _cli("-m", "+experiment=smoke", "algorithm=pfedla,heurpfedla", "trainer.progress_bar=false",
+                f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = sorted(p.parent.name for p in tmp_path.glob("*/summary.json"))
+    assert jobs == ["0_pfedla", "1_heurpfedla"]
