@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -28,6 +30,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+METRIC_COLUMNS = ("round", "test/acc_mean", "test/acc_weighted", "train/loss", "comm/bytes_down", "comm/bytes_up")
+
+
+def write_metrics_csv(path: str | Path, history: list[dict]) -> None:
+    """metrics.csv, one row per evaluation round, rendered whole from the (checkpointed) history.
+
+    Re-rendering instead of appending is what keeps the file free of duplicate or missing rows
+    when a run is resumed from a checkpoint taken rounds before it was killed.
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(path, buffer.getvalue().encode())
 
 
 def build_summary(history: list[dict], config: dict, wall_seconds: float, communication: dict) -> dict:

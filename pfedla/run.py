@@ -17,7 +17,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 import pfedla.config  # noqa: F401  (registers the schemas with Hydra's ConfigStore)
@@ -54,7 +53,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         max_epochs=cfg.federation.rounds,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
-        logger=[CSVLogger(save_dir=run_dir, name="", version="", flush_logs_every_n_steps=1)],
+        logger=False,  # metrics.csv is written by FederatedModule from its checkpointed history
         callbacks=[checkpoint],
         log_every_n_steps=1,
         enable_progress_bar=cfg.trainer.progress_bar,
@@ -65,13 +64,34 @@ def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     )
 
 
+def resume_checkpoint(resume) -> Path | None:
+    """``resume`` is a run dir (its checkpoints/last.ckpt) or a checkpoint file; None starts fresh."""
+    if resume is None:
+        return None
+    path = Path(resume)
+    checkpoint = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    if not checkpoint.is_file():
+        raise ConfigError(f"resume={resume}: no checkpoint at {checkpoint}; pass a run dir with checkpoints/last.ckpt")
+    return checkpoint
+
+
+def run_dir_for(cfg: DictConfig, hydra_dir: Path) -> Path:
+    """A resumed run continues in its own run dir; a new run uses Hydra's."""
+    if cfg.resume is None:
+        return hydra_dir
+    path = Path(cfg.resume)
+    return path if path.is_dir() else path.parent.parent
+
+
 def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = None) -> dict:
     """Run one experiment into ``run_dir``; returns the summary written to ``summary.json``.
 
     ``module`` (from ``setup(cfg)``) may be passed in to observe or instrument it.
     """
     run_dir = Path(run_dir)
+    checkpoint = resume_checkpoint(cfg.resume)
     module = setup(cfg) if module is None else module
+    module.run_dir = run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     partition = module.data.summary()
     write_json(run_dir / "partition.json", partition)
@@ -81,7 +101,7 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     trainer = make_trainer(cfg, run_dir)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*(num_workers|many workers|LightningModule.*optimizer).*")
-        trainer.fit(module)
+        trainer.fit(module, ckpt_path=checkpoint)
     wall_seconds = time.perf_counter() - started
 
     algorithm = module.algorithm
@@ -105,7 +125,7 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    run_dir = run_dir_for(cfg, Path(hydra_cfg.runtime.output_dir))
     try:
         run(cfg, run_dir)
     except ConfigError as err:

@@ -8,6 +8,8 @@ round boundary is an epoch boundary and all randomness is a function of (seed, r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from torch import nn
@@ -18,17 +20,19 @@ from pfedla.algorithms.base import Algorithm
 from pfedla.algorithms.stacked import ClientModel
 from pfedla.client import client_generator, predict, train_client
 from pfedla.data import FederatedData
+from pfedla.outputs import write_metrics_csv
 from pfedla.sampling import sample_clients
 
 
 class FederatedModule(L.LightningModule):
-    def __init__(self, model: nn.Module, algorithm: Algorithm, data: FederatedData, cfg):
+    def __init__(self, model: nn.Module, algorithm: Algorithm, data: FederatedData, cfg, run_dir=None):
         super().__init__()
         self.automatic_optimization = False  # the algorithm owns every update
         self.arch = [model]  # architecture only (functional_call swaps in each client's tensors); not state
         self.algorithm = algorithm
         self.data = data
         self.cfg = cfg
+        self.run_dir = run_dir  # where metrics.csv is kept current; None: nowhere
         self.client_trainer = train_client  # the seam tests use to observe what a client starts from
         self.history: list[dict] = []  # one record per evaluation round
         self._round_losses: list[torch.Tensor] = []
@@ -91,6 +95,8 @@ class FederatedModule(L.LightningModule):
         self.log_dict({k: float(v) for k, v in record.items()}, on_step=True, on_epoch=False)
         self.log("acc", record["test/acc_mean"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
         self.history.append({**record, "client_acc": accs.tolist()})
+        if self.run_dir is not None:
+            write_metrics_csv(Path(self.run_dir) / "metrics.csv", self.history)
 
     @torch.no_grad()
     def client_accuracy(self, i: int) -> torch.Tensor:

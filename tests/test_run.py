@@ -142,3 +142,20 @@ def test_cli_multirun_sweep(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     jobs = sorted(p.parent.name for p in tmp_path.glob("*/summary.json"))
     assert jobs == ["0_pfedla", "1_heurpfedla"]
+
+
+def test_resume_continues_to_the_same_result_as_an_uninterrupted_run(synthetic_cfg, tmp_path):
+    straight = run(synthetic_cfg("federation.rounds=4", "algorithm.hn_momentum=0.5"), tmp_path / "straight")
+    run(synthetic_cfg("federation.rounds=2", "algorithm.hn_momentum=0.5"), tmp_path / "cut")
+    resume = f"resume={tmp_path / 'cut'}"
+    resumed = run(synthetic_cfg("federation.rounds=4", "algorithm.hn_momentum=0.5", resume), tmp_path / "cut")
+    assert resumed["final"] == straight["final"] and resumed["best"] == straight["best"]
+    assert (tmp_path / "cut/metrics.csv").read_text() == (tmp_path / "straight/metrics.csv").read_text()
+    a = torch.load(tmp_path / "cut/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_a_missing_checkpoint_is_a_clear_error(synthetic_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"resume=.*no checkpoint"):
+        run(synthetic_cfg(f"resume={tmp_path / 'nothing'}"), tmp_path / "run")

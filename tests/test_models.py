@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from pfedla.errors import ConfigError
+from pfedla.models import layer_groups
+from pfedla.run import run
+from tests.helpers import tiny_model
+
+
+def test_module_grouping_pairs_weight_and_bias_and_never_includes_bn_statistics():
+    groups = layer_groups(tiny_model(batch_norm=True), "module")
+    assert list(groups) == ["conv1", "bn1", "conv2", "bn2", "fc1", "fc2", "fc3"]
+    assert groups["bn1"] == ["bn1.weight", "bn1.bias"]
+    assert not any("running" in n or "num_batches" in n for names in groups.values() for n in names)
+
+
+def test_tensor_and_block_groupings():
+    model = tiny_model()
+    assert len(layer_groups(model, "tensor")) == 10
+    assert layer_groups(model, "block") == layer_groups(model, "module")  # flat model: blocks are modules
+    with pytest.raises(ConfigError, match="algorithm.grouping"):
+        layer_groups(model, "neuron")
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 16, 16)])
+def test_cnn_accepts_paper_input_shapes(shape):
+    from pfedla.models.cnn import CNN
+
+    assert CNN(shape, 10)(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+def test_batchnorm_statistics_stay_each_clients_own_under_pfedla(synthetic_cfg, tmp_path):
+    from pfedla.run import setup
+
+    cfg = synthetic_cfg("model=cnn_bn", "federation.rounds=2")
+    module = setup(cfg)
+    run(cfg, tmp_path, module=module)
+    mean = module.algorithm.client_buffers["bn1.running_mean"]
+    assert not torch.allclose(mean[0], mean[1]), "running stats were mixed or never updated"
+    assert int(module.algorithm.client_buffers["bn1.num_batches_tracked"][0]) > 0
+    assert "bn1" in module.algorithm.layer_names  # BN affine parameters are mixed like any layer
