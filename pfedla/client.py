@@ -53,13 +53,13 @@ def train_client(
             logits = functional_call(model, {**params, **buffers}, (x[batch],))
             loss = F.cross_entropy(logits, y[batch])
             grads = torch.autograd.grad(loss, list(params.values()))
-            with torch.no_grad():
+            with torch.no_grad():  # the same ops as torch.optim.SGD, so results match it bit for bit
                 for (name, p), g in zip(params.items(), grads):
                     if weight_decay:
-                        g = g + weight_decay * p
+                        g = g.add(p, alpha=weight_decay)
                     if momentum:
                         g = velocity[name].mul_(momentum).add_(g)
-                    p.sub_(lr * g)
+                    p.add_(g, alpha=-lr)
             losses.append(loss.detach())
     return {k: v.detach() for k, v in params.items()}, buffers, torch.stack(losses).mean()
 

@@ -93,6 +93,24 @@ class PFedLAConfig:
 
 
 @dataclass
+class PFedHNConfig:
+    name: str = MISSING
+    embedding_dim: Optional[int] = None  # None: 1 + num_clients / 4, as in the public recipe
+    hidden_dim: int = MISSING
+    hidden_layers: int = MISSING
+    hn_lr: float = MISSING
+    hn_momentum: float = MISSING
+    hn_weight_decay: float = MISSING
+
+
+@dataclass
+class AveragingConfig:
+    """fedavg, fedbn, local: no keys beyond the name."""
+
+    name: str = MISSING
+
+
+@dataclass
 class LoggerConfig:
     name: str = MISSING
 
@@ -119,6 +137,8 @@ def register_configs() -> None:
     cs.store(group="partition", name="schema", node=PartitionConfig)
     cs.store(group="model", name="schema", node=ModelConfig)
     cs.store(group="algorithm", name="schema_pfedla", node=PFedLAConfig)
+    cs.store(group="algorithm", name="schema_pfedhn", node=PFedHNConfig)
+    cs.store(group="algorithm", name="schema_averaging", node=AveragingConfig)
     cs.store(group="logger", name="schema", node=LoggerConfig)
 
 

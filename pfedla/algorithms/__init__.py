@@ -5,10 +5,19 @@ from __future__ import annotations
 from torch import nn
 
 from pfedla.algorithms.base import Algorithm
+from pfedla.algorithms.fedavg import FedAvg, FedBN, Local
+from pfedla.algorithms.pfedhn import PFedHN
 from pfedla.algorithms.pfedla import PFedLA
 from pfedla.errors import ConfigError
 
-ALGORITHMS = {"pfedla": PFedLA, "heurpfedla": PFedLA}
+ALGORITHMS = {
+    "pfedla": PFedLA,
+    "heurpfedla": PFedLA,
+    "fedavg": FedAvg,
+    "fedbn": FedBN,
+    "pfedhn": PFedHN,
+    "local": Local,
+}
 
 
 def build_algorithm(cfg, model: nn.Module, num_clients: int) -> Algorithm:

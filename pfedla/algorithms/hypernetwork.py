@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pfedla.algorithms.stacked import sgd_step
 from pfedla.errors import ConfigError
 
 NORMALISATIONS = ("relu", "softmax")
@@ -77,14 +78,9 @@ class LayerwiseHypernetworks(nn.Module):
     def step(self, clients: torch.Tensor, grads: dict[str, torch.Tensor | None]) -> None:
         """SGD (descent) on the given clients' rows only; each client's momentum buffer is its own."""
         for name, p in self.named_parameters():
-            g = grads.get(name)
-            if g is None:
-                continue
-            if self.momentum:
-                buf = getattr(self, _momentum_key(name))
-                buf[clients] = self.momentum * buf[clients] + g
-                g = buf[clients]
-            p[clients] -= self.lr * g
+            if grads.get(name) is not None:
+                buffer = getattr(self, _momentum_key(name)) if self.momentum else None
+                sgd_step(p, grads[name], self.lr, self.momentum, momentum_buffer=buffer, rows=clients)
 
 
 def normalise(scores: torch.Tensor, clients: torch.Tensor, how: str) -> torch.Tensor:

@@ -69,3 +69,33 @@ def average(stacked: Tensors, weights: torch.Tensor, rows: torch.Tensor | None =
 
 def nbytes(tensors: Tensors, names=None) -> int:
     return sum(tensors[n].numel() * tensors[n].element_size() for n in (tensors if names is None else names))
+
+
+@torch.no_grad()
+def sgd_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    momentum_buffer: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+) -> None:
+    """torch.optim.SGD's update (no dampening, no Nesterov) on ``param``, or only on its ``rows``.
+
+    ``grad`` (and the update) has the shape of ``param[rows]``; the momentum buffer is full-size, so
+    with ``rows`` every client's optimizer state stays its own.
+    """
+    current = param if rows is None else param[rows]
+    if weight_decay:
+        grad = grad + weight_decay * current
+    if momentum:
+        if rows is None:
+            grad = momentum_buffer.mul_(momentum).add_(grad)
+        else:
+            momentum_buffer[rows] = momentum * momentum_buffer[rows] + grad
+            grad = momentum_buffer[rows]
+    if rows is None:
+        param.sub_(lr * grad)
+    else:
+        param[rows] = current - lr * grad

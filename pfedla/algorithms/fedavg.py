@@ -1,0 +1,91 @@
+"""Averaging baselines, all one mechanism: shared tensors are averaged, personal tensors stay put.
+
+FedAvg (McMahan et al., 2017): everything shared; sample-weighted average of the round's trained
+models; evaluated as the global model. FedBN (Li et al., ICLR 2021): BatchNorm modules, selected
+by type, keep affine parameters and running statistics per client. Local: everything personal,
+nothing communicated. Each is a choice of ``personal_names``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pfedla.algorithms.base import Algorithm
+from pfedla.algorithms.stacked import ClientModel, StackedTensors, nbytes
+from pfedla.errors import ConfigError
+
+
+class FedAvg(Algorithm):
+    def __init__(self, model: nn.Module, num_clients: int, cfg=None):
+        super().__init__(model, num_clients)
+        personal = set(self.personal_names(model))
+        state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        self.shared_names = [n for n in state if n not in personal]
+        # The global model: one row of shared tensors (parameters and BatchNorm statistics alike).
+        self.global_model = StackedTensors.repeat({n: state[n] for n in self.shared_names}, 1)
+
+    def personal_names(self, model: nn.Module) -> list[str]:
+        """Tensors that never leave the client; FedAvg shares everything."""
+        return []
+
+    def begin_round(self, sampled: list[int]) -> None:
+        super().begin_round(sampled)
+        zeros = lambda n: torch.zeros_like(self.global_model[n][0], dtype=torch.float64)  # exact sums
+        self._weighted_sum = {n: zeros(n) for n in self.shared_names}
+        self._total_samples = 0
+        self._trained: dict[int, ClientModel] = {}
+
+    def model_for(self, i: int) -> ClientModel:
+        sent = self._with_global(self.own_model(i))
+        self.count_bytes(down=nbytes(self.global_model.as_dict()))
+        return sent
+
+    def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
+        state = {**trained.params, **trained.buffers}
+        for n in self.shared_names:
+            self._weighted_sum[n] += num_samples * state[n].double()
+        self._total_samples += num_samples
+        self._trained[i] = trained
+        self.count_bytes(up=nbytes(state, self.shared_names))
+
+    def end_round(self) -> None:
+        for i, trained in self._trained.items():
+            self.client_params.set_row(i, trained.params)
+            self.client_buffers.set_row(i, trained.buffers)
+        if self._total_samples:
+            with torch.no_grad():
+                for n in self.shared_names:
+                    mean = self._weighted_sum[n] / self._total_samples
+                    target = self.global_model[n][0]
+                    target.copy_(mean.round() if not target.is_floating_point() else mean)
+        del self._weighted_sum, self._trained
+
+    def evaluation_model(self, i: int) -> ClientModel:
+        return self._with_global(self.own_model(i))
+
+    def _with_global(self, model: ClientModel) -> ClientModel:
+        for n in self.shared_names:
+            (model.params if n in model.params else model.buffers)[n] = self.global_model[n][0].clone()
+        return model
+
+
+class FedBN(FedAvg):
+    def personal_names(self, model: nn.Module) -> list[str]:
+        names = [
+            f"{module_name}.{tensor_name}"
+            for module_name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            for tensor_name, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        ]
+        if not names:
+            raise ConfigError(
+                f"algorithm=fedbn needs a model with BatchNorm, but model={type(model).__name__} has none; "
+                "try model=cnn_bn"
+            )
+        return names
+
+
+class Local(FedAvg):
+    def personal_names(self, model: nn.Module) -> list[str]:
+        return [n for n, _ in [*model.named_parameters(), *model.named_buffers()]]

@@ -1,0 +1,139 @@
+"""FedAvg, FedBN, pFedHN and Local against hand-built cases and plain PyTorch."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pfedla.algorithms.fedavg import FedAvg, FedBN, Local
+from pfedla.algorithms.pfedhn import PFedHN
+from pfedla.algorithms.stacked import ClientModel
+from pfedla.client import client_generator
+from pfedla.errors import ConfigError
+from pfedla.models import build_model
+from pfedla.run import run, setup
+from tests.helpers import tiny_model
+
+
+def test_fedavg_with_one_client_equals_plain_local_sgd(synthetic_cfg, tmp_path):
+    cfg = synthetic_cfg(
+        "algorithm=fedavg", "federation.num_clients=1", "federation.rounds=2", "client.weight_decay=1e-3"
+    )
+    module = setup(cfg)
+    run(cfg, tmp_path, module=module)
+
+    # Plain PyTorch: nn.Module + torch.optim.SGD (a fresh optimizer per round, as a client starts anew),
+    # the same initial weights and the same batch order.
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, module.data.input_shape, module.data.num_classes)
+    x, y = module.data.train_x[0], module.data.train_y[0]
+    for round_idx in (1, 2):
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.client.lr, momentum=cfg.client.momentum, weight_decay=1e-3)
+        order = torch.randperm(len(y), generator=client_generator(cfg.seed, round_idx, 0))
+        for start in range(0, len(y), cfg.client.batch_size):
+            batch = order[start : start + cfg.client.batch_size]
+            opt.zero_grad()
+            F.cross_entropy(model(x[batch]), y[batch]).backward()
+            opt.step()
+    for name, p in model.named_parameters():
+        assert torch.equal(module.algorithm.global_model[name][0], p.detach()), name
+
+
+def test_fedavg_average_is_sample_weighted():
+    algo = FedAvg(tiny_model(), 2)
+    algo.begin_round([0, 1])
+    sent = {i: algo.model_for(i) for i in (0, 1)}
+    for i, (value, samples) in {0: (1.0, 1), 1: (4.0, 3)}.items():
+        trained = ClientModel({n: torch.full_like(t, value) for n, t in sent[i].params.items()}, {})
+        algo.receive(i, sent[i], trained, samples)
+    algo.end_round()
+    for name in algo.param_names:
+        assert torch.allclose(algo.global_model[name][0], torch.tensor(3.25))  # (1*1 + 3*4) / 4
+        assert torch.equal(algo.evaluation_model(1).params[name], algo.evaluation_model(0).params[name])
+
+
+def test_fedbn_shares_everything_but_batchnorm(synthetic_cfg, tmp_path):
+    cfg = synthetic_cfg("algorithm=fedbn", "model=cnn_bn", "federation.rounds=2")
+    module = setup(cfg)
+    run(cfg, tmp_path, module=module)
+    algo = module.algorithm
+    a, b = algo.evaluation_model(0), algo.evaluation_model(1)
+    state_a, state_b = {**a.params, **a.buffers}, {**b.params, **b.buffers}
+    bn = {n for n in state_a if n.startswith(("bn1.", "bn2."))}
+    assert bn == set(algo.personal_names(module.model)) and len(bn) == 10
+    for name in state_a:
+        if name in bn:
+            if "num_batches" not in name:
+                assert not torch.equal(state_a[name], state_b[name]), f"{name} should be personal"
+        else:
+            assert torch.equal(state_a[name], state_b[name]), f"{name} should be shared"
+
+
+def test_fedbn_without_batchnorm_is_a_clear_error(synthetic_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="algorithm=fedbn needs a model with BatchNorm.*model=cnn_bn"):
+        run(synthetic_cfg("algorithm=fedbn"), tmp_path)
+
+
+def test_pfedhn_step_moves_generated_model_toward_trained_model():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(dict(embedding_dim=None, hidden_dim=16, hidden_layers=2, hn_lr=1e-3, hn_momentum=0.0,
+                                hn_weight_decay=0.0))
+    algo = PFedHN(tiny_model().double(), 3, cfg).double()
+    gen = torch.Generator().manual_seed(0)
+    algo.begin_round([0, 2])
+    sent = {i: algo.model_for(i) for i in (0, 2)}
+    noise = lambda t: 0.1 * torch.randn(t.shape, generator=gen, dtype=t.dtype)
+    trained = {i: ClientModel({n: t + noise(t) for n, t in s.params.items()}, {}) for i, s in sent.items()}
+    for i in (0, 2):
+        algo.receive(i, sent[i], trained[i], 5)
+    algo.end_round()
+
+    def dist(a, b):
+        return sum(((a[n] - b[n]) ** 2).sum().item() for n in a)
+
+    for i in (0, 2):
+        after = algo.evaluation_model(i).params
+        assert dist(after, trained[i].params) < dist(sent[i].params, trained[i].params)
+
+
+def test_local_communicates_nothing_and_clients_only_see_their_own_model(synthetic_cfg, tmp_path):
+    cfg = synthetic_cfg("algorithm=local", "federation.rounds=2")
+    module = setup(cfg)
+    real, starts = module.client_trainer, []
+
+    def spy(model, params, buffers, x, y, **kw):
+        out = real(model, params, buffers, x, y, **kw)
+        starts.append(({n: p.clone() for n, p in params.items()}, out[0]))
+        return out
+
+    module.client_trainer = spy
+    summary = run(cfg, tmp_path, module=module)
+    assert summary["bytes_down"] == summary["bytes_up"] == 0
+    for i in range(4):  # round 2 starts from exactly what client i itself produced in round 1
+        start_round2, (_, trained_round1) = starts[4 + i][0], starts[i]
+        assert all(torch.equal(start_round2[n], trained_round1[n]) for n in start_round2)
+
+
+def test_every_algorithm_sees_the_same_sampled_clients_for_a_seed(synthetic_cfg, tmp_path):
+    def sampled(algorithm, seed, *extra):
+        cfg = synthetic_cfg(f"algorithm={algorithm}", f"seed={seed}", "federation.num_clients=6",
+                            "federation.participation=0.5", "federation.rounds=3", *extra)
+        module = setup(cfg)
+        seen, begin = [], module.algorithm.begin_round
+        module.algorithm.begin_round = lambda clients: (seen.append(list(clients)), begin(clients))
+        run(cfg, tmp_path / f"{algorithm}{seed}", module=module)
+        return seen
+
+    reference = sampled("pfedla", 0)
+    assert len(reference) == 3 and all(len(r) == 3 for r in reference)
+    assert len({tuple(r) for r in reference}) > 1, "the stream should vary across rounds"
+    for algorithm, extra in (("fedavg", ()), ("local", ()), ("pfedhn", ()), ("fedbn", ("model=cnn_bn",))):
+        assert sampled(algorithm, 0, *extra) == reference, algorithm
+    assert sampled("fedavg", 1) != reference
+
+
+def test_local_and_fedbn_are_fedavg_with_personal_tensors():
+    model = tiny_model(batch_norm=True)
+    assert set(Local(model, 2).shared_names) == set()
+    assert set(FedAvg(model, 2).shared_names) == {n for n, _ in [*model.named_parameters(), *model.named_buffers()]}
+    assert all(n.startswith("bn") for n in FedBN(model, 2).personal_names(model))
