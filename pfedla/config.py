@@ -113,6 +113,18 @@ class AveragingConfig:
 @dataclass
 class LoggerConfig:
     name: str = MISSING
+    # wandb only
+    project: Optional[str] = None
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # online | offline | disabled; None: WANDB_MODE, else offline
+    group: Optional[str] = None  # None: the sweep dir for -m, else the experiment name
+    tags: Optional[list[str]] = None  # None: the Hydra group choices
+    init_timeout: Optional[float] = None
+
+
+@dataclass
+class VizConfig:
+    every: int = MISSING  # rounds between heatmaps (pFedLA); the last round always gets them
 
 
 @dataclass
@@ -122,6 +134,7 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    viz: VizConfig = field(default_factory=VizConfig)
     dataset: Any = MISSING
     partition: Any = MISSING
     model: Any = MISSING

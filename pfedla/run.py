@@ -17,7 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import pfedla.config  # noqa: F401  (registers the schemas with Hydra's ConfigStore)
 from pfedla.algorithms import build_algorithm
@@ -28,7 +28,9 @@ from pfedla.models import build_model
 from pfedla.outputs import build_summary, write_alpha, write_json
 from pfedla.server import FederatedModule
 from pfedla.validate import validate_config
+from pfedla.viz.callbacks import Figures, RoundProgress
 from pfedla.viz.partition import plot_partition
+from pfedla.viz.wandb_logger import finish, make_wandb_logger
 
 log = logging.getLogger("pfedla")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -44,19 +46,25 @@ def setup(cfg: DictConfig) -> FederatedModule:
     return FederatedModule(model, algorithm, data, cfg)
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-        every_n_epochs=cfg.checkpoint.every, save_on_train_epoch_end=True, enable_version_counter=False,
-    )
+def make_trainer(cfg: DictConfig, run_dir: Path, wandb_logger=None) -> L.Trainer:
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+            every_n_epochs=cfg.checkpoint.every, save_on_train_epoch_end=True, enable_version_counter=False,
+        ),
+        Figures(run_dir, cfg.viz.every, wandb_logger),
+    ]
+    if cfg.trainer.progress_bar:
+        callbacks.append(RoundProgress())
     return L.Trainer(
         max_epochs=cfg.federation.rounds,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
-        logger=False,  # metrics.csv is written by FederatedModule from its checkpointed history
-        callbacks=[checkpoint],
+        # metrics.csv is written by FederatedModule from its checkpointed history, whatever the logger
+        logger=[wandb_logger] if wandb_logger is not None else False,
+        callbacks=callbacks,
         log_every_n_steps=1,
-        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_progress_bar=False,  # RoundProgress: Lightning's bar would count one step per epoch
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
@@ -98,10 +106,22 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     plot_partition(partition, run_dir / "partition.png", f"{cfg.dataset.name} / {cfg.partition.name} partition")
 
     started = time.perf_counter()
-    trainer = make_trainer(cfg, run_dir)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(num_workers|many workers|LightningModule.*optimizer).*")
-        trainer.fit(module, ckpt_path=checkpoint)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    wandb_logger = make_wandb_logger(cfg, run_dir, resolved) if cfg.logger.name == "wandb" else None
+    failed = True
+    try:
+        if wandb_logger is not None:
+            import wandb
+
+            wandb_logger.experiment.log({"figures/partition": wandb.Image(str(run_dir / "partition.png"))})
+        trainer = make_trainer(cfg, run_dir, wandb_logger)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*(num_workers|many workers|LightningModule.*optimizer).*")
+            trainer.fit(module, ckpt_path=checkpoint)
+        failed = False
+    finally:
+        if wandb_logger is not None:
+            finish(wandb_logger, failed)
     wall_seconds = time.perf_counter() - started
 
     algorithm = module.algorithm
@@ -110,7 +130,7 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
         communication["bytes_saved"] = int(algorithm.bytes_saved)
         alpha, retained = algorithm.current_alpha()
         write_alpha(run_dir / "alpha.npz", alpha.cpu().numpy(), retained.cpu().numpy(), algorithm.layer_names)
-    summary = build_summary(module.history, OmegaConf.to_container(cfg, resolve=True), wall_seconds, communication)
+    summary = build_summary(module.history, resolved, wall_seconds, communication)
     summary["partition_fingerprint"] = partition["fingerprint"]
     write_json(run_dir / "summary.json", summary)
     final = summary["final"]
@@ -122,10 +142,24 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     return summary
 
 
+def name_wandb_run(cfg: DictConfig, hydra_cfg) -> None:
+    """Fill W&B group/tags left null: one group per -m sweep, tags from the Hydra group choices."""
+    with open_dict(cfg):
+        if cfg.logger.get("group", "unset") is None:
+            if hydra_cfg.mode == RunMode.MULTIRUN:
+                cfg.logger.group = str(hydra_cfg.sweep.dir)
+            else:
+                cfg.logger.group = hydra_cfg.runtime.choices.get("experiment") or "single-runs"
+        if cfg.logger.get("tags", "unset") is None:
+            choices = hydra_cfg.runtime.choices
+            cfg.logger.tags = [f"{k}={v}" for k, v in choices.items() if v and not k.startswith("hydra")]
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = run_dir_for(cfg, Path(hydra_cfg.runtime.output_dir))
+    name_wandb_run(cfg, hydra_cfg)
     try:
         run(cfg, run_dir)
     except ConfigError as err:

@@ -34,6 +34,7 @@ class FederatedModule(L.LightningModule):
         self.cfg = cfg
         self.run_dir = run_dir  # where metrics.csv is kept current; None: nowhere
         self.client_trainer = train_client  # the seam tests use to observe what a client starts from
+        self.client_progress = lambda done, total: None  # set by the progress display
         self.history: list[dict] = []  # one record per evaluation round
         self._round_losses: list[torch.Tensor] = []
 
@@ -67,7 +68,8 @@ class FederatedModule(L.LightningModule):
         fed, cl = self.cfg.federation, self.cfg.client
         sampled = sample_clients(self.cfg.seed, self.round, self.data.num_clients, fed.participation)
         self.algorithm.begin_round(sampled)
-        for i in sampled:
+        for done, i in enumerate(sampled):
+            self.client_progress(done, len(sampled))
             sent = self.algorithm.model_for(i)
             params, buffers, loss = self.client_trainer(
                 self.model, sent.params, sent.buffers, self.data.train_x[i], self.data.train_y[i],

@@ -1,0 +1,106 @@
+"""Lightning callbacks that show a run while it goes: progress, heatmaps, curves, per-client bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from pfedla.viz.heatmaps import alpha_long_format, save_heatmaps  # noqa: E402
+
+
+class RoundProgress(L.Callback):
+    """One bar over rounds: clients done in the round, latest test/acc_mean, ETA (tqdm's)."""
+
+    def on_train_start(self, trainer, module) -> None:
+        self.last_acc = module.history[-1]["test/acc_mean"] if module.history else None
+        self.bar = tqdm(total=trainer.max_epochs, initial=module.current_epoch, desc="round", unit="round",
+                        dynamic_ncols=True)
+        module.client_progress = lambda done, total: self._show(f"clients {done}/{total}")
+
+    def _show(self, clients: str = "") -> None:
+        parts = ([clients] if clients else []) + ([f"acc_mean {self.last_acc:.4f}"] if self.last_acc else [])
+        self.bar.set_postfix_str(", ".join(parts), refresh=True)
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if module.history and module.history[-1]["round"] == module.round:
+            self.last_acc = module.history[-1]["test/acc_mean"]
+        self.bar.update(1)
+        self._show()
+
+    def on_train_end(self, trainer, module) -> None:
+        self.bar.close()
+
+
+class Figures(L.Callback):
+    """Heatmaps every ``every`` rounds and at the end (pFedLA); curve and per-client bars at the end.
+
+    Everything is saved under the run dir and, with a W&B logger, logged as images and tables.
+    """
+
+    def __init__(self, run_dir: Path, every: int, wandb_logger=None):
+        self.run_dir, self.every, self.wandb = Path(run_dir), every, wandb_logger
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        r = module.round
+        if hasattr(module.algorithm, "current_alpha") and (r % self.every == 0 or r == trainer.max_epochs):
+            self.heatmaps(module.algorithm, r)
+
+    def heatmaps(self, algorithm, round_idx: int) -> None:
+        alpha, retained = (t.cpu().numpy() for t in algorithm.current_alpha())
+        layers = list(algorithm.layer_names)
+        paths = save_heatmaps(alpha, retained, layers, round_idx, self.run_dir / "heatmaps")
+        if self.wandb is not None:
+            import wandb
+
+            images = {f"alpha/{p.stem.split('_', 2)[-1]}": wandb.Image(str(p)) for p in paths}
+            table = wandb.Table(columns=["round", "layer", "i", "j", "alpha"],
+                                data=alpha_long_format(alpha, layers, round_idx))
+            self.wandb.experiment.log({**images, "alpha/table": table, "round": round_idx})
+
+    def on_train_end(self, trainer, module) -> None:
+        if not module.history:
+            return
+        paths = [plot_accuracy_curve(module.history, self.run_dir / "accuracy.png"),
+                 plot_client_accuracy(module.history[-1], self.run_dir / "client_accuracy.png")]
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.experiment.log({f"figures/{p.stem}": wandb.Image(str(p)) for p in paths})
+
+
+def plot_accuracy_curve(history: list[dict], path: Path) -> Path:
+    rounds = [h["round"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(rounds, [100 * h["test/acc_mean"] for h in history], label="acc_mean (unweighted over clients)")
+    ax.plot(rounds, [100 * h["test/acc_weighted"] for h in history], "--", label="acc_weighted (by test samples)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Personalized test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_client_accuracy(record: dict, path: Path) -> Path:
+    acc = 100 * np.asarray(record["client_acc"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(acc) + 2), 4))
+    ax.bar(np.arange(len(acc)), acc)
+    ax.axhline(acc.mean(), color="k", linestyle="--", label=f"mean {acc.mean():.1f}%")
+    ax.set_xlabel("client")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Per-client test accuracy, round {record['round']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
