@@ -31,6 +31,7 @@ class ClientConfig:
     lr: float = MISSING
     momentum: float = MISSING
     weight_decay: float = MISSING
+    on_nonfinite: str = MISSING  # reject (skip that client's update this round) | fail
 
 
 @dataclass

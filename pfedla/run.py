@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -16,12 +18,12 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import pfedla.config  # noqa: F401  (registers the schemas with Hydra's ConfigStore)
 from pfedla.algorithms import build_algorithm
 from pfedla.algorithms.pfedla import PFedLA
+from pfedla.checkpointing import AtomicCheckpointIO, RoundCheckpoint, check_resume_compatible, load_checkpoint
 from pfedla.data import build_federated_data
 from pfedla.errors import ConfigError
 from pfedla.models import build_model
@@ -48,11 +50,8 @@ def setup(cfg: DictConfig) -> FederatedModule:
 
 def make_trainer(cfg: DictConfig, run_dir: Path, wandb_logger=None) -> L.Trainer:
     callbacks = [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-            every_n_epochs=cfg.checkpoint.every, save_on_train_epoch_end=True, enable_version_counter=False,
-        ),
         Figures(run_dir, cfg.viz.every, wandb_logger),
+        RoundCheckpoint(run_dir / "checkpoints" / "last.ckpt", cfg.checkpoint.every),
     ]
     if cfg.trainer.progress_bar:
         callbacks.append(RoundProgress())
@@ -66,9 +65,11 @@ def make_trainer(cfg: DictConfig, run_dir: Path, wandb_logger=None) -> L.Trainer
         log_every_n_steps=1,
         enable_progress_bar=False,  # RoundProgress: Lightning's bar would count one step per epoch
         enable_model_summary=False,
+        enable_checkpointing=False,  # RoundCheckpoint writes checkpoints/last.ckpt
         num_sanity_val_steps=0,
         limit_val_batches=0,
         default_root_dir=run_dir,
+        plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -81,6 +82,18 @@ def resume_checkpoint(resume) -> Path | None:
     if not checkpoint.is_file():
         raise ConfigError(f"resume={resume}: no checkpoint at {checkpoint}; pass a run dir with checkpoints/last.ckpt")
     return checkpoint
+
+
+def ensure_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"output dir {run_dir} is not writable ({err.strerror}); pick another with hydra.run.dir=<dir>"
+        ) from None
 
 
 def run_dir_for(cfg: DictConfig, hydra_dir: Path) -> Path:
@@ -97,16 +110,18 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     ``module`` (from ``setup(cfg)``) may be passed in to observe or instrument it.
     """
     run_dir = Path(run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     checkpoint = resume_checkpoint(cfg.resume)
+    if checkpoint is not None:  # before anything is loaded or written
+        check_resume_compatible(load_checkpoint(checkpoint)["pfedla_config"], resolved)
     module = setup(cfg) if module is None else module
     module.run_dir = run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(run_dir)
     partition = module.data.summary()
     write_json(run_dir / "partition.json", partition)
     plot_partition(partition, run_dir / "partition.png", f"{cfg.dataset.name} / {cfg.partition.name} partition")
 
     started = time.perf_counter()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     wandb_logger = make_wandb_logger(cfg, run_dir, resolved) if cfg.logger.name == "wandb" else None
     failed = True
     try:
@@ -132,6 +147,11 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
         write_alpha(run_dir / "alpha.npz", alpha.cpu().numpy(), retained.cpu().numpy(), algorithm.layer_names)
     summary = build_summary(module.history, resolved, wall_seconds, communication)
     summary["partition_fingerprint"] = partition["fingerprint"]
+    summary["rejected_updates"] = module.rejected  # [round, client] pairs with NaN/Inf, never applied
+    if module.stopped_by_signal:
+        summary["stopped_by_signal"] = module.stopped_by_signal
+        log.warning("stopped by signal %d after round %d; continue with resume=%s",
+                    module.stopped_by_signal, summary["rounds"], run_dir)
     write_json(run_dir / "summary.json", summary)
     final = summary["final"]
     log.info(
@@ -162,14 +182,24 @@ def main(cfg: DictConfig) -> None:
     name_wandb_run(cfg, hydra_cfg)
     try:
         run(cfg, run_dir)
-    except ConfigError as err:
+    except Exception as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            # One bad job must not stop the sweep: record why it failed where the report will look.
-            (run_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n")
+            # One failing job must not stop the sweep: record why where the report will look.
+            detail = "" if isinstance(err, ConfigError) else "\n" + traceback.format_exc()
+            (run_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n{detail}")
             log.error("job %s failed: %s", hydra_cfg.job.num, err)
             return
+        if not isinstance(err, ConfigError):
+            raise
+        remove_if_only_hydra_files(Path(hydra_cfg.runtime.output_dir))
         print(f"pfedla: error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def remove_if_only_hydra_files(path: Path) -> None:
+    """A run refused at start leaves no run dir behind (Hydra creates it before main runs)."""
+    if path.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in path.iterdir()):
+        shutil.rmtree(path)
 
 
 if __name__ == "__main__":

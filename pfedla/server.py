@@ -8,10 +8,12 @@ round boundary is an epoch boundary and all randomness is a function of (seed, r
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
@@ -22,6 +24,14 @@ from pfedla.client import client_generator, predict, train_client
 from pfedla.data import FederatedData
 from pfedla.outputs import write_metrics_csv
 from pfedla.sampling import sample_clients
+
+log = logging.getLogger("pfedla")
+
+
+def _all_finite(loss: torch.Tensor, *tensor_dicts: dict) -> bool:
+    checks = [torch.isfinite(loss).all()] + [torch.isfinite(t).all() for d in tensor_dicts for t in d.values()
+                                             if t.is_floating_point()]
+    return bool(torch.stack(checks).all())
 
 
 class FederatedModule(L.LightningModule):
@@ -36,6 +46,8 @@ class FederatedModule(L.LightningModule):
         self.client_trainer = train_client  # the seam tests use to observe what a client starts from
         self.client_progress = lambda done, total: None  # set by the progress display
         self.history: list[dict] = []  # one record per evaluation round
+        self.stopped_by_signal = 0  # set by RoundCheckpoint
+        self.rejected: list[list[int]] = []  # [round, client] of updates with NaN/Inf, never applied
         self._round_losses: list[torch.Tensor] = []
 
     @property
@@ -55,9 +67,12 @@ class FederatedModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["pfedla_history"] = self.history
+        checkpoint["pfedla_rejected"] = self.rejected
+        checkpoint["pfedla_config"] = OmegaConf.to_container(self.cfg, resolve=True)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("pfedla_history", []))
+        self.rejected = list(checkpoint.get("pfedla_rejected", []))
 
     # --- one round --------------------------------------------------------------------------------
     @property
@@ -76,11 +91,24 @@ class FederatedModule(L.LightningModule):
                 epochs=cl.epochs, batch_size=cl.batch_size, lr=cl.lr, momentum=cl.momentum,
                 weight_decay=cl.weight_decay, generator=client_generator(self.cfg.seed, self.round, i),
             )
+            if not _all_finite(loss, params, buffers):
+                self._reject(i)
+                continue
             self.algorithm.receive(i, sent, ClientModel(params, buffers), self.data.train_sizes[i])
             self._round_losses.append(loss)
         self.algorithm.end_round()
         if self.round % fed.eval_every == 0 or self.round == fed.rounds:
             self._evaluate_and_log()
+
+    def _reject(self, i: int) -> None:
+        """A NaN/Inf update never reaches server state; the client counts as not having reported."""
+        if self.cfg.client.on_nonfinite == "fail":
+            raise FloatingPointError(
+                f"round {self.round}: client {i} returned a non-finite update (client.on_nonfinite=fail); "
+                "lower client.lr or set client.on_nonfinite=reject"
+            )
+        log.warning("round %d: client %d returned NaN/Inf; update rejected", self.round, i)
+        self.rejected.append([self.round, i])
 
     def _evaluate_and_log(self) -> None:
         accs = torch.stack([self.client_accuracy(i) for i in range(self.data.num_clients)])
@@ -89,7 +117,7 @@ class FederatedModule(L.LightningModule):
             "round": self.round,
             "test/acc_mean": accs.mean().item(),  # unweighted over clients: the headline
             "test/acc_weighted": (accs * sizes).sum().item() / sizes.sum().item(),
-            "train/loss": torch.stack(self._round_losses).mean().item(),
+            "train/loss": torch.stack(self._round_losses).mean().item() if self._round_losses else float("nan"),
             "comm/bytes_down": int(self.algorithm.bytes_down),
             "comm/bytes_up": int(self.algorithm.bytes_up),
         }

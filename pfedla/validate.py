@@ -38,6 +38,7 @@ def validate_config(cfg) -> None:
     _check(cl.lr > 0, "client.lr", cl.lr, "must be > 0", "0.01")
     _check(0 <= cl.momentum < 1, "client.momentum", cl.momentum, "must be in [0, 1)", "0.9")
     _check(cl.weight_decay >= 0, "client.weight_decay", cl.weight_decay, "must be >= 0", "0.0")
+    _choice("client.on_nonfinite", cl.on_nonfinite, ("reject", "fail"))
     _check(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1", "1")
     _check(cfg.viz.every >= 1, "viz.every", cfg.viz.every, "must be >= 1", "10")
     _choice("logger", cfg.logger.name, ("wandb", "csv", "none"))

@@ -1,0 +1,121 @@
+"""Checkpoints that never corrupt a run: atomic writes, safe loads, resume-compatibility checks.
+
+What makes resume exact is elsewhere by design: all server state is module state (client models,
+BN statistics, hypernetworks and their optimizer buffers), the history rides in the checkpoint,
+and every random draw is a pure function of (seed, round, client), so no RNG state needs saving.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from pfedla.errors import ConfigError
+from pfedla.outputs import atomic_write_bytes
+
+# Config keys that define the federation: resuming with any of them changed would silently mix two
+# experiments, so it is refused. Everything else (rounds, eval_every, logger, trainer, viz) may change.
+FEDERATION_KEYS = (
+    "seed", "federation.num_clients", "federation.participation", "client", "partition", "model", "algorithm",
+    "dataset.name", "dataset.fraction", "dataset.num_classes", "dataset.samples_per_class", "dataset.image_size",
+    "dataset.noise", "dataset.split",
+)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to a temp file and rename (a crash mid-write leaves the last good checkpoint); load tensors only."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return load_checkpoint(path, map_location)
+
+
+def load_checkpoint(path: str | Path, map_location=None) -> dict:
+    """``torch.load(weights_only=True)``: a checkpoint can hold tensors and plain data, never code."""
+    try:
+        checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"resume: no checkpoint at {path}") from None
+    except Exception as err:  # UnpicklingError (foreign/unsafe objects), RuntimeError/EOFError (truncated)
+        kind = "holds objects other than tensors and plain data" if "weights_only" in str(err) else (
+            "is truncated or not a PyTorch checkpoint")
+        raise ConfigError(
+            f"resume: checkpoint {path} {kind} ({type(err).__name__}); it was not loaded. Resume from a checkpoint "
+            "written by pfedla, or start a new run without resume="
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "pfedla_config" not in checkpoint:
+        raise ConfigError(f"resume: {path} is not a pfedla checkpoint (no pfedla_config); nothing was loaded")
+    return checkpoint
+
+
+def check_resume_compatible(saved: dict, current: dict) -> None:
+    """Refuse to continue a run under a config that changes the federation; name every differing key."""
+    differing = []
+    for key in FEDERATION_KEYS:
+        before, after = _select(saved, key), _select(current, key)
+        if before != after:
+            differing += _diff(before, after, key)
+    if differing:
+        raise ConfigError(
+            "resume: the config changes the federation of the checkpointed run: " + "; ".join(differing)
+            + ". Use the original values (only rounds, eval_every, logger, trainer, checkpoint, viz may change)"
+        )
+
+
+def _select(cfg: dict, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _diff(before, after, key: str) -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [d for k in sorted(set(before) | set(after)) for d in _diff(before.get(k), after.get(k), f"{key}.{k}")
+                if before.get(k) != after.get(k)]
+    return [f"{key}: {before!r} -> {after!r}"]
+
+
+class RoundCheckpoint(L.Callback):
+    """Write ``last.ckpt`` between rounds: every ``every`` rounds, after the last round, and right after
+    the round in progress when SIGTERM/SIGINT arrives (then stop cleanly; resume continues from there).
+
+    Lightning's ModelCheckpoint keys its schedule on optimizer steps, which manual optimisation
+    without optimizers never takes, so rounds are counted here.
+    """
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every, self.requested, self.previous = Path(path), every, None, {}
+
+    def on_train_start(self, trainer, module) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[sig] = signal.signal(sig, self._request)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _request(self, signum, frame) -> None:
+        self.requested = signum
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        round_idx = module.round
+        if self.requested is not None or round_idx % self.every == 0 or round_idx == trainer.max_epochs:
+            trainer.save_checkpoint(self.path)
+        if self.requested is not None:
+            trainer.should_stop = True
+            module.stopped_by_signal = int(self.requested)
+
+    def on_train_end(self, trainer, module) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
