@@ -32,6 +32,7 @@ class ClientConfig:
     momentum: float = MISSING
     weight_decay: float = MISSING
     on_nonfinite: str = MISSING  # reject (skip that client's update this round) | fail
+    engine: str = MISSING  # loop (reference) | vmap (a round's clients trained together with torch.func)
 
 
 @dataclass
@@ -86,6 +87,7 @@ class PFedLAConfig:
     hidden_layers: int = MISSING
     hn_lr: float = MISSING
     hn_momentum: float = MISSING
+    hn_optimizer: str = MISSING  # sgd | adam (per-client state either way)
     normalisation: str = MISSING  # relu | softmax
     head_init: str = MISSING  # uniform | random
     grouping: str = MISSING  # module | tensor | block

@@ -48,11 +48,10 @@ def setup(cfg: DictConfig) -> FederatedModule:
     return FederatedModule(model, algorithm, data, cfg)
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, wandb_logger=None) -> L.Trainer:
-    callbacks = [
-        Figures(run_dir, cfg.viz.every, wandb_logger),
-        RoundCheckpoint(run_dir / "checkpoints" / "last.ckpt", cfg.checkpoint.every),
-    ]
+def make_trainer(cfg: DictConfig, run_dir: Path, wandb_logger=None, figures: bool = True) -> L.Trainer:
+    callbacks = [RoundCheckpoint(run_dir / "checkpoints" / "last.ckpt", cfg.checkpoint.every)]
+    if figures:
+        callbacks.append(Figures(run_dir, cfg.viz.every, wandb_logger))
     if cfg.trainer.progress_bar:
         callbacks.append(RoundProgress())
     return L.Trainer(
@@ -181,7 +180,7 @@ def main(cfg: DictConfig) -> None:
     run_dir = run_dir_for(cfg, Path(hydra_cfg.runtime.output_dir))
     name_wandb_run(cfg, hydra_cfg)
     try:
-        run(cfg, run_dir)
+        summary = run(cfg, run_dir)
     except Exception as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # One failing job must not stop the sweep: record why where the report will look.
@@ -194,6 +193,8 @@ def main(cfg: DictConfig) -> None:
         remove_if_only_hydra_files(Path(hydra_cfg.runtime.output_dir))
         print(f"pfedla: error: {err}", file=sys.stderr)
         sys.exit(2)
+    if summary.get("stopped_by_signal"):  # checkpointed and stopped: end the process (and a sweep) too
+        sys.exit(128 + summary["stopped_by_signal"])
 
 
 def remove_if_only_hydra_files(path: Path) -> None:

@@ -9,6 +9,8 @@ round boundary is an epoch boundary and all randomness is a function of (seed, r
 from __future__ import annotations
 
 import logging
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -21,11 +23,28 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from pfedla.algorithms.base import Algorithm
 from pfedla.algorithms.stacked import ClientModel
 from pfedla.client import client_generator, predict, train_client
+from pfedla.client_vmap import predict_clients_vmap, train_clients_vmap
 from pfedla.data import FederatedData
 from pfedla.outputs import write_metrics_csv
 from pfedla.sampling import sample_clients
 
 log = logging.getLogger("pfedla")
+
+
+class PhaseTimer:
+    """Wall seconds per named phase of a round (synchronising the GPU so the split is real)."""
+
+    def __init__(self, device: torch.device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.seconds: dict[str, float] = {"client": 0.0, "server": 0.0, "eval": 0.0}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        self.sync()
+        start = time.perf_counter()
+        yield
+        self.sync()
+        self.seconds[phase] += time.perf_counter() - start
 
 
 def _all_finite(loss: torch.Tensor, *tensor_dicts: dict) -> bool:
@@ -49,6 +68,7 @@ class FederatedModule(L.LightningModule):
         self.stopped_by_signal = 0  # set by RoundCheckpoint
         self.rejected: list[list[int]] = []  # [round, client] of updates with NaN/Inf, never applied
         self._round_losses: list[torch.Tensor] = []
+        self.timings: list[dict] = []  # per round: seconds in client training, server work, evaluation
 
     @property
     def model(self) -> nn.Module:
@@ -80,25 +100,46 @@ class FederatedModule(L.LightningModule):
         return self.current_epoch + 1  # 1-based
 
     def training_step(self, batch, batch_idx):
-        fed, cl = self.cfg.federation, self.cfg.client
-        sampled = sample_clients(self.cfg.seed, self.round, self.data.num_clients, fed.participation)
-        self.algorithm.begin_round(sampled)
-        for done, i in enumerate(sampled):
-            self.client_progress(done, len(sampled))
-            sent = self.algorithm.model_for(i)
-            params, buffers, loss = self.client_trainer(
-                self.model, sent.params, sent.buffers, self.data.train_x[i], self.data.train_y[i],
-                epochs=cl.epochs, batch_size=cl.batch_size, lr=cl.lr, momentum=cl.momentum,
-                weight_decay=cl.weight_decay, generator=client_generator(self.cfg.seed, self.round, i),
-            )
-            if not _all_finite(loss, params, buffers):
-                self._reject(i)
-                continue
-            self.algorithm.receive(i, sent, ClientModel(params, buffers), self.data.train_sizes[i])
-            self._round_losses.append(loss)
-        self.algorithm.end_round()
+        fed = self.cfg.federation
+        timer = PhaseTimer(self.device)
+        with timer("server"):
+            sampled = sample_clients(self.cfg.seed, self.round, self.data.num_clients, fed.participation)
+            self.algorithm.begin_round(sampled)
+            sent = {i: self.algorithm.model_for(i) for i in sampled}  # all from the start-of-round state
+        with timer("client"):
+            results = self._train_clients(sampled, sent)
+        with timer("server"):
+            for i, (params, buffers, loss) in zip(sampled, results):
+                if not _all_finite(loss, params, buffers):
+                    self._reject(i)
+                    continue
+                self.algorithm.receive(i, sent[i], ClientModel(params, buffers), self.data.train_sizes[i])
+                self._round_losses.append(loss)
+            self.algorithm.end_round()
         if self.round % fed.eval_every == 0 or self.round == fed.rounds:
-            self._evaluate_and_log()
+            with timer("eval"):
+                self._evaluate_and_log()
+        self.timings.append({"round": self.round, "clients": len(sampled), **timer.seconds})
+
+    def _train_clients(self, sampled: list[int], sent: dict[int, ClientModel]) -> list:
+        cl = self.cfg.client
+        sgd = dict(epochs=cl.epochs, batch_size=cl.batch_size, lr=cl.lr, momentum=cl.momentum,
+                   weight_decay=cl.weight_decay)
+        if cl.engine == "vmap":
+            results = train_clients_vmap(
+                self.model, [(sent[i].params, sent[i].buffers) for i in sampled],
+                [(self.data.train_x[i], self.data.train_y[i]) for i in sampled],
+                generators=[client_generator(self.cfg.seed, self.round, i) for i in sampled], **sgd,
+            )
+        else:
+            results = []
+            for done, i in enumerate(sampled):
+                self.client_progress(done, len(sampled))
+                results.append(self.client_trainer(
+                    self.model, sent[i].params, sent[i].buffers, self.data.train_x[i], self.data.train_y[i],
+                    generator=client_generator(self.cfg.seed, self.round, i), **sgd,
+                ))
+        return results
 
     def _reject(self, i: int) -> None:
         """A NaN/Inf update never reaches server state; the client counts as not having reported."""
@@ -111,7 +152,7 @@ class FederatedModule(L.LightningModule):
         self.rejected.append([self.round, i])
 
     def _evaluate_and_log(self) -> None:
-        accs = torch.stack([self.client_accuracy(i) for i in range(self.data.num_clients)])
+        accs = self.client_accuracies()
         sizes = torch.tensor(self.data.test_sizes, dtype=accs.dtype, device=accs.device)
         record = {
             "round": self.round,
@@ -129,7 +170,14 @@ class FederatedModule(L.LightningModule):
             write_metrics_csv(Path(self.run_dir) / "metrics.csv", self.history)
 
     @torch.no_grad()
-    def client_accuracy(self, i: int) -> torch.Tensor:
-        model = self.algorithm.evaluation_model(i)
-        preds = predict(self.model, model.params, model.buffers, self.data.test_x[i])
-        return multiclass_accuracy(preds, self.data.test_y[i], num_classes=self.data.num_classes, average="micro")
+    def client_accuracies(self) -> torch.Tensor:
+        """Accuracy of ``evaluation_model(i)`` on client i's test split, for every client."""
+        clients = range(self.data.num_clients)
+        models = [self.algorithm.evaluation_model(i) for i in clients]
+        if self.cfg.client.engine == "vmap":
+            preds = predict_clients_vmap(self.model, [(m.params, m.buffers) for m in models], self.data.test_x)
+        else:
+            preds = [predict(self.model, m.params, m.buffers, self.data.test_x[i]) for i, m in zip(clients, models)]
+        k = self.data.num_classes
+        return torch.stack([multiclass_accuracy(p, y, num_classes=k, average="micro")
+                            for p, y in zip(preds, self.data.test_y)])

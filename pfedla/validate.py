@@ -7,7 +7,7 @@ the value rules. Each failure raises one ``ConfigError`` naming the key, the val
 from __future__ import annotations
 
 from pfedla.algorithms import ALGORITHMS
-from pfedla.algorithms.hypernetwork import HEAD_INITS, NORMALISATIONS
+from pfedla.algorithms.hypernetwork import HEAD_INITS, NORMALISATIONS, OPTIMIZERS
 from pfedla.algorithms.pfedla import EVAL_MODELS
 from pfedla.data.sources import DATASET_NAMES
 from pfedla.errors import ConfigError
@@ -39,6 +39,7 @@ def validate_config(cfg) -> None:
     _check(0 <= cl.momentum < 1, "client.momentum", cl.momentum, "must be in [0, 1)", "0.9")
     _check(cl.weight_decay >= 0, "client.weight_decay", cl.weight_decay, "must be >= 0", "0.0")
     _choice("client.on_nonfinite", cl.on_nonfinite, ("reject", "fail"))
+    _choice("client.engine", cl.engine, ("loop", "vmap"))
     _check(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1", "1")
     _check(cfg.viz.every >= 1, "viz.every", cfg.viz.every, "must be >= 1", "10")
     _choice("logger", cfg.logger.name, ("wandb", "csv", "none"))
@@ -69,6 +70,7 @@ def validate_config(cfg) -> None:
         for key, value in (("embedding_dim", algo.embedding_dim), ("hidden_dim", algo.hidden_dim)):
             _check(value >= 1, f"algorithm.{key}", value, "must be >= 1", "100")
         _check(algo.hidden_layers >= 1, "algorithm.hidden_layers", algo.hidden_layers, "must be >= 1", "3")
+        _choice("algorithm.hn_optimizer", algo.hn_optimizer, OPTIMIZERS)
         _choice("algorithm.normalisation", algo.normalisation, NORMALISATIONS)
         _choice("algorithm.head_init", algo.head_init, HEAD_INITS)
         _choice("algorithm.grouping", algo.grouping, GROUPINGS)

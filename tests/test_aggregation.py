@@ -51,3 +51,25 @@ def test_all_zero_fallback_through_the_hypernetwork_has_finite_gradients():
     assert torch.equal(alpha[0], torch.tensor([0.0, 1.0, 0.0]).expand(5, 3))
     alpha.sum().backward()
     assert all(torch.isfinite(r.grad).all() for r in rows.values() if r.grad is not None)
+
+
+def test_batched_hypernetwork_forward_and_backward_equal_per_client_computation():
+    algo = make_pfedla(num_clients=5, dtype=torch.float64)
+    hn = algo.hypernetworks
+    clients = torch.tensor([3, 0, 4])
+    weights = torch.randn(3, len(algo.layers), 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rows = hn.rows(clients)
+    (hn.alpha(clients, rows) * weights).sum().backward()
+
+    for s, i in enumerate(clients.tolist()):  # client i alone, as a plain MLP with its own tensors
+        own = {name: p[i].detach().clone().requires_grad_(True) for name, p in hn.named_parameters()}
+        h = own["embeddings"]
+        for k in range(len(hn.body_weights)):
+            h = torch.relu(own[f"body_weights.{k}"] @ h + own[f"body_biases.{k}"])
+        scores = (own["head_weight"] @ h + own["head_bias"]).view(len(algo.layers), 5)
+        positive = torch.relu(scores)
+        alpha = positive / positive.sum(-1, keepdim=True)
+        torch.testing.assert_close(hn.alpha(clients[s : s + 1])[0], alpha)
+        (alpha * weights[s]).sum().backward()
+        for name in own:
+            torch.testing.assert_close(rows[name].grad[s], own[name].grad, msg=name)

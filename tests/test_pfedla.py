@@ -55,9 +55,11 @@ def _random_update(scale=0.05, seed=7):
     return train
 
 
-@pytest.mark.parametrize("normalisation", ["relu", "softmax"])
-def test_hypernetwork_step_moves_personalized_model_toward_trained_model(normalisation):
-    algo = make_pfedla(num_clients=4, dtype=torch.float64, hn_lr=1e-3, normalisation=normalisation)
+@pytest.mark.parametrize("normalisation, optimizer", [("relu", "sgd"), ("softmax", "sgd"), ("relu", "adam")])
+def test_hypernetwork_step_moves_personalized_model_toward_trained_model(normalisation, optimizer):
+    lr = 1e-3 if optimizer == "sgd" else 1e-4
+    algo = make_pfedla(num_clients=4, dtype=torch.float64, hn_lr=lr, normalisation=normalisation,
+                       hn_optimizer=optimizer)
     thetas = {n: t.clone() for n, t in algo.server_view.items()}  # start-of-round theta_j
     before = {i: _theta_bar(algo, i, thetas) for i in range(4)}
     sent, trained = _one_round(algo, [0, 1, 2, 3], _local_training())
@@ -161,3 +163,25 @@ def test_heurpfedla_keeps_top_k_self_weighted_layers_local_without_head_gradient
     total = sum(algo.client_params[name][0].numel() for name in algo.param_names)
     assert int(algo.bytes_saved) == 2 * n * kept * 8  # down + up, float64
     assert int(algo.bytes_down) == int(algo.bytes_up) == n * (total - kept) * 8
+
+
+@pytest.mark.parametrize("optimizer, momentum", [("sgd", 0.9), ("adam", 0.0)])
+def test_hypernetwork_optimizer_rows_match_torch_optim_for_that_client_alone(optimizer, momentum):
+    """Row-wise SGD-momentum / Adam equal torch.optim run on one client's tensors alone; other rows untouched."""
+    algo = make_pfedla(num_clients=3, dtype=torch.float64, hn_lr=1e-2, hn_momentum=momentum, hn_optimizer=optimizer)
+    hn = algo.hypernetworks
+    own = [p[1].detach().clone().requires_grad_(True) for p in hn.parameters()]
+    untouched = [p[2].detach().clone() for p in hn.parameters()]
+    reference = (torch.optim.SGD(own, lr=1e-2, momentum=momentum) if optimizer == "sgd"
+                 else torch.optim.Adam(own, lr=1e-2))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in own]
+        for p, g in zip(own, grads):
+            p.grad = g.clone()
+        reference.step()
+        hn.step(torch.tensor([0, 1]), {n: torch.stack([torch.zeros_like(g), g]) for (n, _), g in
+                                       zip(hn.named_parameters(), grads)})
+    for p, expected, still in zip(hn.parameters(), own, untouched):
+        torch.testing.assert_close(p[1], expected.detach())
+        assert torch.equal(p[2], still)

@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pfedla.algorithms.stacked import sgd_step
+from pfedla.algorithms.stacked import adam_step, sgd_step
 from pfedla.errors import ConfigError
 
 NORMALISATIONS = ("relu", "softmax")
 HEAD_INITS = ("uniform", "random")
+OPTIMIZERS = ("sgd", "adam")
 
 
 class LayerwiseHypernetworks(nn.Module):
@@ -33,15 +34,18 @@ class LayerwiseHypernetworks(nn.Module):
         head_init: str = "uniform",
         lr: float = 5e-3,
         momentum: float = 0.0,
+        optimizer: str = "sgd",
     ):
         super().__init__()
         if normalisation not in NORMALISATIONS:
             raise ConfigError(f"algorithm.normalisation={normalisation} is unknown; valid: relu, softmax")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"algorithm.hn_optimizer={optimizer} is unknown; valid: sgd, adam")
         if head_init not in HEAD_INITS:
             raise ConfigError(f"algorithm.head_init={head_init} is unknown; valid: uniform, random")
         n = num_clients
         self.num_clients, self.num_layers, self.normalisation = n, num_layers, normalisation
-        self.lr, self.momentum = lr, momentum
+        self.lr, self.momentum, self.optimizer = lr, momentum, optimizer
         self.embeddings = nn.Parameter(torch.randn(n, embedding_dim))  # as nn.Embedding initialises
         dims = [embedding_dim] + [hidden_dim] * hidden_layers
         self.body_weights = nn.ParameterList([_linear_init(n, o, i) for i, o in zip(dims[:-1], dims[1:])])
@@ -54,9 +58,15 @@ class LayerwiseHypernetworks(nn.Module):
             with torch.no_grad():
                 self.head_weight.zero_()
                 self.head_bias.fill_(1.0)
-        if momentum:
-            for name, p in self.named_parameters():
+        # Optimizer state as buffers (checkpointed); rows are clients, so each client's state is its own.
+        for name, p in list(self.named_parameters()):
+            if optimizer == "sgd" and momentum:
                 self.register_buffer(_momentum_key(name), torch.zeros_like(p))
+            if optimizer == "adam":
+                self.register_buffer(_state_key("exp_avg", name), torch.zeros_like(p))
+                self.register_buffer(_state_key("exp_avg_sq", name), torch.zeros_like(p))
+        if optimizer == "adam":
+            self.register_buffer("adam_steps", torch.zeros(n, dtype=torch.int64))
 
     def rows(self, clients: torch.Tensor) -> dict[str, torch.Tensor]:
         """Detached leaf copies of the given clients' rows: differentiate w.r.t. these, then ``step``.
@@ -76,7 +86,14 @@ class LayerwiseHypernetworks(nn.Module):
 
     @torch.no_grad()
     def step(self, clients: torch.Tensor, grads: dict[str, torch.Tensor | None]) -> None:
-        """SGD (descent) on the given clients' rows only; each client's momentum buffer is its own."""
+        """A descent step (SGD or Adam) on the given clients' rows only."""
+        if self.optimizer == "adam":
+            self.adam_steps[clients] += 1
+            for name, p in self.named_parameters():
+                if grads.get(name) is not None:
+                    adam_step(p, grads[name], self.lr, getattr(self, _state_key("exp_avg", name)),
+                              getattr(self, _state_key("exp_avg_sq", name)), self.adam_steps[clients], clients)
+            return
         for name, p in self.named_parameters():
             if grads.get(name) is not None:
                 buffer = getattr(self, _momentum_key(name)) if self.momentum else None
@@ -95,6 +112,10 @@ def normalise(scores: torch.Tensor, clients: torch.Tensor, how: str) -> torch.Te
 
 def _momentum_key(name: str) -> str:
     return "momentum_" + name.replace(".", "_")
+
+
+def _state_key(kind: str, name: str) -> str:
+    return f"{kind}_" + name.replace(".", "_")
 
 
 def _linear_init(n: int, out_features: int, in_features: int, bias: bool = False) -> nn.Parameter:

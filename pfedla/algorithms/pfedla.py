@@ -50,7 +50,7 @@ class PFedLA(Algorithm):
         self.k, self.eval_model = cfg.k, cfg.eval_model
         self.hypernetworks = LayerwiseHypernetworks(
             num_clients, len(self.layers), cfg.embedding_dim, cfg.hidden_dim, cfg.hidden_layers,
-            cfg.normalisation, cfg.head_init, cfg.hn_lr, cfg.hn_momentum,
+            cfg.normalisation, cfg.head_init, cfg.hn_lr, cfg.hn_momentum, cfg.hn_optimizer,
         )
         # HeurpFedLA: a layer a client keeps local is not uploaded, so the server's copy of it goes
         # stale while the client's own copy (client_params) moves on. pFedLA uploads everything.

@@ -99,3 +99,25 @@ def sgd_step(
         param.sub_(lr * grad)
     else:
         param[rows] = current - lr * grad
+
+
+@torch.no_grad()
+def adam_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    lr: float,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step_numbers: torch.Tensor,
+    rows: torch.Tensor,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> None:
+    """torch.optim.Adam's update on ``param[rows]``; moments are per row, ``step_numbers[S]`` (1-based) too."""
+    beta1, beta2 = betas
+    t = step_numbers.to(param.dtype).view(-1, *[1] * (param.dim() - 1))
+    m = exp_avg[rows].lerp(grad, 1 - beta1)
+    v = exp_avg_sq[rows].mul(beta2).addcmul(grad, grad, value=1 - beta2)
+    exp_avg[rows], exp_avg_sq[rows] = m, v
+    denom = (v.sqrt() / (1 - beta2**t).sqrt()).add(eps)
+    param[rows] = param[rows] - (lr / (1 - beta1**t)) * m / denom

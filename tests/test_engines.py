@@ -1,0 +1,50 @@
+"""The vmap client engine equals the loop reference on the same batches (unequal sizes, BatchNorm)."""
+
+import pytest
+import torch
+
+from pfedla.client import client_generator, train_client
+from pfedla.client_vmap import train_clients_vmap
+from pfedla.run import run, setup
+from tests.helpers import tiny_model
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 1e-3)])
+def test_vmap_engine_matches_loop_engine_with_unequal_sizes_and_batchnorm(momentum, weight_decay):
+    model = tiny_model(batch_norm=True)
+    gen = torch.Generator().manual_seed(0)
+    sizes = [23, 8, 17]  # partial last batches of 3, none, 1... with batch size 5: 5 steps, 2 steps, 4 steps
+    data = [(torch.randn(n, 1, 16, 16, generator=gen), torch.randint(0, 3, (n,), generator=gen)) for n in sizes]
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    sent = [({n: p + 0.01 * c for n, p in params.items()}, buffers) for c in range(3)]
+    kw = dict(epochs=2, batch_size=5, lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    looped = [train_client(model, p, b, x, y, generator=client_generator(0, 1, c), **kw)
+              for c, ((p, b), (x, y)) in enumerate(zip(sent, data))]
+    vmapped = train_clients_vmap(model, sent, data, generators=[client_generator(0, 1, c) for c in range(3)], **kw)
+    for c in range(3):
+        for part in (0, 1):  # params, buffers
+            for name in looped[c][part]:
+                torch.testing.assert_close(vmapped[c][part][name], looped[c][part][name], rtol=1e-4, atol=1e-5,
+                                           msg=f"client {c} {name}")
+        torch.testing.assert_close(vmapped[c][2], looped[c][2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["pfedla", "fedbn"])
+def test_engines_give_the_same_server_state_after_rounds(synthetic_cfg, tmp_path, algorithm):
+    states = {}
+    for engine in ("loop", "vmap"):
+        cfg = synthetic_cfg(f"algorithm={algorithm}", "model=cnn_bn", "client.batch_size=16", f"client.engine={engine}",
+                            "partition.alpha=0.5")
+        module = setup(cfg)
+        summary = run(cfg, tmp_path / engine, module=module)
+        states[engine] = (module.algorithm.state_dict(), summary)
+    assert len(set(module.data.train_sizes)) > 1, "the test needs unequal client sizes"
+    loop_state, vmap_state = states["loop"][0], states["vmap"][0]
+    for name, value in loop_state.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(vmap_state[name], value, rtol=1e-3, atol=1e-4, msg=name)
+        else:
+            assert torch.equal(vmap_state[name], value), name
+    assert states["vmap"][1]["final"]["test/acc_mean"] == pytest.approx(
+        states["loop"][1]["final"]["test/acc_mean"], abs=0.02)
