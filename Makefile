@@ -37,6 +37,9 @@ test: install-dev data
 test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow"
 
+bench: data
+	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) benchmarks/throughput.py $(ARGS)
+
 lint: install-dev
 	$(VENV)/bin/ruff check pfedla tests benchmarks
 

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 IGNORED_KEYS = {"seed", "resume", "dataset.root"}
+IGNORED_PREFIXES = ("logger.", "trainer.", "checkpoint.", "viz.")  # how a job ran, not what it ran
 
 
 @dataclass
@@ -54,14 +55,16 @@ def group_jobs(jobs: list[Job]) -> dict[str, list[Job]]:
     by_algorithm: dict[str, list[Job]] = {}
     for job in done:
         by_algorithm.setdefault(job.config["algorithm.name"], []).append(job)
-    keys = sorted({k for j in done for k in j.config} - IGNORED_KEYS - {"algorithm.name"})
-    # A key varies if it takes two values within one algorithm's jobs (algorithm.* keys differ
-    # between algorithms by construction, so comparing across algorithms would label every row).
-    varying = [k for k in keys if any(len({repr(j.config.get(k)) for j in js}) > 1 for js in by_algorithm.values())]
     groups: dict[str, list[Job]] = {}
-    for job in done:
-        label = " ".join([job.config["algorithm.name"]] + [f"{k}={job.config.get(k)}" for k in varying])
-        groups.setdefault(label, []).append(job)
+    for algorithm, jobs_of_algorithm in by_algorithm.items():
+        # Label rows by the keys that vary among this algorithm's jobs (other algorithms' keys,
+        # e.g. a swept pFedLA learning rate, say nothing about FedAvg's rows).
+        keys = sorted({k for j in jobs_of_algorithm for k in j.config} - IGNORED_KEYS - {"algorithm.name"})
+        varying = [k for k in keys if not k.startswith(IGNORED_PREFIXES)
+                   and len({repr(j.config.get(k)) for j in jobs_of_algorithm}) > 1]
+        for job in jobs_of_algorithm:
+            label = " ".join([algorithm] + [f"{k}={job.config.get(k)}" for k in varying])
+            groups.setdefault(label, []).append(job)
     return dict(sorted(groups.items()))
 
 
@@ -111,7 +114,7 @@ def render_markdown(rows: list[dict], jobs: list[Job], sweep_dir: Path) -> str:
 
 
 def plot_curves(groups: dict[str, list[Job]], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     for label, jobs in groups.items():
         curves = [_read_curve(j.path / "metrics.csv") for j in jobs]
         curves = [c for c in curves if c]
@@ -126,7 +129,7 @@ def plot_curves(groups: dict[str, list[Job]], path: Path) -> None:
     ax.set_ylabel("test accuracy, mean over clients (%)")
     ax.set_title("Personalized accuracy vs round (band: ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

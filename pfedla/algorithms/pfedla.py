@@ -133,11 +133,13 @@ class PFedLA(Algorithm):
     @torch.no_grad()
     def current_alpha(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha [N, L, N], retained [N, L]) that every client would get now; rows i -> columns j."""
-        clients = torch.arange(self.num_clients, device=self.bytes_up.device)
-        alpha, retained = self._effective_alpha(self.hypernetworks.alpha(clients), clients)
-        if retained is None:
-            retained = torch.zeros(alpha.shape[:2], dtype=torch.bool, device=alpha.device)
-        return alpha, retained
+        alphas, retains = [], []
+        for clients in torch.arange(self.num_clients, device=self.bytes_up.device).split(256):  # bounded memory
+            alpha, retained = self._effective_alpha(self.hypernetworks.alpha(clients), clients)
+            alphas.append(alpha)
+            retains.append(torch.zeros(alpha.shape[:2], dtype=torch.bool, device=alpha.device)
+                           if retained is None else retained)
+        return torch.cat(alphas), torch.cat(retains)
 
     # --- HeurpFedLA -------------------------------------------------------------------------------
     def _effective_alpha(self, alpha: torch.Tensor, clients: torch.Tensor):
