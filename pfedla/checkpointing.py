@@ -110,7 +110,7 @@ class RoundCheckpoint(L.Callback):
     def on_train_epoch_end(self, trainer, module) -> None:
         round_idx = module.round
         if self.requested is not None or round_idx % self.every == 0 or round_idx == trainer.max_epochs:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # full state: loops too, not weights only
         if self.requested is not None:
             trainer.should_stop = True
             module.stopped_by_signal = int(self.requested)
