@@ -21,9 +21,6 @@ class ClientModel:
     params: Tensors
     buffers: Tensors
 
-    def numel(self, names=None) -> int:
-        return sum(self.params[n].numel() for n in (self.params if names is None else names))
-
 
 class StackedTensors(nn.Module):
     """Named tensors with a leading client axis, kept as buffers so Lightning checkpoints them."""
@@ -57,14 +54,6 @@ class StackedTensors(nn.Module):
 def _key(name: str) -> str:
     # buffer names may not contain "."; PyTorch attribute names never contain "__" mid-name in our models.
     return name.replace(".", "__")
-
-
-def average(stacked: Tensors, weights: torch.Tensor, rows: torch.Tensor | None = None) -> Tensors:
-    """Weighted average over the client axis: ``sum_j w_j t_j / sum_j w_j`` for every tensor."""
-    weights = weights / weights.sum()
-    return {
-        n: torch.einsum("j,j...->...", weights.to(t.dtype), t if rows is None else t[rows]) for n, t in stacked.items()
-    }
 
 
 def nbytes(tensors: Tensors, names=None) -> int:
