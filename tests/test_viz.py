@@ -66,3 +66,21 @@ def test_offline_wandb_run_holds_heatmaps_alpha_table_and_metrics(synthetic_cfg,
     assert (tmp_path / "run" / "heatmaps" / "round_0002_all.png").is_file()
     assert (tmp_path / "run" / "accuracy.png").is_file() and (tmp_path / "run" / "client_accuracy.png").is_file()
     assert any(offline.glob("*.wandb"))  # the metrics stream
+
+
+@pytest.mark.slow
+def test_unreachable_wandb_server_falls_back_to_offline_quickly(synthetic_cfg, tmp_path, monkeypatch):
+    import time
+
+    from pfedla.run import run
+
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    started = time.time()
+    summary = run(synthetic_cfg("logger=wandb", "logger.mode=online", "logger.init_timeout=5",
+                                "federation.rounds=1"), tmp_path / "run")
+    assert time.time() - started < 90, "an unreachable server must not hold the run for minutes"
+    assert summary["rounds"] == 1
+    assert list((tmp_path / "wb" / "wandb").glob("offline-run-*")), "metrics must still be logged (offline)"
