@@ -91,16 +91,25 @@ def train_clients_vmap(
 
 
 @torch.no_grad()
-def predict_clients_vmap(model: nn.Module, models: list[tuple[Tensors, Tensors]], xs: list[torch.Tensor]):
-    """Predictions of every client's model on its own inputs, in one vmapped forward (eval mode).
+def predict_clients_vmap(
+    model: nn.Module, models: list[tuple[Tensors, Tensors]], xs: list[torch.Tensor], group: int = 8
+) -> list[torch.Tensor]:
+    """Predictions of every client's model on its own inputs, vmapped over clients (eval mode).
 
-    Inputs are zero-padded to the longest; in eval mode samples do not interact, so padding is exact.
+    Clients are taken in groups of similar test size (sorted by size) and zero-padded to the group's
+    longest, which bounds the padding; in eval mode samples do not interact, so padding is exact.
     """
     model.eval()
-    params = {n: torch.stack([p[n] for p, _ in models]) for n in models[0][0]}
-    buffers = {n: torch.stack([b[n] for _, b in models]) for n in models[0][1]}
-    longest = max(len(x) for x in xs)
-    padded = torch.stack([F.pad(x, (0, 0, 0, 0, 0, 0, 0, longest - len(x))) for x in xs])
-    logits = vmap(lambda p, b, x: functional_call(model, {**p, **b}, (x,)))(params, buffers, padded)
-    preds = logits.argmax(-1)
-    return [preds[c, : len(x)] for c, x in enumerate(xs)]
+    forward = vmap(lambda p, b, x: functional_call(model, {**p, **b}, (x,)))
+    preds: list[torch.Tensor | None] = [None] * len(xs)
+    order = sorted(range(len(xs)), key=lambda c: len(xs[c]))
+    for start in range(0, len(order), group):
+        members = order[start : start + group]
+        params = {n: torch.stack([models[c][0][n] for c in members]) for n in models[0][0]}
+        buffers = {n: torch.stack([models[c][1][n] for c in members]) for n in models[0][1]}
+        longest = max(len(xs[c]) for c in members)
+        padded = torch.stack([F.pad(xs[c], (0, 0, 0, 0, 0, 0, 0, longest - len(xs[c]))) for c in members])
+        logits = forward(params, buffers, padded)
+        for k, c in enumerate(members):
+            preds[c] = logits[k, : len(xs[c])].argmax(-1)
+    return preds

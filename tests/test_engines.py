@@ -48,3 +48,18 @@ def test_engines_give_the_same_server_state_after_rounds(synthetic_cfg, tmp_path
             assert torch.equal(vmap_state[name], value), name
     assert states["vmap"][1]["final"]["test/acc_mean"] == pytest.approx(
         states["loop"][1]["final"]["test/acc_mean"], abs=0.02)
+
+
+def test_vmap_evaluation_predicts_what_each_model_predicts_alone():
+    from pfedla.client import predict
+    from pfedla.client_vmap import predict_clients_vmap
+
+    gen = torch.Generator().manual_seed(3)
+    model = tiny_model(batch_norm=True)
+    base = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    models = [({n: p + 0.3 * torch.randn(p.shape, generator=gen) for n, p in base.items()}, buffers) for _ in range(11)]
+    xs = [torch.randn(n, 1, 16, 16, generator=gen) for n in (5, 40, 1, 17, 3, 9, 33, 2, 8, 21, 6)]
+    got = predict_clients_vmap(model, models, xs, group=4)
+    for (p, b), x, pred in zip(models, xs, got):
+        assert torch.equal(pred, predict(model, p, b, x))
