@@ -26,7 +26,7 @@ data: $(VENV)/.installed
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		(apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)); \
 	fi
-	$(PY) -m pfedla.data.fetch --root $(DATA)
+	$(PY) -m pfedla.datasets.fetch --root $(DATA)
 
 run: data
 	$(PY) -m pfedla.run $(ARGS)

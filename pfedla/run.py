@@ -24,7 +24,7 @@ import pfedla.config  # noqa: F401  (registers the schemas with Hydra's ConfigSt
 from pfedla.algorithms import build_algorithm
 from pfedla.algorithms.pfedla import PFedLA
 from pfedla.checkpointing import AtomicCheckpointIO, RoundCheckpoint, check_resume_compatible, load_checkpoint
-from pfedla.data import build_federated_data
+from pfedla.datasets import build_federated_data
 from pfedla.errors import ConfigError
 from pfedla.models import build_model
 from pfedla.outputs import build_summary, write_alpha, write_json

@@ -24,7 +24,7 @@ from pfedla.algorithms.base import Algorithm
 from pfedla.algorithms.stacked import ClientModel
 from pfedla.client import client_generator, predict, train_client
 from pfedla.client_vmap import predict_clients_vmap, train_clients_vmap
-from pfedla.data import FederatedData
+from pfedla.datasets import FederatedData
 from pfedla.outputs import write_metrics_csv
 from pfedla.sampling import sample_clients
 

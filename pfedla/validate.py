@@ -9,7 +9,7 @@ from __future__ import annotations
 from pfedla.algorithms import ALGORITHMS
 from pfedla.algorithms.hypernetwork import HEAD_INITS, NORMALISATIONS, OPTIMIZERS
 from pfedla.algorithms.pfedla import EVAL_MODELS
-from pfedla.data.sources import DATASET_NAMES
+from pfedla.datasets.sources import DATASET_NAMES
 from pfedla.errors import ConfigError
 from pfedla.models import MODEL_NAMES
 from pfedla.models.layers import GROUPINGS

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pfedla.data.sources import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES
+from pfedla.datasets.sources import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES
 from pfedla.run import run
 from tests.conftest import compose_config
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pfedla.data import build_federated_data
-from pfedla.data.partition import (
+from pfedla.datasets import build_federated_data
+from pfedla.datasets.partition import (
     dirichlet_partition,
     iid_partition,
     pathological_partition,

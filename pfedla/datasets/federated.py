@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pfedla.data.partition import (
+from pfedla.datasets.partition import (
     STREAM_FRACTION,
     STREAM_SPLIT,
     check_feasible,
@@ -17,7 +17,7 @@ from pfedla.data.partition import (
     split_train_test,
     stratified_subset,
 )
-from pfedla.data.sources import load_pooled
+from pfedla.datasets.sources import load_pooled
 
 
 @dataclass

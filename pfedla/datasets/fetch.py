@@ -1,4 +1,4 @@
-"""``python -m pfedla.data.fetch --root data``: make Fashion-MNIST available offline if possible.
+"""``python -m pfedla.datasets.fetch --root data``: make Fashion-MNIST available offline if possible.
 
 Unpacks Debian's ``dataset-fashion-mnist`` into ``<root>/FashionMNIST/raw``; without it, says that
 torchvision will download the files on first use (which needs internet).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from pfedla.data.sources import DEBIAN_FASHION_MNIST, prepare_fashion_mnist_from_debian
+from pfedla.datasets.sources import DEBIAN_FASHION_MNIST, prepare_fashion_mnist_from_debian
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,3 +1,0 @@
-from pfedla.data.federated import FederatedData, build_federated_data
-
-__all__ = ["FederatedData", "build_federated_data"]
