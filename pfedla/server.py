@@ -47,10 +47,11 @@ class PhaseTimer:
         self.seconds[phase] += time.perf_counter() - start
 
 
-def _all_finite(loss: torch.Tensor, *tensor_dicts: dict) -> bool:
-    checks = [torch.isfinite(loss).all()] + [torch.isfinite(t).all() for d in tensor_dicts for t in d.values()
+def _all_finite(params: dict, buffers: dict, loss: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool tensor (no host sync): are the loss and every floating tensor finite?"""
+    checks = [torch.isfinite(loss).all()] + [torch.isfinite(t).all() for d in (params, buffers) for t in d.values()
                                              if t.is_floating_point()]
-    return bool(torch.stack(checks).all())
+    return torch.stack(checks).all()
 
 
 class FederatedModule(L.LightningModule):
@@ -109,8 +110,9 @@ class FederatedModule(L.LightningModule):
         with timer("client"):
             results = self._train_clients(sampled, sent)
         with timer("server"):
-            for i, (params, buffers, loss) in zip(sampled, results):
-                if not _all_finite(loss, params, buffers):
+            finite = torch.stack([_all_finite(*result) for result in results]).tolist()  # one sync per round
+            for i, (params, buffers, loss), ok in zip(sampled, results, finite):
+                if not ok:
                     self._reject(i)
                     continue
                 self.algorithm.receive(i, sent[i], ClientModel(params, buffers), self.data.train_sizes[i])
