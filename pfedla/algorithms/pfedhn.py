@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pfedla.algorithms.base import Algorithm
-from pfedla.algorithms.stacked import ClientModel, nbytes, sgd_step
+from pfedla.algorithms.stacked import ClientModel, nbytes, sgd_step, tensor_key
 
 
 class PFedHN(Algorithm):
@@ -28,19 +28,17 @@ class PFedHN(Algorithm):
         for _ in range(cfg.hidden_layers):  # the public recipe's n_hidden
             body += [nn.ReLU(), nn.Linear(cfg.hidden_dim, cfg.hidden_dim)]
         self.body = nn.Sequential(*body)
-        shapes = {n: p.shape for n, p in model.named_parameters()}
-        self.shapes = shapes
-        self.heads = nn.ModuleDict({_key(n): nn.Linear(cfg.hidden_dim, s.numel()) for n, s in shapes.items()})
-        for name, p in self.hypernetwork_parameters():
-            self.register_buffer(_key("momentum." + name), torch.zeros_like(p))
-
-    def hypernetwork_parameters(self):
-        return [(n, p) for n, p in self.named_parameters()]
+        self.shapes = {n: p.shape for n, p in model.named_parameters()}
+        heads = {tensor_key(n): nn.Linear(cfg.hidden_dim, s.numel()) for n, s in self.shapes.items()}
+        self.heads = nn.ModuleDict(heads)
+        if self.momentum:  # SGD state as buffers, so checkpoints carry it
+            for name, p in list(self.named_parameters()):
+                self.register_buffer(tensor_key("momentum." + name), torch.zeros_like(p))
 
     def generate(self, clients: torch.Tensor) -> dict[str, torch.Tensor]:
         """theta for each of ``clients``: ``{name: Tensor[S, *shape]}``."""
         h = self.body(self.embeddings(clients))
-        return {n: self.heads[_key(n)](h).view(len(clients), *s) for n, s in self.shapes.items()}
+        return {n: self.heads[tensor_key(n)](h).view(len(clients), *s) for n, s in self.shapes.items()}
 
     def begin_round(self, sampled: list[int]) -> None:
         super().begin_round(sampled)
@@ -64,14 +62,15 @@ class PFedHN(Algorithm):
     def end_round(self) -> None:
         if self._trained:
             names = list(self._generated)
-            params = self.hypernetwork_parameters()
+            params = list(self.named_parameters())  # the hypernetwork's: the base class holds only buffers
             grads = torch.autograd.grad(
                 [self._generated[n] for n in names], [p for _, p in params],
                 grad_outputs=[self._grad_outputs[n] for n in names], allow_unused=True,
             )
             for (name, p), g in zip(params, grads):
                 if g is not None:
-                    sgd_step(p, g, self.lr, self.momentum, self.weight_decay, getattr(self, _key("momentum." + name)))
+                    buffer = getattr(self, tensor_key("momentum." + name)) if self.momentum else None
+                    sgd_step(p, g, self.lr, self.momentum, self.weight_decay, buffer)
         for i, trained in self._trained.items():
             self.client_params.set_row(i, trained.params)
             self.client_buffers.set_row(i, trained.buffers)
@@ -82,7 +81,3 @@ class PFedHN(Algorithm):
         with torch.no_grad():
             params = {n: t[0] for n, t in self.generate(torch.tensor([i], device=self.bytes_up.device)).items()}
         return ClientModel(params, self.client_buffers.row(i))
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")

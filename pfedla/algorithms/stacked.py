@@ -29,7 +29,7 @@ class StackedTensors(nn.Module):
         super().__init__()
         self.names = list(tensors)
         for name, value in tensors.items():
-            self.register_buffer(_key(name), value)
+            self.register_buffer(tensor_key(name), value)
 
     @classmethod
     def repeat(cls, template: Tensors, num_clients: int) -> StackedTensors:
@@ -37,7 +37,7 @@ class StackedTensors(nn.Module):
         return cls({n: t.detach().unsqueeze(0).repeat(num_clients, *[1] * t.dim()) for n, t in template.items()})
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return getattr(self, _key(name))
+        return getattr(self, tensor_key(name))
 
     def as_dict(self) -> Tensors:
         return {n: self[n] for n in self.names}
@@ -51,7 +51,7 @@ class StackedTensors(nn.Module):
             self[n][i].copy_(values[n])
 
 
-def _key(name: str) -> str:
+def tensor_key(name: str) -> str:
     # buffer names may not contain "."; PyTorch attribute names never contain "__" mid-name in our models.
     return name.replace(".", "__")
 
