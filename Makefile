@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= data
 ARGS   ?=
 
-.PHONY: run test test-fast data install install-dev lint bench clean
+.PHONY: run test test-fast data install install-dev lint bench bench-scaling clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ test-fast: install-dev
 
 bench: data
 	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) benchmarks/throughput.py $(ARGS)
+
+bench-scaling: data
+	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) benchmarks/scaling.py $(ARGS)
 
 lint: install-dev
 	$(VENV)/bin/ruff check pfedla tests benchmarks

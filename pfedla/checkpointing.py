@@ -109,11 +109,14 @@ class RoundCheckpoint(L.Callback):
 
     def on_train_epoch_end(self, trainer, module) -> None:
         round_idx = module.round
-        if self.requested is not None or round_idx % self.every == 0 or round_idx == trainer.max_epochs:
+        # With several ranks the signal may reach only some: all stop after the same round.
+        requested = module.ranks.max_int(self.requested or 0, module.device)
+        if requested or round_idx % self.every == 0 or round_idx == trainer.max_epochs:
+            module.check_ranks_agree(f"after round {round_idx}")  # replicas must not have drifted apart
             trainer.save_checkpoint(self.path, weights_only=False)  # full state: loops too, not weights only
-        if self.requested is not None:
+        if requested:
             trainer.should_stop = True
-            module.stopped_by_signal = int(self.requested)
+            module.stopped_by_signal = requested
 
     def on_train_end(self, trainer, module) -> None:
         for sig, handler in self.previous.items():

@@ -38,7 +38,9 @@ class ClientConfig:
 @dataclass
 class TrainerConfig:
     accelerator: str = MISSING
-    devices: Any = MISSING
+    devices: int = MISSING  # processes per node; > 1 splits each round's clients across them
+    num_nodes: int = MISSING
+    strategy: str = MISSING  # auto: one process unless devices * num_nodes > 1 | ddp: always the multi-process path
     progress_bar: bool = MISSING
 
 

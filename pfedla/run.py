@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import statistics
 import sys
 import time
 import traceback
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -25,13 +28,13 @@ from pfedla.algorithms import build_algorithm
 from pfedla.algorithms.pfedla import PFedLA
 from pfedla.checkpointing import AtomicCheckpointIO, RoundCheckpoint, check_resume_compatible, load_checkpoint
 from pfedla.datasets import build_federated_data
+from pfedla.distributed import FederatedDDPStrategy, launch_rank, restored_process_state
 from pfedla.errors import ConfigError
 from pfedla.models import build_model
 from pfedla.outputs import build_summary, write_alpha, write_json
 from pfedla.server import FederatedModule
 from pfedla.validate import validate_config
-from pfedla.viz.callbacks import Figures, RoundProgress
-from pfedla.viz.partition import plot_partition
+from pfedla.viz.callbacks import Figures, PartitionFiles, RoundProgress
 from pfedla.viz.wandb_logger import finish, make_wandb_logger
 
 log = logging.getLogger("pfedla")
@@ -48,16 +51,28 @@ def setup(cfg: DictConfig) -> FederatedModule:
     return FederatedModule(model, algorithm, data, cfg)
 
 
+def is_distributed(cfg: DictConfig) -> bool:
+    tc = cfg.trainer
+    return tc.strategy == "ddp" or tc.devices * tc.num_nodes > 1
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path, wandb_logger=None, figures: bool = True) -> L.Trainer:
     callbacks = [RoundCheckpoint(run_dir / "checkpoints" / "last.ckpt", cfg.checkpoint.every)]
     if figures:
-        callbacks.append(Figures(run_dir, cfg.viz.every, wandb_logger))
+        title = f"{cfg.dataset.name} / {cfg.partition.name} partition"
+        callbacks += [PartitionFiles(run_dir, title, wandb_logger), Figures(run_dir, cfg.viz.every, wandb_logger)]
     if cfg.trainer.progress_bar:
         callbacks.append(RoundProgress())
+    strategy = "auto"
+    if is_distributed(cfg):  # K ranks split each round's clients (pfedla/distributed.py)
+        strategy = FederatedDDPStrategy(OmegaConf.to_container(cfg, resolve=True), run_dir)
     return L.Trainer(
         max_epochs=cfg.federation.rounds,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy=strategy,
+        use_distributed_sampler=False,  # the one "batch" per round is a placeholder, not data
         # metrics.csv is written by FederatedModule from its checkpointed history, whatever the logger
         logger=[wandb_logger] if wandb_logger is not None else False,
         callbacks=callbacks,
@@ -86,7 +101,7 @@ def resume_checkpoint(resume) -> Path | None:
 def ensure_writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"  # several ranks may probe at once
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
@@ -116,20 +131,15 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     module = setup(cfg) if module is None else module
     module.run_dir = run_dir
     ensure_writable(run_dir)
-    partition = module.data.summary()
-    write_json(run_dir / "partition.json", partition)
-    plot_partition(partition, run_dir / "partition.png", f"{cfg.dataset.name} / {cfg.partition.name} partition")
 
     started = time.perf_counter()
-    wandb_logger = make_wandb_logger(cfg, run_dir, resolved) if cfg.logger.name == "wandb" else None
+    # W&B runs on rank zero only (ranks > 0 of a multi-process run have it in their environment)
+    use_wandb = cfg.logger.name == "wandb" and launch_rank() == 0
+    wandb_logger = make_wandb_logger(cfg, run_dir, resolved) if use_wandb else None
     failed = True
     try:
-        if wandb_logger is not None:
-            import wandb
-
-            wandb_logger.experiment.log({"figures/partition": wandb.Image(str(run_dir / "partition.png"))})
         trainer = make_trainer(cfg, run_dir, wandb_logger)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), restored_process_state() if is_distributed(cfg) else nullcontext():
             warnings.filterwarnings("ignore", message=r".*(num_workers|many workers|LightningModule.*optimizer).*")
             trainer.fit(module, ckpt_path=checkpoint)
         failed = False
@@ -142,11 +152,16 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     communication = {"bytes_down": int(algorithm.bytes_down), "bytes_up": int(algorithm.bytes_up)}
     if isinstance(algorithm, PFedLA):
         communication["bytes_saved"] = int(algorithm.bytes_saved)
+    summary = build_summary(module.history, resolved, wall_seconds, communication)
+    summary["partition_fingerprint"] = module.data.fingerprint
+    summary["rejected_updates"] = module.rejected  # [round, client] pairs with NaN/Inf, never applied
+    summary["processes"] = trainer.world_size
+    summary["timing"] = timing_summary(module.timings)
+    if not trainer.is_global_zero:
+        return summary  # rank zero writes the run's files
+    if isinstance(algorithm, PFedLA):
         alpha, retained = algorithm.current_alpha()
         write_alpha(run_dir / "alpha.npz", alpha.cpu().numpy(), retained.cpu().numpy(), algorithm.layer_names)
-    summary = build_summary(module.history, resolved, wall_seconds, communication)
-    summary["partition_fingerprint"] = partition["fingerprint"]
-    summary["rejected_updates"] = module.rejected  # [round, client] pairs with NaN/Inf, never applied
     if module.stopped_by_signal:
         summary["stopped_by_signal"] = module.stopped_by_signal
         log.warning("stopped by signal %d after round %d; continue with resume=%s",
@@ -159,6 +174,20 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
         summary["best"]["test/acc_mean"], summary["best"]["round"], wall_seconds, run_dir,
     )
     return summary
+
+
+def timing_summary(timings: list[dict]) -> dict:
+    """Seconds per round phase (client training, gathering results across ranks, server, evaluation) in this
+    process: medians over the rounds after the first (which pays one-off start-up costs), and totals."""
+    phases = ("client", "gather", "server", "eval")
+    steady = timings[1:] or timings
+    medians = {f"{p}_s_median": statistics.median(t[p] for t in steady) for p in phases} if steady else {}
+    return {
+        "rounds_timed": len(timings),
+        "round_s_median": statistics.median(sum(t[p] for p in phases) for t in steady) if steady else None,
+        **medians,
+        **{f"{p}_s_total": sum(t[p] for t in timings) for p in phases},
+    }
 
 
 def name_wandb_run(cfg: DictConfig, hydra_cfg) -> None:

@@ -25,6 +25,7 @@ from pfedla.algorithms.stacked import ClientModel
 from pfedla.client import client_generator, predict, train_client
 from pfedla.client_vmap import predict_clients_vmap, train_clients_vmap
 from pfedla.datasets import FederatedData
+from pfedla.distributed import Ranks, tensors_digest
 from pfedla.outputs import write_metrics_csv
 from pfedla.sampling import sample_clients
 
@@ -36,7 +37,7 @@ class PhaseTimer:
 
     def __init__(self, device: torch.device):
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        self.seconds: dict[str, float] = {"client": 0.0, "server": 0.0, "eval": 0.0}
+        self.seconds: dict[str, float] = {"client": 0.0, "gather": 0.0, "server": 0.0, "eval": 0.0}
 
     @contextmanager
     def __call__(self, phase: str):
@@ -85,6 +86,21 @@ class FederatedModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self.data = self.data.to(self.device)
         self.model.to(self.device)
+        self.check_ranks_agree("at the start of training", data=True)
+
+    @property
+    def ranks(self) -> Ranks:
+        """Where this process stands among the run's processes (one, unless trainer.devices/num_nodes > 1)."""
+        return Ranks.of(self._trainer)
+
+    def check_ranks_agree(self, when: str, data: bool = False) -> None:
+        """Every rank must hold the same server state, and (``data``) the same client data (no-op in one process)."""
+        ranks = self.ranks
+        if ranks.world > 1:
+            if data:
+                ranks.check_agree(f"the federated data {when}", tensors_digest(
+                    [self.data.fingerprint], self.data.train_x, self.data.train_y, self.data.test_x, self.data.test_y))
+            ranks.check_agree(f"the server state {when}", tensors_digest(self.state_dict()))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["pfedla_history"] = self.history
@@ -107,8 +123,12 @@ class FederatedModule(L.LightningModule):
             sampled = sample_clients(self.cfg.seed, self.round, self.data.num_clients, fed.participation)
             self.algorithm.begin_round(sampled)
             sent = {i: self.algorithm.model_for(i) for i in sampled}  # all from the start-of-round state
+            sizes = [self.data.train_sizes[i] for i in sampled]
+            mine = self.ranks.share(sampled, sizes)  # every client when in one process
         with timer("client"):
-            results = self._train_clients(sampled, sent)
+            trained = self._train_clients(mine, sent)
+        with timer("gather"):  # identity in one process; with K ranks, every rank gets every result
+            results = self.ranks.gather_clients(sampled, sizes, trained, sent[sampled[0]])
         with timer("server"):
             finite = torch.stack([_all_finite(*result) for result in results]).tolist()  # one sync per round
             for i, (params, buffers, loss), ok in zip(sampled, results, finite):
@@ -125,6 +145,8 @@ class FederatedModule(L.LightningModule):
 
     def _train_clients(self, sampled: list[int], sent: dict[int, ClientModel]) -> list:
         cl = self.cfg.client
+        if not sampled:  # a rank with no client this round (fewer sampled clients than ranks)
+            return []
         sgd = dict(epochs=cl.epochs, batch_size=cl.batch_size, lr=cl.lr, momentum=cl.momentum,
                    weight_decay=cl.weight_decay)
         if cl.engine == "vmap":
@@ -168,18 +190,24 @@ class FederatedModule(L.LightningModule):
         self.log_dict({k: float(v) for k, v in record.items()}, on_step=True, on_epoch=False)
         self.log("acc", record["test/acc_mean"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
         self.history.append({**record, "client_acc": accs.tolist()})
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.trainer.is_global_zero:
             write_metrics_csv(Path(self.run_dir) / "metrics.csv", self.history)
 
     @torch.no_grad()
     def client_accuracies(self) -> torch.Tensor:
-        """Accuracy of ``evaluation_model(i)`` on client i's test split, for every client."""
-        clients = range(self.data.num_clients)
+        """Accuracy of ``evaluation_model(i)`` on client i's test split, for every client.
+
+        With K ranks each evaluates its share of the clients; the sum over ranks assembles the vector."""
+        ranks, everyone = self.ranks, list(range(self.data.num_clients))
+        clients = ranks.share(everyone, [float(n) for n in self.data.test_sizes])
         models = [self.algorithm.evaluation_model(i) for i in clients]
+        test_x = [self.data.test_x[i] for i in clients]
         if self.cfg.client.engine == "vmap":
-            preds = predict_clients_vmap(self.model, [(m.params, m.buffers) for m in models], self.data.test_x)
+            preds = predict_clients_vmap(self.model, [(m.params, m.buffers) for m in models], test_x)
         else:
-            preds = [predict(self.model, m.params, m.buffers, self.data.test_x[i]) for i, m in zip(clients, models)]
+            preds = [predict(self.model, m.params, m.buffers, x) for m, x in zip(models, test_x)]
+        accs = torch.zeros(len(everyone), device=self.device)
         k = self.data.num_classes
-        return torch.stack([multiclass_accuracy(p, y, num_classes=k, average="micro")
-                            for p, y in zip(preds, self.data.test_y)])
+        for i, p in zip(clients, preds):
+            accs[i] = multiclass_accuracy(p, self.data.test_y[i], num_classes=k, average="micro")
+        return ranks.sum(accs)

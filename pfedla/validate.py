@@ -40,6 +40,10 @@ def validate_config(cfg) -> None:
     _check(cl.weight_decay >= 0, "client.weight_decay", cl.weight_decay, "must be >= 0", "0.0")
     _choice("client.on_nonfinite", cl.on_nonfinite, ("reject", "fail"))
     _choice("client.engine", cl.engine, ("loop", "vmap"))
+    tc = cfg.trainer
+    _check(tc.devices >= 1, "trainer.devices", tc.devices, "must be >= 1 (processes per node)", "2")
+    _check(tc.num_nodes >= 1, "trainer.num_nodes", tc.num_nodes, "must be >= 1", "1")
+    _choice("trainer.strategy", tc.strategy, ("auto", "ddp"))
     _check(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1", "1")
     _check(cfg.viz.every >= 1, "viz.every", cfg.viz.every, "must be >= 1", "10")
     _choice("logger", cfg.logger.name, ("wandb", "csv", "none"))

@@ -1,4 +1,7 @@
-"""Lightning callbacks that show a run while it goes: progress, heatmaps, curves, per-client bars."""
+"""Lightning callbacks that show a run while it goes: partition, progress, heatmaps, curves, per-client bars.
+
+All of them act on global rank zero only, so a run on several processes writes and shows everything once.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +15,37 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from pfedla.outputs import write_json  # noqa: E402
 from pfedla.viz.heatmaps import alpha_long_format, save_heatmaps  # noqa: E402
+from pfedla.viz.partition import plot_partition  # noqa: E402
+
+
+class PartitionFiles(L.Callback):
+    """partition.json and partition.png (and the W&B image) when training starts."""
+
+    def __init__(self, run_dir: Path, title: str, wandb_logger=None):
+        self.run_dir, self.title, self.wandb = Path(run_dir), title, wandb_logger
+
+    def on_fit_start(self, trainer, module) -> None:
+        if not trainer.is_global_zero:
+            return
+        partition = module.data.summary()
+        write_json(self.run_dir / "partition.json", partition)
+        plot_partition(partition, self.run_dir / "partition.png", self.title)
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.experiment.log({"figures/partition": wandb.Image(str(self.run_dir / "partition.png"))})
 
 
 class RoundProgress(L.Callback):
     """One bar over rounds: clients done in the round, latest test/acc_mean, ETA (tqdm's)."""
 
+    bar = None
+
     def on_train_start(self, trainer, module) -> None:
+        if not trainer.is_global_zero:
+            return
         self.last_acc = module.history[-1]["test/acc_mean"] if module.history else None
         self.bar = tqdm(total=trainer.max_epochs, initial=module.current_epoch, desc="round", unit="round",
                         dynamic_ncols=True)
@@ -29,13 +56,16 @@ class RoundProgress(L.Callback):
         self.bar.set_postfix_str(", ".join(parts), refresh=True)
 
     def on_train_epoch_end(self, trainer, module) -> None:
+        if self.bar is None:
+            return
         if module.history and module.history[-1]["round"] == module.round:
             self.last_acc = module.history[-1]["test/acc_mean"]
         self.bar.update(1)
         self._show()
 
     def on_train_end(self, trainer, module) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 class Figures(L.Callback):
@@ -48,8 +78,8 @@ class Figures(L.Callback):
         self.run_dir, self.every, self.wandb = Path(run_dir), every, wandb_logger
 
     def on_train_epoch_end(self, trainer, module) -> None:
-        r = module.round
-        if hasattr(module.algorithm, "current_alpha") and (r % self.every == 0 or r == trainer.max_epochs):
+        r, due = module.round, module.round % self.every == 0 or module.round == trainer.max_epochs
+        if trainer.is_global_zero and hasattr(module.algorithm, "current_alpha") and due:
             self.heatmaps(module.algorithm, r)
 
     def heatmaps(self, algorithm, round_idx: int) -> None:
@@ -65,7 +95,7 @@ class Figures(L.Callback):
             self.wandb.experiment.log({**images, "alpha/table": table, "round": round_idx})
 
     def on_train_end(self, trainer, module) -> None:
-        if not module.history:
+        if not module.history or not trainer.is_global_zero:
             return
         paths = [plot_accuracy_curve(module.history, self.run_dir / "accuracy.png"),
                  plot_client_accuracy(module.history[-1], self.run_dir / "client_accuracy.png")]

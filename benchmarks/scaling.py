@@ -1,0 +1,81 @@
+"""One run on K processes against the same run on one: time per round and its phases, speed-up, and the
+traffic between ranks. Prints one JSON object per (algorithm, K).
+
+    python benchmarks/scaling.py                          # noniid_dirichlet (real FMNIST), K = 1, 2, CPU
+    python benchmarks/scaling.py --smoke                  # tiny synthetic run, seconds (CI runs this)
+    python benchmarks/scaling.py --processes 1 2 4 --accelerator gpu
+
+Each K is a real ``python -m pfedla.run ... trainer.devices=K`` (gloo on CPU, NCCL on GPU); the numbers
+come from that run's summary.json (``timing``: per-phase medians over the rounds after the first, on
+rank zero). Speed-ups are against the first K listed. ``model_amdahl_speedup`` is what that first run's
+phase split predicts if client training and evaluation divided perfectly by K and the replicated server
+work did not (and gathering cost nothing): the ideal for that K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FIELDS = (
+    "workload", "algorithm", "processes", "device", "clients_per_round", "round_s", "client_s", "gather_s",
+    "server_s", "eval_s", "speedup", "model_amdahl_speedup", "wall_s", "client_model_bytes",
+    "gathered_bytes_per_rank_per_round", "final_acc_mean",
+)
+
+
+def run_once(args: argparse.Namespace, algorithm: str, k: int) -> dict:
+    overrides = ["+experiment=noniid_dirichlet", f"algorithm={algorithm}", f"federation.rounds={args.rounds + 1}",
+                 "logger=none", "trainer.progress_bar=false", f"trainer.accelerator={args.accelerator}",
+                 f"trainer.devices={k}", "checkpoint.every=1000000", "viz.every=1000000"]
+    if args.smoke:
+        overrides += ["dataset=synthetic", "federation.num_clients=6", "partition.min_samples=4"]
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run([sys.executable, "-m", "pfedla.run", *overrides, f"hydra.run.dir={tmp}"], cwd=REPO,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"algorithm": algorithm, "processes": k, "error": proc.stderr.strip().splitlines()[-3:]}
+        summary = json.loads((Path(tmp) / "summary.json").read_text())
+    cfg, timing = summary["config"], summary["timing"]
+    m = round(cfg["federation"]["participation"] * cfg["federation"]["num_clients"])
+    model_bytes = summary["bytes_up"] // (summary["rounds"] * m)  # what one client uploads per round
+    return {
+        "workload": "noniid_dirichlet" + ("-smoke" if args.smoke else ""), "algorithm": algorithm, "processes": k,
+        "device": args.accelerator, "clients_per_round": m,
+        "round_s": round(timing["round_s_median"], 4),
+        **{f"{p}_s": round(timing[f"{p}_s_median"], 4) for p in ("client", "gather", "server", "eval")},
+        "wall_s": round(summary["wall_seconds"], 2), "client_model_bytes": model_bytes,
+        # all_gather: each rank receives the trained models of the clients the other ranks trained
+        "gathered_bytes_per_rank_per_round": round(model_bytes * m * (k - 1) / k),
+        "final_acc_mean": summary["final"]["test/acc_mean"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--processes", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--algorithms", nargs="+", default=["pfedla", "fedavg"])
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny synthetic sizes (seconds)")
+    args = parser.parse_args()
+    for algorithm in args.algorithms:
+        base = None
+        for k in args.processes:
+            row = run_once(args, algorithm, k)
+            if "error" not in row:
+                base = base or row
+                row["speedup"] = round(base["round_s"] / row["round_s"], 3)
+                divisible = base["client_s"] + base["eval_s"]
+                scale = base["processes"] / k
+                row["model_amdahl_speedup"] = round(base["round_s"] / (divisible * scale + base["server_s"]), 3)
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
