@@ -71,9 +71,9 @@ def main() -> None:
             if "error" not in row:
                 base = base or row
                 row["speedup"] = round(base["round_s"] / row["round_s"], 3)
-                divisible = base["client_s"] + base["eval_s"]
+                divisible, serial = base["client_s"] + base["eval_s"], base["server_s"]
                 scale = base["processes"] / k
-                row["model_amdahl_speedup"] = round(base["round_s"] / (divisible * scale + base["server_s"]), 3)
+                row["model_amdahl_speedup"] = round((divisible + serial) / (divisible * scale + serial), 3)
             print(json.dumps(row), flush=True)
 
 

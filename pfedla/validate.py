@@ -6,6 +6,8 @@ the value rules. Each failure raises one ``ConfigError`` naming the key, the val
 
 from __future__ import annotations
 
+import torch
+
 from pfedla.algorithms import ALGORITHMS
 from pfedla.algorithms.hypernetwork import HEAD_INITS, NORMALISATIONS, OPTIMIZERS
 from pfedla.algorithms.pfedla import EVAL_MODELS
@@ -44,6 +46,10 @@ def validate_config(cfg) -> None:
     _check(tc.devices >= 1, "trainer.devices", tc.devices, "must be >= 1 (processes per node)", "2")
     _check(tc.num_nodes >= 1, "trainer.num_nodes", tc.num_nodes, "must be >= 1", "1")
     _choice("trainer.strategy", tc.strategy, ("auto", "ddp"))
+    gpus = torch.cuda.device_count()
+    if tc.accelerator in ("gpu", "cuda") or (tc.accelerator == "auto" and gpus):
+        _check(tc.devices <= max(gpus, 1), "trainer.devices", tc.devices,
+               f"must be <= the {gpus} GPU(s) of this machine per node", str(max(gpus, 1)))
     _check(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1", "1")
     _check(cfg.viz.every >= 1, "viz.every", cfg.viz.every, "must be >= 1", "10")
     _choice("logger", cfg.logger.name, ("wandb", "csv", "none"))

@@ -44,5 +44,6 @@ def test_scaling_benchmark_smoke_runs_one_and_two_processes():
         assert set(FIELDS) <= set(row), set(FIELDS) - set(row)
     one, two = rows
     assert one["gather_s"] == 0 and one["gathered_bytes_per_rank_per_round"] == 0 and one["speedup"] == 1
+    assert one["model_amdahl_speedup"] == 1 and 1 < two["model_amdahl_speedup"] <= 2
     assert two["gathered_bytes_per_rank_per_round"] == two["client_model_bytes"] * 6 // 2  # 6 clients, half remote
     assert two["final_acc_mean"] == one["final_acc_mean"]  # same run, split over two processes

@@ -84,6 +84,9 @@ def test_bad_process_counts_fail_before_training():
         validate_config(compose_config(SYNTHETIC + ["trainer.devices=0"]))
     with pytest.raises(ConfigError, match=r"trainer.strategy=fsdp is unknown"):
         validate_config(compose_config(SYNTHETIC + ["trainer.strategy=fsdp"]))
+    gpus = torch.cuda.device_count()
+    with pytest.raises(ConfigError, match=rf"trainer.devices must be <= the {gpus} GPU\(s\) of this machine"):
+        validate_config(compose_config(SYNTHETIC + ["trainer.accelerator=gpu", f"trainer.devices={max(gpus, 1) + 1}"]))
 
 
 def test_slurm_launcher_follows_the_process_counts():
