@@ -1,7 +1,7 @@
 """One run on K processes against the same run on one: time per round and its phases, speed-up, and the
 traffic between ranks. Prints one JSON object per (algorithm, K).
 
-    python benchmarks/scaling.py                          # noniid_dirichlet (real FMNIST), K = 1, 2, CPU
+    python benchmarks/scaling.py --repeats 3              # noniid_dirichlet (real FMNIST), K = 1, 2, CPU
     python benchmarks/scaling.py --smoke                  # tiny synthetic run, seconds (CI runs this)
     python benchmarks/scaling.py --processes 1 2 4 --accelerator gpu
 
@@ -56,18 +56,32 @@ def run_once(args: argparse.Namespace, algorithm: str, k: int) -> dict:
     }
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The repeat with the median round time, plus every repeat's round time."""
+    ok = sorted((r for r in runs if "error" not in r), key=lambda r: r["round_s"])
+    if not ok:
+        return runs[-1]
+    return {**ok[(len(ok) - 1) // 2], "round_s_runs": [r["round_s"] for r in runs if "error" not in r]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processes", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--algorithms", nargs="+", default=["pfedla", "fedavg"])
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per K, interleaved across K (a shared machine drifts); the median one is shown")
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic sizes (seconds)")
     args = parser.parse_args()
     for algorithm in args.algorithms:
+        runs: dict[int, list[dict]] = {k: [] for k in args.processes}
+        for _ in range(args.repeats):
+            for k in args.processes:
+                runs[k].append(run_once(args, algorithm, k))
         base = None
         for k in args.processes:
-            row = run_once(args, algorithm, k)
+            row = median_run(runs[k])
             if "error" not in row:
                 base = base or row
                 row["speedup"] = round(base["round_s"] / row["round_s"], 3)
