@@ -54,7 +54,7 @@ class Ranks:
             return cls()
         return cls(trainer.global_rank, trainer.world_size)
 
-    def assign(self, loads: list[float]) -> list[int]:
+    def assign(self, loads: list[float] | list[int]) -> list[int]:
         """The rank of each item: largest load first onto the least-loaded rank (ties: lower rank)."""
         owner, totals = [0] * len(loads), [0.0] * self.world
         for j in sorted(range(len(loads)), key=lambda j: -loads[j]):

@@ -133,7 +133,7 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     ensure_writable(run_dir)
 
     started = time.perf_counter()
-    # W&B runs on rank zero only (ranks > 0 of a multi-process run have it in their environment)
+    # W&B on rank zero only (a launched rank > 0 knows it is one from its environment, before training)
     use_wandb = cfg.logger.name == "wandb" and launch_rank() == 0
     wandb_logger = make_wandb_logger(cfg, run_dir, resolved) if use_wandb else None
     failed = True

@@ -199,7 +199,7 @@ class FederatedModule(L.LightningModule):
 
         With K ranks each evaluates its share of the clients; the sum over ranks assembles the vector."""
         ranks, everyone = self.ranks, list(range(self.data.num_clients))
-        clients = ranks.share(everyone, [float(n) for n in self.data.test_sizes])
+        clients = ranks.share(everyone, self.data.test_sizes)
         models = [self.algorithm.evaluation_model(i) for i in clients]
         test_x = [self.data.test_x[i] for i in clients]
         if self.cfg.client.engine == "vmap":
