@@ -157,9 +157,12 @@ def test_two_process_run_stopped_through_one_rank_resumes_to_the_uninterrupted_r
 
 
 @pytest.mark.slow
-def test_joblib_sweep_runs_jobs_in_parallel_and_the_report_reads_both(tmp_path):
+@pytest.mark.parametrize("launcher", ["local_pool", "submitit_local"])
+def test_launcher_sweep_completes_and_the_report_reads_both_jobs(tmp_path, launcher):
+    """local_pool: joblib worker processes; submitit_local: the submitit plugin behind hydra/launcher=slurm,
+    running its jobs on this machine instead of submitting them."""
     sweep = tmp_path / "sweep"
-    proc = _cli("-m", "hydra/launcher=local_pool", *SYNTHETIC, "federation.rounds=2", "algorithm=fedavg,local",
+    proc = _cli("-m", f"hydra/launcher={launcher}", *SYNTHETIC, "federation.rounds=2", "algorithm=fedavg,local",
                 f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.parent.name for p in sweep.glob("*/summary.json")) == ["0_fedavg", "1_local"]
