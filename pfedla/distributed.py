@@ -5,7 +5,8 @@ each rank then trains its share of the clients (balanced by sample count), the t
 all-gathered, and every rank applies the identical server update in the sampled order. Evaluation
 is split the same way and its accuracies gathered. So every rank holds the whole server state, the
 only per-round traffic is the trained client models (what FL sends up anyway), and a run on K
-processes computes exactly what one process computes (tested bit for bit on CPU).
+processes computes exactly what one process computes (tested bit for bit on CPU, with the same
+number of intra-op threads per process; other thread counts differ at rounding level).
 
 Why not "rank 0 updates and broadcasts": the server step is a few percent of a round (docs/
 PERFORMANCE.md), while broadcasting its result means shipping every sampled client's new model
