@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -138,7 +139,7 @@ class _Layout:
                 if dtype == self.loss_dtype:
                     row.append(loss.reshape(1).to(dtype))
                 flat.append(torch.cat(row))
-            width = sum(_numel(s) for *_, s, d in self.entries if d == dtype) + (dtype == self.loss_dtype)
+            width = sum(math.prod(s) for *_, s, d in self.entries if d == dtype) + (dtype == self.loss_dtype)
             out = torch.zeros(rows, width, dtype=dtype, device=self.device)
             if flat:
                 out[: len(flat)] = torch.stack(flat)
@@ -149,18 +150,11 @@ class _Layout:
         parts: dict[str, dict] = {"params": {}, "buffers": {}}
         offsets = dict.fromkeys(rows, 0)
         for kind, name, shape, dtype in self.entries:
-            n = _numel(shape)
+            n = math.prod(shape)
             parts[kind][name] = rows[dtype][offsets[dtype] : offsets[dtype] + n].view(shape).clone()
             offsets[dtype] += n
         loss = rows[self.loss_dtype][offsets[self.loss_dtype]].clone()
         return parts["params"], parts["buffers"], loss
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def tensors_digest(*collections) -> str:

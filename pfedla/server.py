@@ -56,14 +56,14 @@ def _all_finite(params: dict, buffers: dict, loss: torch.Tensor) -> torch.Tensor
 
 
 class FederatedModule(L.LightningModule):
-    def __init__(self, model: nn.Module, algorithm: Algorithm, data: FederatedData, cfg, run_dir=None):
+    def __init__(self, model: nn.Module, algorithm: Algorithm, data: FederatedData, cfg):
         super().__init__()
         self.automatic_optimization = False  # the algorithm owns every update
         self.arch = [model]  # architecture only (functional_call swaps in each client's tensors); not state
         self.algorithm = algorithm
         self.data = data
         self.cfg = cfg
-        self.run_dir = run_dir  # where metrics.csv is kept current; None: nowhere
+        self.run_dir = None  # where metrics.csv is kept current (set by run()); None: nowhere
         self.client_trainer = train_client  # the seam tests use to observe what a client starts from
         self.client_progress = lambda done, total: None  # set by the progress display
         self.history: list[dict] = []  # one record per evaluation round
@@ -131,11 +131,11 @@ class FederatedModule(L.LightningModule):
             results = self.ranks.gather_clients(sampled, sizes, trained, sent[sampled[0]])
         with timer("server"):
             finite = torch.stack([_all_finite(*result) for result in results]).tolist()  # one sync per round
-            for i, (params, buffers, loss), ok in zip(sampled, results, finite):
+            for i, size, (params, buffers, loss), ok in zip(sampled, sizes, results, finite):
                 if not ok:
                     self._reject(i)
                     continue
-                self.algorithm.receive(i, sent[i], ClientModel(params, buffers), self.data.train_sizes[i])
+                self.algorithm.receive(i, sent[i], ClientModel(params, buffers), size)
                 self._round_losses.append(loss)
             self.algorithm.end_round()
         if self.round % fed.eval_every == 0 or self.round == fed.rounds:

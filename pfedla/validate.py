@@ -15,6 +15,7 @@ from pfedla.datasets.sources import DATASET_NAMES
 from pfedla.errors import ConfigError
 from pfedla.models import MODEL_NAMES
 from pfedla.models.layers import GROUPINGS
+from pfedla.viz.wandb_logger import MODES
 
 PARTITIONS = ("dirichlet", "pathological", "iid")
 
@@ -54,7 +55,7 @@ def validate_config(cfg) -> None:
     _check(cfg.viz.every >= 1, "viz.every", cfg.viz.every, "must be >= 1", "10")
     _choice("logger", cfg.logger.name, ("wandb", "csv", "none"))
     if cfg.logger.name == "wandb" and cfg.logger.mode is not None:
-        _choice("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
+        _choice("logger.mode", cfg.logger.mode, MODES)
 
     ds = cfg.dataset
     _choice("dataset", ds.name, DATASET_NAMES)

@@ -61,7 +61,7 @@ class LayerwiseHypernetworks(nn.Module):
         # Optimizer state as buffers (checkpointed); rows are clients, so each client's state is its own.
         for name, p in list(self.named_parameters()):
             if optimizer == "sgd" and momentum:
-                self.register_buffer(_momentum_key(name), torch.zeros_like(p))
+                self.register_buffer(_state_key("momentum", name), torch.zeros_like(p))
             if optimizer == "adam":
                 self.register_buffer(_state_key("exp_avg", name), torch.zeros_like(p))
                 self.register_buffer(_state_key("exp_avg_sq", name), torch.zeros_like(p))
@@ -96,7 +96,7 @@ class LayerwiseHypernetworks(nn.Module):
             return
         for name, p in self.named_parameters():
             if grads.get(name) is not None:
-                buffer = getattr(self, _momentum_key(name)) if self.momentum else None
+                buffer = getattr(self, _state_key("momentum", name)) if self.momentum else None
                 sgd_step(p, grads[name], self.lr, self.momentum, momentum_buffer=buffer, rows=clients)
 
 
@@ -108,10 +108,6 @@ def normalise(scores: torch.Tensor, clients: torch.Tensor, how: str) -> torch.Te
     total = positive.sum(-1, keepdim=True)
     own = F.one_hot(clients, scores.shape[-1]).to(scores.dtype)[:, None, :].expand_as(scores)
     return torch.where(total > 0, positive / total.clamp_min(torch.finfo(scores.dtype).tiny), own)
-
-
-def _momentum_key(name: str) -> str:
-    return "momentum_" + name.replace(".", "_")
 
 
 def _state_key(kind: str, name: str) -> str:
