@@ -65,7 +65,7 @@ def reference_round(module, sampled: list[int], round_idx: int) -> float:
 
     cl, model = module.cfg.client, module.model
     sync = torch.cuda.synchronize if module.device.type == "cuda" else (lambda: None)
-    starts = {i: module.algorithm.evaluation_model(i) for i in sampled}
+    starts = {i: module.algorithm.personalized_model(i) for i in sampled}
     sync()
     start = time.perf_counter()
     for i in sampled:

@@ -14,12 +14,13 @@ from torch import nn
 from torch.func import functional_call
 
 Tensors = dict[str, torch.Tensor]
-STREAM_CLIENT_BATCHES = 4
+# Batch-order streams: a round's local training, and the local adaptation scored at evaluation.
+STREAM_CLIENT_BATCHES, STREAM_ADAPT_BATCHES = 4, 6
 
 
-def client_generator(seed: int, round_idx: int, client: int) -> torch.Generator:
+def client_generator(seed: int, round_idx: int, client: int, stream: int = STREAM_CLIENT_BATCHES) -> torch.Generator:
     """Batch-order randomness for (seed, round, client): reproducible without saving RNG state."""
-    state = np.random.SeedSequence([seed, STREAM_CLIENT_BATCHES, round_idx, client]).generate_state(1)[0]
+    state = np.random.SeedSequence([seed, stream, round_idx, client]).generate_state(1)[0]
     return torch.Generator().manual_seed(int(state))
 
 

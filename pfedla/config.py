@@ -22,6 +22,7 @@ class FederationConfig:
     rounds: int = MISSING
     participation: float = MISSING  # fraction of clients sampled each round, in (0, 1]
     eval_every: int = MISSING
+    adapt_every: int = MISSING  # rounds between scores (b) (local adaptation); a multiple of eval_every; 0: never
 
 
 @dataclass
@@ -66,8 +67,9 @@ class DatasetConfig:
 @dataclass
 class PartitionConfig:
     name: str = MISSING
-    test_fraction: float = MISSING
-    min_samples: int = MISSING  # per client, train + test
+    test_fraction: float = MISSING  # of each client's share
+    val_fraction: float = MISSING  # of each client's share minus its test split
+    min_samples: int = MISSING  # per client, train + val + test
     alpha: Optional[float] = None  # dirichlet
     max_tries: Optional[int] = None  # dirichlet: resampling attempts before the deterministic top-up
     classes_per_client: Optional[int] = None  # pathological
@@ -93,7 +95,6 @@ class PFedLAConfig:
     normalisation: str = MISSING  # relu | softmax
     head_init: str = MISSING  # uniform | random
     grouping: str = MISSING  # module | tensor | block
-    eval_model: str = MISSING  # trained | aggregated
     k: int = MISSING  # HeurpFedLA: layers kept local (one-hot on self) per client per round; 0 = pFedLA
 
 

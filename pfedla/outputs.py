@@ -1,4 +1,4 @@
-"""Files a run leaves in its run dir (DESIGN.md contracts), each written atomically."""
+"""Files a run leaves in its run dir (README, "What a run writes"), each written atomically."""
 
 from __future__ import annotations
 
@@ -32,14 +32,23 @@ def write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-METRIC_COLUMNS = ("round", "test/acc_mean", "test/acc_weighted", "train/loss", "comm/bytes_down", "comm/bytes_up")
+METRIC_COLUMNS = (
+    "round", "val/acc_mean", "test/acc_mean", "test/acc_weighted",
+    "val/adapted_acc_mean", "test/adapted_acc_mean", "test/adapted_acc_weighted",
+    "train/loss", "comm/bytes_down", "comm/bytes_up",
+)
+# Which score the headline is, in words (summary.json "headline", the report).
+HEADLINE = ("test/acc_mean: score (a), the personalized model as the server produces it, unweighted mean over "
+            "clients, at the round with the best val/acc_mean (summary 'best'); score (b), the same model after "
+            "the client's local adaptation, is test/adapted_acc_mean (summary 'best_adapted')")
 
 
 def write_metrics_csv(path: str | Path, history: list[dict]) -> None:
     """metrics.csv, one row per evaluation round, rendered whole from the (checkpointed) history.
 
     Re-rendering instead of appending is what keeps the file free of duplicate or missing rows
-    when a run is resumed from a checkpoint taken rounds before it was killed.
+    when a run is resumed from a checkpoint taken rounds before it was killed. Rounds without
+    score (b) leave its columns empty.
     """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -48,20 +57,39 @@ def write_metrics_csv(path: str | Path, history: list[dict]) -> None:
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 
-def build_summary(history: list[dict], config: dict, wall_seconds: float, communication: dict) -> dict:
-    """Last and best evaluation (best by test/acc_mean), with per-client accuracies for both."""
-    last = history[-1] if history else None
-    best = max(history, key=lambda r: r["test/acc_mean"]) if history else None
+def score_view(record: dict | None, prefix: str = "") -> dict | None:
+    """One evaluation of one score: round, val and test accuracy, per-client test accuracies."""
+    if record is None:
+        return None
+    keys = (f"val/{prefix}acc_mean", f"test/{prefix}acc_mean", f"test/{prefix}acc_weighted", f"{prefix}client_acc")
+    return {"round": record["round"], **{k: record[k] for k in keys}}
 
-    def view(record):
-        if record is None:
-            return None
-        return {k: record[k] for k in ("round", "test/acc_mean", "test/acc_weighted", "client_acc")}
 
+def select(history: list[dict], prefix: str = "") -> tuple[dict | None, dict | None]:
+    """(final, best) of one score: the last evaluation that has it, and the one with the best *validation*
+    accuracy (the first such round on ties). The test split is never looked at to choose."""
+    scored = [r for r in history if f"val/{prefix}acc_mean" in r]
+    if not scored:
+        return None, None
+    best = max(scored, key=lambda r: r[f"val/{prefix}acc_mean"])
+    return score_view(scored[-1], prefix), score_view(best, prefix)
+
+
+def build_summary(history: list[dict], config: dict, wall_seconds: float, communication: dict,
+                  rounds_done: int) -> dict:
+    """Final and best (by validation) evaluation of both scores, with per-client accuracies.
+
+    ``final``/``best`` are None until a first evaluation (a run stopped before it); ``rounds`` counts
+    the rounds trained, which may be more than the last evaluated round."""
+    final, best = select(history)
+    final_adapted, best_adapted = select(history, "adapted_")
     return {
-        "final": view(last),
-        "best": view(best),
-        "rounds": last["round"] if last else 0,
+        "headline": HEADLINE,
+        "final": final,
+        "best": best,
+        "final_adapted": final_adapted,
+        "best_adapted": best_adapted,
+        "rounds": rounds_done,
         "wall_seconds": wall_seconds,
         **communication,
         "config": config,

@@ -25,14 +25,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import pfedla.config  # noqa: F401  (registers the schemas with Hydra's ConfigStore)
 from pfedla.algorithms import build_algorithm
-from pfedla.algorithms.pfedla import PFedLA
 from pfedla.checkpointing import AtomicCheckpointIO, RoundCheckpoint, check_resume_compatible, load_checkpoint
 from pfedla.datasets import build_federated_data
 from pfedla.distributed import FederatedDDPStrategy, launch_rank, restored_process_state
 from pfedla.errors import ConfigError
 from pfedla.models import build_model
-from pfedla.outputs import build_summary, write_alpha, write_json
-from pfedla.server import FederatedModule
+from pfedla.outputs import build_summary, write_json
+from pfedla.server import PHASES, FederatedModule
 from pfedla.validate import validate_config
 from pfedla.viz.callbacks import Figures, PartitionFiles, RoundProgress
 from pfedla.viz.wandb_logger import finish, make_wandb_logger
@@ -150,36 +149,42 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
 
     algorithm = module.algorithm
     communication = {"bytes_down": int(algorithm.bytes_down), "bytes_up": int(algorithm.bytes_up)}
-    if isinstance(algorithm, PFedLA):
-        communication["bytes_saved"] = int(algorithm.bytes_saved)
-    summary = build_summary(module.history, resolved, wall_seconds, communication)
+    summary = build_summary(module.history, resolved, wall_seconds, communication, module.rounds_done)
     summary["partition_fingerprint"] = module.data.fingerprint
     summary["rejected_updates"] = module.rejected  # [round, client] pairs with NaN/Inf, never applied
     summary["processes"] = trainer.world_size
     summary["timing"] = timing_summary(module.timings)
+    summary.update(algorithm.summary_fields(module.data.class_counts()))
     if not trainer.is_global_zero:
         return summary  # rank zero writes the run's files
-    if isinstance(algorithm, PFedLA):
-        alpha, retained = algorithm.current_alpha()
-        write_alpha(run_dir / "alpha.npz", alpha.cpu().numpy(), retained.cpu().numpy(), algorithm.layer_names)
+    algorithm.write_artifacts(run_dir)
     if module.stopped_by_signal:
         summary["stopped_by_signal"] = module.stopped_by_signal
         log.warning("stopped by signal %d after round %d; continue with resume=%s",
                     module.stopped_by_signal, summary["rounds"], run_dir)
     write_json(run_dir / "summary.json", summary)
-    final = summary["final"]
-    log.info(
-        "round %d: test/acc_mean=%.4f test/acc_weighted=%.4f (best %.4f at round %d) in %.1fs -> %s",
-        final["round"], final["test/acc_mean"], final["test/acc_weighted"],
-        summary["best"]["test/acc_mean"], summary["best"]["round"], wall_seconds, run_dir,
-    )
+    log.info("%s in %.1fs -> %s", result_line(summary), wall_seconds, run_dir)
     return summary
+
+
+def result_line(summary: dict) -> str:
+    """One line: rounds, final and best-by-validation accuracies of both scores (what exists so far)."""
+    parts = [f"round {summary['rounds']}"]
+    for name, prefix in (("", ""), ("_adapted", "adapted_")):
+        final, best = summary[f"final{name}"], summary[f"best{name}"]
+        if final is None:
+            continue
+        parts.append(f"test/{prefix}acc_mean={final[f'test/{prefix}acc_mean']:.4f} (at the best "
+                     f"val/{prefix}acc_mean, round {best['round']}: {best[f'test/{prefix}acc_mean']:.4f})")
+    if summary["final"] is None:
+        parts.append("not evaluated yet")
+    return ": ".join(parts[:1]) + (": " + "; ".join(parts[1:]) if len(parts) > 1 else "")
 
 
 def timing_summary(timings: list[dict]) -> dict:
     """Seconds per round phase (client training, gathering results across ranks, server, evaluation) in this
     process: medians over the rounds after the first (which pays one-off start-up costs), and totals."""
-    phases = ("client", "gather", "server", "eval")
+    phases = PHASES
     steady = timings[1:] or timings
     medians = {f"{p}_s_median": statistics.median(t[p] for t in steady) for p in phases} if steady else {}
     return {

@@ -22,7 +22,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 
 from pfedla.algorithms.base import Algorithm
 from pfedla.algorithms.stacked import ClientModel
-from pfedla.client import client_generator, predict, train_client
+from pfedla.client import STREAM_ADAPT_BATCHES, STREAM_CLIENT_BATCHES, client_generator, predict, train_client
 from pfedla.client_vmap import predict_clients_vmap, train_clients_vmap
 from pfedla.datasets import FederatedData
 from pfedla.distributed import Ranks, tensors_digest
@@ -30,6 +30,10 @@ from pfedla.outputs import write_metrics_csv
 from pfedla.sampling import sample_clients
 
 log = logging.getLogger("pfedla")
+PHASES = ("client", "gather", "server", "eval", "adapt")  # adapt: local adaptation for score (b), at evaluation
+# Score (a): the personalized model as the server produces it; (b): that model after the client's local
+# adaptation. Metric names: ``{split}/acc_mean`` for (a), ``{split}/adapted_acc_mean`` for (b).
+SCORES = {"personalized": "", "adapted": "adapted_"}
 
 
 class PhaseTimer:
@@ -37,7 +41,7 @@ class PhaseTimer:
 
     def __init__(self, device: torch.device):
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        self.seconds: dict[str, float] = {"client": 0.0, "gather": 0.0, "server": 0.0, "eval": 0.0}
+        self.seconds: dict[str, float] = {p: 0.0 for p in PHASES}
 
     @contextmanager
     def __call__(self, phase: str):
@@ -67,6 +71,7 @@ class FederatedModule(L.LightningModule):
         self.client_trainer = train_client  # the seam tests use to observe what a client starts from
         self.client_progress = lambda done, total: None  # set by the progress display
         self.history: list[dict] = []  # one record per evaluation round
+        self.rounds_done = 0  # rounds trained so far (checkpointed; evaluation may lag behind)
         self.stopped_by_signal = 0  # set by RoundCheckpoint
         self.rejected: list[list[int]] = []  # [round, client] of updates with NaN/Inf, never applied
         self._round_losses: list[torch.Tensor] = []
@@ -98,17 +103,19 @@ class FederatedModule(L.LightningModule):
         ranks = self.ranks
         if ranks.world > 1:
             if data:
-                ranks.check_agree(f"the federated data {when}", tensors_digest(
-                    [self.data.fingerprint], self.data.train_x, self.data.train_y, self.data.test_x, self.data.test_y))
+                splits = [t for split in ("train", "val", "test") for t in self.data.split(split)]
+                ranks.check_agree(f"the federated data {when}", tensors_digest([self.data.fingerprint], *splits))
             ranks.check_agree(f"the server state {when}", tensors_digest(self.state_dict()))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["pfedla_history"] = self.history
+        checkpoint["pfedla_rounds_done"] = self.rounds_done
         checkpoint["pfedla_rejected"] = self.rejected
         checkpoint["pfedla_config"] = OmegaConf.to_container(self.cfg, resolve=True)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("pfedla_history", []))
+        self.rounds_done = int(checkpoint.get("pfedla_rounds_done", 0))
         self.rejected = list(checkpoint.get("pfedla_rejected", []))
 
     # --- one round --------------------------------------------------------------------------------
@@ -139,11 +146,14 @@ class FederatedModule(L.LightningModule):
                 self._round_losses.append(loss)
             self.algorithm.end_round()
         if self.round % fed.eval_every == 0 or self.round == fed.rounds:
-            with timer("eval"):
-                self._evaluate_and_log()
+            adapt = fed.adapt_every > 0 and (self.round % fed.adapt_every == 0 or self.round == fed.rounds)
+            self._evaluate_and_log(adapt, timer)
+        self.rounds_done = self.round
         self.timings.append({"round": self.round, "clients": len(sampled), **timer.seconds})
 
-    def _train_clients(self, sampled: list[int], sent: dict[int, ClientModel]) -> list:
+    def _train_clients(self, sampled: list[int], sent: dict[int, ClientModel], stream: int = STREAM_CLIENT_BATCHES,
+                       ) -> list:
+        """Each client trains (client.*) starting exactly from ``sent[i]``; returns (params, buffers, loss)."""
         cl = self.cfg.client
         if not sampled:  # a rank with no client this round (fewer sampled clients than ranks)
             return []
@@ -153,7 +163,7 @@ class FederatedModule(L.LightningModule):
             results = train_clients_vmap(
                 self.model, [(sent[i].params, sent[i].buffers) for i in sampled],
                 [(self.data.train_x[i], self.data.train_y[i]) for i in sampled],
-                generators=[client_generator(self.cfg.seed, self.round, i) for i in sampled], **sgd,
+                generators=[client_generator(self.cfg.seed, self.round, i, stream) for i in sampled], **sgd,
             )
         else:
             results = []
@@ -161,7 +171,7 @@ class FederatedModule(L.LightningModule):
                 self.client_progress(done, len(sampled))
                 results.append(self.client_trainer(
                     self.model, sent[i].params, sent[i].buffers, self.data.train_x[i], self.data.train_y[i],
-                    generator=client_generator(self.cfg.seed, self.round, i), **sgd,
+                    generator=client_generator(self.cfg.seed, self.round, i, stream), **sgd,
                 ))
         return results
 
@@ -175,39 +185,60 @@ class FederatedModule(L.LightningModule):
         log.warning("round %d: client %d returned NaN/Inf; update rejected", self.round, i)
         self.rejected.append([self.round, i])
 
-    def _evaluate_and_log(self) -> None:
-        accs = self.client_accuracies()
-        sizes = torch.tensor(self.data.test_sizes, dtype=accs.dtype, device=accs.device)
-        record = {
-            "round": self.round,
-            "test/acc_mean": accs.mean().item(),  # unweighted over clients: the headline
-            "test/acc_weighted": (accs * sizes).sum().item() / sizes.sum().item(),
-            "train/loss": torch.stack(self._round_losses).mean().item() if self._round_losses else float("nan"),
-            "comm/bytes_down": int(self.algorithm.bytes_down),
-            "comm/bytes_up": int(self.algorithm.bytes_up),
-        }
+    def _evaluate_and_log(self, adapt: bool, timer: PhaseTimer) -> None:
+        accs = self.client_accuracies(adapt, timer)
+        record: dict = {"round": self.round}
+        test_sizes = torch.tensor(self.data.test_sizes, dtype=torch.float64)
+        for score, split_accs in accs.items():
+            prefix = SCORES[score]
+            test = split_accs["test"].double().cpu()
+            record[f"val/{prefix}acc_mean"] = split_accs["val"].mean().item()
+            record[f"test/{prefix}acc_mean"] = test.mean().item()  # unweighted over clients: the headline
+            record[f"test/{prefix}acc_weighted"] = ((test * test_sizes).sum() / test_sizes.sum()).item()
+        record["train/loss"] = (torch.stack(self._round_losses).mean().item() if self._round_losses
+                                else float("nan"))
+        record["comm/bytes_down"] = int(self.algorithm.bytes_down)
+        record["comm/bytes_up"] = int(self.algorithm.bytes_up)
         self._round_losses.clear()
         self.log_dict({k: float(v) for k, v in record.items()}, on_step=True, on_epoch=False)
         self.log("acc", record["test/acc_mean"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
-        self.history.append({**record, "client_acc": accs.tolist()})
+        per_client = {f"{SCORES[score]}client_acc": a["test"].tolist() for score, a in accs.items()}
+        self.history.append({**record, **per_client})
         if self.run_dir is not None and self.trainer.is_global_zero:
             write_metrics_csv(Path(self.run_dir) / "metrics.csv", self.history)
 
-    @torch.no_grad()
-    def client_accuracies(self) -> torch.Tensor:
-        """Accuracy of ``evaluation_model(i)`` on client i's test split, for every client.
+    def client_accuracies(self, adapt: bool = False, timer: PhaseTimer | None = None) -> dict:
+        """``{score: {"val": accs[N], "test": accs[N]}}`` for every client: score ``personalized`` (a), and with
+        ``adapt`` (and an algorithm that adapts) ``adapted`` (b): a copy of model (a) trained by the client's
+        own local procedure (client.*, its train split, a batch order of its own). Server state is untouched.
 
-        With K ranks each evaluates its share of the clients; the sum over ranks assembles the vector."""
+        With K ranks each evaluates its share of the clients; the sum over ranks assembles the vectors."""
+        timer = timer or PhaseTimer(self.device)
         ranks, everyone = self.ranks, list(range(self.data.num_clients))
-        clients = ranks.share(everyone, self.data.test_sizes)
-        models = [self.algorithm.evaluation_model(i) for i in clients]
-        test_x = [self.data.test_x[i] for i in clients]
-        if self.cfg.client.engine == "vmap":
-            preds = predict_clients_vmap(self.model, [(m.params, m.buffers) for m in models], test_x)
-        else:
-            preds = [predict(self.model, m.params, m.buffers, x) for m, x in zip(models, test_x)]
-        accs = torch.zeros(len(everyone), device=self.device)
-        k = self.data.num_classes
-        for i, p in zip(clients, preds):
-            accs[i] = multiclass_accuracy(p, self.data.test_y[i], num_classes=k, average="micro")
-        return ranks.sum(accs)
+        clients = ranks.share(everyone, [a + b for a, b in zip(self.data.train_sizes, self.data.test_sizes)])
+        with timer("eval"):
+            models = self.algorithm.personalized_models(clients)
+            scores = {"personalized": self._score(clients, models)}
+        if adapt and self.algorithm.adapts:
+            with timer("adapt"):
+                trained = self._train_clients(clients, dict(zip(clients, models)), STREAM_ADAPT_BATCHES)
+            with timer("eval"):
+                scores["adapted"] = self._score(clients, [ClientModel(p, b) for p, b, _ in trained])
+        return {score: {split: ranks.sum(a) for split, a in by_split.items()} for score, by_split in scores.items()}
+
+    @torch.no_grad()
+    def _score(self, clients: list[int], models: list[ClientModel]) -> dict[str, torch.Tensor]:
+        """{split: accuracy [N] (zeros for clients not in ``clients``)} on the validation and test splits."""
+        out = {}
+        for split in ("val", "test"):
+            xs, ys = self.data.split(split)
+            if self.cfg.client.engine == "vmap":
+                preds = predict_clients_vmap(self.model, [(m.params, m.buffers) for m in models],
+                                             [xs[i] for i in clients])
+            else:
+                preds = [predict(self.model, m.params, m.buffers, xs[i]) for m, i in zip(models, clients)]
+            accs = torch.zeros(self.data.num_clients, device=self.device)
+            for i, p in zip(clients, preds):
+                accs[i] = multiclass_accuracy(p, ys[i], num_classes=self.data.num_classes, average="micro")
+            out[split] = accs
+        return out

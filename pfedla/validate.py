@@ -10,7 +10,6 @@ import torch
 
 from pfedla.algorithms import ALGORITHMS
 from pfedla.algorithms.hypernetwork import HEAD_INITS, NORMALISATIONS, OPTIMIZERS
-from pfedla.algorithms.pfedla import EVAL_MODELS
 from pfedla.datasets.sources import DATASET_NAMES
 from pfedla.errors import ConfigError
 from pfedla.models import MODEL_NAMES
@@ -36,6 +35,9 @@ def validate_config(cfg) -> None:
     _check(fed.rounds >= 1, "federation.rounds", fed.rounds, "must be >= 1", "30")
     _check(0 < fed.participation <= 1, "federation.participation", fed.participation, "must be in (0, 1]", "0.1")
     _check(fed.eval_every >= 1, "federation.eval_every", fed.eval_every, "must be >= 1", "1")
+    _check(fed.adapt_every >= 0 and fed.adapt_every % fed.eval_every == 0, "federation.adapt_every",
+           fed.adapt_every, f"must be 0 (never) or a multiple of federation.eval_every={fed.eval_every}",
+           str(5 * fed.eval_every))
     _check(cl.epochs >= 1, "client.epochs", cl.epochs, "must be >= 1", "1")
     _check(cl.batch_size >= 1, "client.batch_size", cl.batch_size, "must be >= 1", "32")
     _check(cl.lr > 0, "client.lr", cl.lr, "must be > 0", "0.01")
@@ -64,7 +66,9 @@ def validate_config(cfg) -> None:
     part = cfg.partition
     _choice("partition", part.name, PARTITIONS)
     _check(0 < part.test_fraction < 1, "partition.test_fraction", part.test_fraction, "must be in (0, 1)", "0.25")
-    _check(part.min_samples >= 2, "partition.min_samples", part.min_samples, "must be >= 2 (one train, one test)", "10")
+    _check(0 < part.val_fraction < 1, "partition.val_fraction", part.val_fraction, "must be in (0, 1)", "0.1")
+    _check(part.min_samples >= 3, "partition.min_samples", part.min_samples,
+           "must be >= 3 (one train, one validation, one test sample)", "10")
     if part.name == "dirichlet":
         _check(part.alpha is not None and part.alpha > 0, "partition.alpha", part.alpha, "must be > 0", "0.5")
     if part.name == "pathological":
@@ -85,7 +89,6 @@ def validate_config(cfg) -> None:
         _choice("algorithm.normalisation", algo.normalisation, NORMALISATIONS)
         _choice("algorithm.head_init", algo.head_init, HEAD_INITS)
         _choice("algorithm.grouping", algo.grouping, GROUPINGS)
-        _choice("algorithm.eval_model", algo.eval_model, EVAL_MODELS)
         if algo.name == "heurpfedla":
             _check(algo.k >= 1, "algorithm.k", algo.k, "must be >= 1 for heurpfedla (k=0 is pfedla)", "2")
         else:

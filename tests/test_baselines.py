@@ -48,7 +48,7 @@ def test_fedavg_average_is_sample_weighted():
     algo.end_round()
     for name in algo.param_names:
         assert torch.allclose(algo.global_model[name][0], torch.tensor(3.25))  # (1*1 + 3*4) / 4
-        assert torch.equal(algo.evaluation_model(1).params[name], algo.evaluation_model(0).params[name])
+        assert torch.equal(algo.personalized_model(1).params[name], algo.personalized_model(0).params[name])
 
 
 def test_fedbn_shares_everything_but_batchnorm(synthetic_cfg, tmp_path):
@@ -56,7 +56,7 @@ def test_fedbn_shares_everything_but_batchnorm(synthetic_cfg, tmp_path):
     module = setup(cfg)
     run(cfg, tmp_path, module=module)
     algo = module.algorithm
-    a, b = algo.evaluation_model(0), algo.evaluation_model(1)
+    a, b = algo.personalized_model(0), algo.personalized_model(1)
     state_a, state_b = {**a.params, **a.buffers}, {**b.params, **b.buffers}
     bn = {n for n in state_a if n.startswith(("bn1.", "bn2."))}
     assert bn == set(algo.personal_names(module.model)) and len(bn) == 10
@@ -92,7 +92,7 @@ def test_pfedhn_step_moves_generated_model_toward_trained_model():
         return sum(((a[n] - b[n]) ** 2).sum().item() for n in a)
 
     for i in (0, 2):
-        after = algo.evaluation_model(i).params
+        after = algo.personalized_model(i).params
         assert dist(after, trained[i].params) < dist(sent[i].params, trained[i].params)
 
 

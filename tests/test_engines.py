@@ -61,5 +61,10 @@ def test_vmap_evaluation_predicts_what_each_model_predicts_alone():
     models = [({n: p + 0.3 * torch.randn(p.shape, generator=gen) for n, p in base.items()}, buffers) for _ in range(11)]
     xs = [torch.randn(n, 1, 16, 16, generator=gen) for n in (5, 40, 1, 17, 3, 9, 33, 2, 8, 21, 6)]
     got = predict_clients_vmap(model, models, xs, group=4)
+    model.eval()
     for (p, b), x, pred in zip(models, xs, got):
-        assert torch.equal(pred, predict(model, p, b, x))
+        # Two code paths may round logits differently; only a near-tie may flip the argmax.
+        top2 = torch.func.functional_call(model, {**p, **b}, (x,)).topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 1e-4
+        assert torch.equal(pred[clear], predict(model, p, b, x)[clear])
+        assert clear.float().mean() > 0.8, "the test needs mostly clear predictions to mean anything"

@@ -86,8 +86,27 @@ def test_federated_data_is_fixed_by_seed_and_split_once(synthetic_cfg):
     c = build_federated_data(synthetic_cfg("seed=4"))
     assert a.fingerprint == b.fingerprint != c.fingerprint
     for i in range(a.num_clients):
-        assert torch.equal(a.test_x[i], b.test_x[i]) and torch.equal(a.train_y[i], b.train_y[i])
-    assert sum(a.train_sizes) + sum(a.test_sizes) == 1000  # synthetic: 10 classes x 100
+        for split in ("train", "val", "test"):
+            assert all(torch.equal(x[i], y[i]) for x, y in zip(a.split(split), b.split(split))), split
+    assert sum(a.train_sizes) + sum(a.val_sizes) + sum(a.test_sizes) == 1000  # synthetic: 10 classes x 100
+
+
+def test_validation_split_is_disjoint_from_train_and_test_and_carved_from_train(synthetic_cfg):
+    def images(xs):  # synthetic images are continuous noise: each one is unique, so bytes identify it
+        return {x.numpy().tobytes() for x in xs}
+
+    data = build_federated_data(synthetic_cfg("seed=3", "partition.val_fraction=0.2"))
+    before = build_federated_data(synthetic_cfg("seed=3", "partition.val_fraction=0.1"))
+    seen = set()
+    for i in range(data.num_clients):
+        train, val, test = (images(data.split(s)[0][i]) for s in ("train", "val", "test"))
+        assert train.isdisjoint(val) and train.isdisjoint(test) and val.isdisjoint(test)
+        assert len(val) == round(0.2 * (len(train) + len(val)))  # a fraction of the train share
+        # The test split does not depend on val_fraction: validation is carved from train only.
+        assert test == images(before.test_x[i]) and train | val == images(before.train_x[i]) | images(before.val_x[i])
+        assert seen.isdisjoint(train | val | test)
+        seen |= train | val | test
+    assert len(seen) == 1000
 
 
 def test_infeasible_client_count_is_a_clear_config_error(synthetic_cfg):

@@ -25,10 +25,14 @@ def test_synthetic_run_writes_contracted_files_and_learns(synthetic_cfg, tmp_pat
         assert (tmp_path / name).is_file(), name
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [int(float(r["round"])) for r in rows] == [1, 2, 3]
+    assert [r["test/adapted_acc_mean"] != "" for r in rows] == [False, False, True]  # adapt_every=5: last round
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["final"]["test/acc_mean"] == pytest.approx(float(rows[-1]["test/acc_mean"]))
     assert on_disk["final"]["test/acc_mean"] == pytest.approx(np.mean(on_disk["final"]["client_acc"]))
-    assert on_disk["best"]["test/acc_mean"] == max(float(r["test/acc_mean"]) for r in rows)
+    best_val = max(rows, key=lambda r: float(r["val/acc_mean"]))
+    assert on_disk["best"]["round"] == int(best_val["round"])
+    assert on_disk["best"]["test/acc_mean"] == pytest.approx(float(best_val["test/acc_mean"]))
+    assert on_disk["final_adapted"]["round"] == 3 and "test/adapted_acc_mean" in on_disk["headline"]
     assert on_disk["config"]["federation"]["num_clients"] == 4
     assert on_disk["bytes_down"] > 0 and on_disk["wall_seconds"] > 0
     assert summary["final"]["test/acc_mean"] > 0.5, "10 balanced classes: chance is 0.1"
@@ -36,11 +40,11 @@ def test_synthetic_run_writes_contracted_files_and_learns(synthetic_cfg, tmp_pat
     assert alpha["alpha"].shape == (4, 5, 4) and list(alpha["layers"]) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
     np.testing.assert_allclose(alpha["alpha"].sum(-1), 1.0, rtol=1e-5)
     partition = json.loads((tmp_path / "partition.json").read_text())
-    assert sum(partition["train_sizes"]) + sum(partition["test_sizes"]) == 1000
+    assert sum(partition["train_sizes"]) + sum(partition["val_sizes"]) + sum(partition["test_sizes"]) == 1000
 
 
 def test_client_trains_starting_exactly_from_the_aggregated_model(synthetic_cfg, tmp_path):
-    cfg = synthetic_cfg("federation.rounds=2", "algorithm.head_init=random")
+    cfg = synthetic_cfg("federation.rounds=2", "algorithm.head_init=random", "federation.adapt_every=0")
     module = setup(cfg)
     algo, real_trainer, starts = module.algorithm, module.client_trainer, []
 
@@ -145,15 +149,61 @@ def test_cli_multirun_sweep(tmp_path):
 
 
 def test_resume_continues_to_the_same_result_as_an_uninterrupted_run(synthetic_cfg, tmp_path):
-    straight = run(synthetic_cfg("federation.rounds=4", "algorithm.hn_momentum=0.5"), tmp_path / "straight")
-    run(synthetic_cfg("federation.rounds=2", "algorithm.hn_momentum=0.5"), tmp_path / "cut")
+    # adapt_every=2: the cut run's last round (which always gets score (b)) has it in the straight run too
+    common = ("algorithm.hn_momentum=0.5", "federation.adapt_every=2")
+    straight = run(synthetic_cfg("federation.rounds=4", *common), tmp_path / "straight")
+    run(synthetic_cfg("federation.rounds=2", *common), tmp_path / "cut")
     resume = f"resume={tmp_path / 'cut'}"
-    resumed = run(synthetic_cfg("federation.rounds=4", "algorithm.hn_momentum=0.5", resume), tmp_path / "cut")
+    resumed = run(synthetic_cfg("federation.rounds=4", *common, resume), tmp_path / "cut")
+    assert resumed["final_adapted"] == straight["final_adapted"] and resumed["final_adapted"]["round"] == 4
     assert resumed["final"] == straight["final"] and resumed["best"] == straight["best"]
     assert (tmp_path / "cut/metrics.csv").read_text() == (tmp_path / "straight/metrics.csv").read_text()
     a = torch.load(tmp_path / "cut/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_summary_selects_the_best_round_by_validation_never_by_test():
+    from pfedla.outputs import build_summary
+
+    def record(r, val, test, adapted=None):
+        out = {"round": r, "val/acc_mean": val, "test/acc_mean": test, "test/acc_weighted": test,
+               "client_acc": [test]}
+        if adapted is not None:
+            out.update({"val/adapted_acc_mean": adapted[0], "test/adapted_acc_mean": adapted[1],
+                        "test/adapted_acc_weighted": adapted[1], "adapted_client_acc": [adapted[1]]})
+        return out
+
+    # Round 2 is best on test, round 3 on validation; for (b), round 2 on test, round 4 on validation.
+    history = [record(1, 0.50, 0.50), record(2, 0.60, 0.90, (0.70, 0.95)), record(3, 0.80, 0.70),
+               record(4, 0.70, 0.75, (0.75, 0.80)), record(5, 0.80, 0.60)]
+    summary = build_summary(history, {}, 1.0, {}, rounds_done=6)
+    assert summary["best"]["round"] == 3 and summary["best"]["test/acc_mean"] == 0.70  # first of the val ties
+    assert summary["best_adapted"]["round"] == 4 and summary["best_adapted"]["test/adapted_acc_mean"] == 0.80
+    assert summary["final"]["round"] == 5 and summary["final_adapted"]["round"] == 4 and summary["rounds"] == 6
+    empty = build_summary([], {}, 1.0, {}, rounds_done=8)  # stopped before the first evaluation
+    assert empty["final"] is None and empty["best_adapted"] is None and empty["rounds"] == 8
+
+
+def test_a_run_stopped_before_its_first_evaluation_exits_cleanly_and_counts_its_rounds(synthetic_cfg, tmp_path):
+    from pfedla.checkpointing import RoundCheckpoint
+
+    original = RoundCheckpoint.on_train_epoch_end
+
+    def signal_in_round_3(self, trainer, module):  # as if SIGTERM arrived during round 3
+        if module.round == 3:
+            self.requested = 15
+        original(self, trainer, module)
+
+    RoundCheckpoint.on_train_epoch_end = signal_in_round_3
+    try:
+        summary = run(synthetic_cfg("federation.rounds=20", "federation.eval_every=10",
+                                    "federation.adapt_every=10"), tmp_path)
+    finally:
+        RoundCheckpoint.on_train_epoch_end = original
+    assert summary["stopped_by_signal"] == 15 and summary["rounds"] == 3 and summary["final"] is None
+    assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 3
+    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)["pfedla_rounds_done"] == 3
 
 
 def test_resume_from_a_missing_checkpoint_is_a_clear_error(synthetic_cfg, tmp_path):

@@ -48,9 +48,27 @@ class Algorithm(nn.Module):
     def end_round(self) -> None:
         pass
 
-    def evaluation_model(self, i: int) -> ClientModel:
-        """The model whose accuracy on client i's test split is the headline metric."""
+    # --- evaluation -------------------------------------------------------------------------------
+    # Score (a) is the personalized model as the server produces it; score (b) is that model after the
+    # client's own local adaptation (pfedla.server). ``adapts = False``: (b) would only repeat what the
+    # method already is (Local: its model is local training), so the method has the one score.
+    adapts = True
+
+    def personalized_model(self, i: int) -> ClientModel:
+        """What the server would send client i now: the model scored as (a). Never changes server state."""
         return ClientModel(self.client_params.row(i), self.client_buffers.row(i))
+
+    def personalized_models(self, clients: list[int]) -> list[ClientModel]:
+        """``personalized_model`` for several clients (algorithms override it to batch the work)."""
+        return [self.personalized_model(i) for i in clients]
+
+    # --- what a finished run adds to its summary and run dir ----------------------------------------
+    def summary_fields(self, class_counts) -> dict:
+        """Extra entries for summary.json; ``class_counts`` [N, C] is each client's label histogram."""
+        return {}
+
+    def write_artifacts(self, run_dir) -> None:
+        pass
 
     # --- helpers ----------------------------------------------------------------------------------
     def own_model(self, i: int) -> ClientModel:

@@ -61,7 +61,8 @@ class FedAvg(Algorithm):
                     target.copy_(mean.round() if not target.is_floating_point() else mean)
         del self._weighted_sum, self._trained
 
-    def evaluation_model(self, i: int) -> ClientModel:
+    def personalized_model(self, i: int) -> ClientModel:
+        """FedAvg: the global model; FedBN: with the client's BatchNorm; Local: the client's own model."""
         return self._with_global(self.own_model(i))
 
     def _with_global(self, model: ClientModel) -> ClientModel:
@@ -87,5 +88,7 @@ class FedBN(FedAvg):
 
 
 class Local(FedAvg):
+    adapts = False  # its model already is local training: one score
+
     def personal_names(self, model: nn.Module) -> list[str]:
         return [n for n, _ in [*model.named_parameters(), *model.named_buffers()]]

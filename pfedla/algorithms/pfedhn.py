@@ -76,8 +76,15 @@ class PFedHN(Algorithm):
             self.client_buffers.set_row(i, trained.buffers)
         del self._generated, self._grad_outputs, self._trained
 
-    def evaluation_model(self, i: int) -> ClientModel:
-        """pFedHN's personalized model is the one the hypernetwork generates for client i."""
-        with torch.no_grad():
-            params = {n: t[0] for n, t in self.generate(torch.tensor([i], device=self.bytes_up.device)).items()}
-        return ClientModel(params, self.client_buffers.row(i))
+    @torch.no_grad()
+    def personalized_models(self, clients: list[int]) -> list[ClientModel]:
+        """pFedHN's personalized model is the one the hypernetwork generates for the client."""
+        out = []
+        for chunk in torch.tensor(clients, device=self.bytes_up.device).split(256):  # bounded memory
+            generated = self.generate(chunk)
+            out += [ClientModel({n: t[r] for n, t in generated.items()}, self.client_buffers.row(i))
+                    for r, i in enumerate(chunk.tolist())]
+        return out
+
+    def personalized_model(self, i: int) -> ClientModel:
+        return self.personalized_models([i])[0]

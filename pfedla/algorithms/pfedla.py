@@ -12,17 +12,19 @@ neither sent nor uploaded, and (through ``torch.where``) their heads get no grad
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pfedla.algorithms.alpha_stats import alpha_statistics
 from pfedla.algorithms.base import Algorithm
 from pfedla.algorithms.hypernetwork import LayerwiseHypernetworks
 from pfedla.algorithms.stacked import ClientModel, StackedTensors, Tensors, nbytes
 from pfedla.errors import ConfigError
 from pfedla.models.layers import layer_groups
-
-EVAL_MODELS = ("trained", "aggregated")
+from pfedla.outputs import write_alpha
 
 
 def aggregate(client_params: Tensors, alpha: torch.Tensor, layers: dict[str, list[str]]) -> Tensors:
@@ -40,14 +42,12 @@ class PFedLA(Algorithm):
         super().__init__(model, num_clients)
         self.layers = layer_groups(model, cfg.grouping)
         self.layer_names = list(self.layers)
-        if cfg.eval_model not in EVAL_MODELS:
-            raise ConfigError(f"algorithm.eval_model={cfg.eval_model} is unknown; valid: trained, aggregated")
         if not 0 <= cfg.k < len(self.layers):
             raise ConfigError(
                 f"algorithm.k={cfg.k} must be in [0, {len(self.layers)}) for {len(self.layers)} layers "
                 f"({', '.join(self.layer_names)}); e.g. algorithm.k=1"
             )
-        self.k, self.eval_model = cfg.k, cfg.eval_model
+        self.k = cfg.k
         self.hypernetworks = LayerwiseHypernetworks(
             num_clients, len(self.layers), cfg.embedding_dim, cfg.hidden_dim, cfg.hidden_layers,
             cfg.normalisation, cfg.head_init, cfg.hn_lr, cfg.hn_momentum, cfg.hn_optimizer,
@@ -118,17 +118,33 @@ class PFedLA(Algorithm):
         del self._aggregated, self._delta, self._hn_rows, self._trained
 
     # --- evaluation and inspection ----------------------------------------------------------------
-    def evaluation_model(self, i: int) -> ClientModel:
-        if self.eval_model == "trained":
-            return super().evaluation_model(i)
-        with torch.no_grad():
-            clients = torch.tensor([i], device=self.bytes_up.device)
-            alpha, retained = self._effective_alpha(self.hypernetworks.alpha(clients), clients)
-            params = {n: t[0] for n, t in aggregate(self.server_view, alpha, self.layers).items()}
-            for l, layer in enumerate(self.layer_names):
-                if retained is not None and retained[0, l]:
-                    params.update({n: self.client_params[n][i] for n in self.layers[layer]})
-        return ClientModel(params, self.client_buffers.row(i))
+    @torch.no_grad()
+    def personalized_models(self, clients: list[int]) -> list[ClientModel]:
+        """theta_bar_i from the current hypernetworks and models: what client i would be sent now
+        (HeurpFedLA: its retained layers are its own). Its local adaptation is score (b)."""
+        out = []
+        for chunk in torch.tensor(clients, device=self.bytes_up.device).split(64):  # bounded memory
+            alpha, retained = self._effective_alpha(self.hypernetworks.alpha(chunk), chunk)
+            aggregated = aggregate(self.server_view, alpha, self.layers)
+            for r, i in enumerate(chunk.tolist()):
+                params = {n: aggregated[n][r] for n in self.param_names}
+                for l, layer in enumerate(self.layer_names):
+                    if retained is not None and retained[r, l]:
+                        params.update({n: self.client_params[n][i] for n in self.layers[layer]})
+                out.append(ClientModel(params, self.client_buffers.row(i)))
+        return out
+
+    def personalized_model(self, i: int) -> ClientModel:
+        return self.personalized_models([i])[0]
+
+    def summary_fields(self, class_counts) -> dict:
+        alpha, _ = self.current_alpha()
+        return {"bytes_saved": int(self.bytes_saved),
+                "alpha_stats": alpha_statistics(alpha.cpu().numpy(), self.layer_names, class_counts)}
+
+    def write_artifacts(self, run_dir) -> None:
+        alpha, retained = self.current_alpha()
+        write_alpha(Path(run_dir) / "alpha.npz", alpha.cpu().numpy(), retained.cpu().numpy(), self.layer_names)
 
     @torch.no_grad()
     def current_alpha(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,8 @@ import numpy as np
 from pfedla.errors import ConfigError
 
 # Independent random streams derived from the run seed, so changing one use never shifts another.
-STREAM_FRACTION, STREAM_PARTITION, STREAM_SPLIT = 1, 2, 3
+# (4 is pfedla.client's batch order, 6 its evaluation-time adaptation.)
+STREAM_FRACTION, STREAM_PARTITION, STREAM_SPLIT, STREAM_VAL = 1, 2, 3, 5
 
 
 def rng_for(seed: int, stream: int) -> np.random.Generator:
@@ -110,16 +111,17 @@ def pathological_partition(
 
 
 def split_train_test(
-    client_indices: list[np.ndarray], test_fraction: float, rng: np.random.Generator
+    client_indices: list[np.ndarray], held_out_fraction: float, rng: np.random.Generator
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Split each client's share once into disjoint train/test parts (at least one sample each)."""
-    train, test = [], []
+    """Split each client's share once into disjoint (rest, held-out) parts, ``held_out_fraction`` of it held
+    out (at least one sample each). Used twice: share -> train+val / test, then train+val -> train / val."""
+    rest, held_out = [], []
     for indices in client_indices:
         shuffled = rng.permutation(indices)
-        n_test = min(max(1, round(test_fraction * len(indices))), len(indices) - 1)
-        test.append(np.sort(shuffled[:n_test]))
-        train.append(np.sort(shuffled[n_test:]))
-    return train, test
+        n_held = min(max(1, round(held_out_fraction * len(indices))), len(indices) - 1)
+        held_out.append(np.sort(shuffled[:n_held]))
+        rest.append(np.sort(shuffled[n_held:]))
+    return rest, held_out
 
 
 def check_feasible(cfg, num_clients: int, num_classes: int, num_samples: int, source: str) -> None:

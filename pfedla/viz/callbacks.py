@@ -106,15 +106,19 @@ class Figures(L.Callback):
 
 
 def plot_accuracy_curve(history: list[dict], path: Path) -> Path:
-    rounds = [h["round"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(rounds, [100 * h["test/acc_mean"] for h in history], label="acc_mean (unweighted over clients)")
-    ax.plot(rounds, [100 * h["test/acc_weighted"] for h in history], "--", label="acc_weighted (by test samples)")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    curves = [("test/acc_mean", "-", "(a) test, mean over clients"), ("val/acc_mean", ":", "(a) validation"),
+              ("test/acc_weighted", "--", "(a) test, weighted by test samples"),
+              ("test/adapted_acc_mean", "o-", "(b) after local adaptation, test")]
+    for key, style, label in curves:
+        points = [(h["round"], 100 * h[key]) for h in history if key in h]
+        if points:
+            ax.plot(*zip(*points), style, label=label, markersize=3)
     ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Personalized test accuracy")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Personalized accuracy")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
