@@ -31,6 +31,7 @@ from pfedla.distributed import FederatedDDPStrategy, launch_rank, restored_proce
 from pfedla.errors import ConfigError
 from pfedla.models import build_model
 from pfedla.outputs import build_summary, write_json
+from pfedla.search import objective_value
 from pfedla.server import PHASES, FederatedModule
 from pfedla.validate import validate_config
 from pfedla.viz.callbacks import Figures, PartitionFiles, RoundProgress
@@ -154,6 +155,7 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     summary["rejected_updates"] = module.rejected  # [round, client] pairs with NaN/Inf, never applied
     summary["processes"] = trainer.world_size
     summary["timing"] = timing_summary(module.timings)
+    summary["objective"] = objective_value(module.history)  # what hparams_search maximises (validation only)
     summary.update(algorithm.summary_fields(module.data.class_counts()))
     if not trainer.is_global_zero:
         return summary  # rank zero writes the run's files
@@ -209,7 +211,8 @@ def name_wandb_run(cfg: DictConfig, hydra_cfg) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Runs one experiment; returns its search objective (validation accuracy) for Hydra's Optuna sweeper."""
     hydra_cfg = HydraConfig.get()
     run_dir = run_dir_for(cfg, Path(hydra_cfg.runtime.output_dir))
     name_wandb_run(cfg, hydra_cfg)
@@ -221,7 +224,7 @@ def main(cfg: DictConfig) -> None:
             detail = "" if isinstance(err, ConfigError) else "\n" + traceback.format_exc()
             (run_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n{detail}")
             log.error("job %s failed: %s", hydra_cfg.job.num, err)
-            return
+            return None  # a search records the trial as failed and goes on
         if not isinstance(err, ConfigError):
             raise
         remove_if_only_hydra_files(Path(hydra_cfg.runtime.output_dir))
@@ -229,6 +232,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     if summary.get("stopped_by_signal"):  # checkpointed and stopped: end the process (and a sweep) too
         sys.exit(128 + summary["stopped_by_signal"])
+    return summary["objective"]
 
 
 def remove_if_only_hydra_files(path: Path) -> None:

@@ -1,3 +1,5 @@
+import numpy as np
+import pytest
 import torch
 
 from pfedla.algorithms.hypernetwork import normalise
@@ -73,3 +75,27 @@ def test_batched_hypernetwork_forward_and_backward_equal_per_client_computation(
         (alpha * weights[s]).sum().backward()
         for name in own:
             torch.testing.assert_close(rows[name].grad[s], own[name].grad, msg=name)
+
+
+def test_alpha_statistics_equal_a_hand_computation():
+    from pfedla.algorithms.alpha_stats import alpha_statistics
+
+    # Clients 0 and 1 hold the same labels (similarity 1), client 2 holds other labels (similarity 0 to both).
+    counts = [[5, 5, 0, 0], [1, 1, 0, 0], [0, 0, 3, 7]]
+    alpha = np.zeros((3, 2, 3))
+    alpha[:, 0] = [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.25, 0.25, 0.5]]
+    alpha[:, 1] = np.eye(3)  # a collapsed layer: everyone keeps their own
+    stats = alpha_statistics(alpha, ["a", "b"], counts)
+    a = stats["layers"]["a"]
+    assert a["self"] == pytest.approx((0.6 + 0.7 + 0.5) / 3) and a["collapsed"] == 0
+    assert a["similar_peer"] == pytest.approx((0.3 + 0.2) / 2)  # pairs (0,1), (1,0)
+    assert a["dissimilar_peer"] == pytest.approx((0.1 + 0.1 + 0.25 + 0.25) / 4)
+    off = [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+    sim = {(0, 1): 1.0, (1, 0): 1.0}
+    x = [alpha[i, 0, j] for i, j in off]
+    y = [sim.get(p, 0.0) for p in off]
+    assert a["corr_with_similarity"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+    b = stats["layers"]["b"]
+    assert b["self"] == 1 and b["collapsed"] == 1 and b["similar_peer"] == 0
+    assert stats["max_abs_from_uniform"] == pytest.approx(1 - 1 / 3)
+    assert stats["similar_pairs"] == 2 and stats["dissimilar_pairs"] == 4
