@@ -41,6 +41,13 @@ log = logging.getLogger("pfedla")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
+def quiet_third_parties() -> None:
+    """Lightning's start-up lines (accelerators found, a product tip, "fit stopped") say nothing a run's
+    own lines do not; its warnings and errors still show."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+
+
 def setup(cfg: DictConfig) -> FederatedModule:
     """Everything before training: validation, data, model, algorithm. Raises ConfigError early."""
     validate_config(cfg)
@@ -124,6 +131,7 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     ``module`` (from ``setup(cfg)``) may be passed in to observe or instrument it.
     """
     run_dir = Path(run_dir)
+    quiet_third_parties()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     checkpoint = resume_checkpoint(cfg.resume)
     if checkpoint is not None:  # before anything is loaded or written
@@ -140,7 +148,8 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     try:
         trainer = make_trainer(cfg, run_dir, wandb_logger)
         with warnings.catch_warnings(), restored_process_state() if is_distributed(cfg) else nullcontext():
-            warnings.filterwarnings("ignore", message=r".*(num_workers|many workers|LightningModule.*optimizer).*")
+            warnings.filterwarnings("ignore", message=r".*(num_workers|many workers|LightningModule.*optimizer"
+                                                      r"|treespec).*")
             trainer.fit(module, ckpt_path=checkpoint)
         failed = False
     finally:
@@ -170,17 +179,14 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
 
 
 def result_line(summary: dict) -> str:
-    """One line: rounds, final and best-by-validation accuracies of both scores (what exists so far)."""
-    parts = [f"round {summary['rounds']}"]
-    for name, prefix in (("", ""), ("_adapted", "adapted_")):
+    """``round R: (a) test/acc_mean F final, B at round r (best val); (b) ...``: what exists so far."""
+    parts = []
+    for score, name, prefix in (("(a)", "", ""), ("(b)", "_adapted", "adapted_")):
         final, best = summary[f"final{name}"], summary[f"best{name}"]
-        if final is None:
-            continue
-        parts.append(f"test/{prefix}acc_mean={final[f'test/{prefix}acc_mean']:.4f} (at the best "
-                     f"val/{prefix}acc_mean, round {best['round']}: {best[f'test/{prefix}acc_mean']:.4f})")
-    if summary["final"] is None:
-        parts.append("not evaluated yet")
-    return ": ".join(parts[:1]) + (": " + "; ".join(parts[1:]) if len(parts) > 1 else "")
+        if final is not None:
+            key = f"test/{prefix}acc_mean"
+            parts.append(f"{score} {key} {final[key]:.4f} final, {best[key]:.4f} at round {best['round']} (best val)")
+    return f"round {summary['rounds']}: " + ("; ".join(parts) or "not evaluated yet")
 
 
 def timing_summary(timings: list[dict]) -> dict:

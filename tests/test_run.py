@@ -133,6 +133,23 @@ def test_cli_runs_an_experiment(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 3
 
 
+def test_console_is_quiet_and_plain_when_not_a_terminal(tmp_path):
+    import os
+
+    env = {**os.environ, "WANDB_MODE": "offline"}  # W&B on, as in a user's default run
+    cmd = [sys.executable, "-m", "pfedla.run", "+experiment=smoke", "logger=wandb", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    for noise in ("anonymous", "litlogger", "GPU available", "treespec", "wandb:", "Trainer.fit"):
+        assert noise not in out, noise
+    assert "\r" not in out  # no progress-bar redraws in a log
+    assert [line.split(" - ", 1)[1].split("  ")[0] for line in out.splitlines() if "/3  " in line] == [
+        "round 1/3", "round 2/3", "round 3/3"]
+    assert "wandb sync" in out and "round 3: (a) test/acc_mean" in out  # our own lines stay
+    assert list(tmp_path.glob("wandb/offline-run-*"))
+
+
 def test_cli_bad_value_exits_nonzero_with_one_clear_line(tmp_path):
     proc = _cli("+experiment=smoke", "client.batch_size=0", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2

@@ -5,6 +5,9 @@ All of them act on global rank zero only, so a run on several processes writes a
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +21,8 @@ from tqdm.auto import tqdm  # noqa: E402
 from pfedla.outputs import write_json  # noqa: E402
 from pfedla.viz.heatmaps import alpha_long_format, save_heatmaps  # noqa: E402
 from pfedla.viz.partition import plot_partition  # noqa: E402
+
+log = logging.getLogger("pfedla")
 
 
 class PartitionFiles(L.Callback):
@@ -39,14 +44,22 @@ class PartitionFiles(L.Callback):
 
 
 class RoundProgress(L.Callback):
-    """One bar over rounds: clients done in the round, latest test/acc_mean, ETA (tqdm's)."""
+    """Progress over rounds. On a terminal: one tqdm bar (clients done in the round, latest test/acc_mean,
+    ETA). Elsewhere (a log file, CI, a SLURM job): one plain line per round, no carriage-return redraws."""
 
     bar = None
+
+    def __init__(self, interactive: bool | None = None):
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self.started = None
 
     def on_train_start(self, trainer, module) -> None:
         if not trainer.is_global_zero:
             return
         self.last_acc = module.history[-1]["test/acc_mean"] if module.history else None
+        self.started, self.first_round = time.perf_counter(), module.current_epoch
+        if not self.interactive:
+            return
         self.bar = tqdm(total=trainer.max_epochs, initial=module.current_epoch, desc="round", unit="round",
                         dynamic_ncols=True)
         module.client_progress = lambda done, total: self._show(f"clients {done}/{total}")
@@ -56,12 +69,18 @@ class RoundProgress(L.Callback):
         self.bar.set_postfix_str(", ".join(parts), refresh=True)
 
     def on_train_epoch_end(self, trainer, module) -> None:
-        if self.bar is None:
+        if self.started is None:
             return
         if module.history and module.history[-1]["round"] == module.round:
             self.last_acc = module.history[-1]["test/acc_mean"]
-        self.bar.update(1)
-        self._show()
+        if self.bar is not None:
+            self.bar.update(1)
+            self._show()
+            return
+        per_round = (time.perf_counter() - self.started) / (module.round - self.first_round)
+        acc = f"  test/acc_mean {self.last_acc:.4f}" if self.last_acc is not None else ""
+        log.info("round %d/%d%s  %.1f s/round, %.0f s left", module.round, trainer.max_epochs, acc, per_round,
+                 per_round * (trainer.max_epochs - module.round))
 
     def on_train_end(self, trainer, module) -> None:
         if self.bar is not None:

@@ -29,15 +29,26 @@ def make_wandb_logger(cfg, run_dir: Path, config: dict):
         project=lc.project, entity=lc.entity, group=lc.group, tags=list(lc.tags or []), name=run_dir.name,
         save_dir=str(save_dir), config=config, reinit="finish_previous",
     )
+    # silent: W&B prints nothing on the console (run.py says where the run is); its errors still raise
     try:
-        logger = WandbLogger(mode=mode, settings=wandb.Settings(init_timeout=lc.init_timeout), **kwargs)
-        logger.experiment  # noqa: B018  (starts the run now, so an unreachable server fails here)
+        logger = _started(WandbLogger(mode=mode, settings=wandb.Settings(init_timeout=lc.init_timeout, silent=True),
+                                      **kwargs))
     except Exception as err:  # wandb raises CommError / UsageError / timeouts when online fails
         if mode != "online":
             raise
         log.warning("W&B online init failed (%s); logging offline instead (`wandb sync` uploads later)", err)
-        logger = WandbLogger(mode="offline", **kwargs)
-        logger.experiment  # noqa: B018
+        logger = _started(WandbLogger(mode="offline", settings=wandb.Settings(silent=True), **kwargs))
+    if mode != "disabled":
+        where = logger.experiment.dir if mode == "online" else Path(logger.experiment.dir).parent
+        log.info("W&B %s run: %s%s", mode, where, "" if mode == "online" else f" (upload: wandb sync {where})")
+    return logger
+
+
+def _started(logger):
+    """Start the run now (an unreachable server fails here, not mid-training). Lightning always passes
+    ``anonymous=None``, which this W&B version warns about on every run; it means nothing, so drop it."""
+    logger._wandb_init.pop("anonymous", None)
+    logger.experiment  # noqa: B018
     return logger
 
 
