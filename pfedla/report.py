@@ -1,9 +1,10 @@
 """``python -m pfedla.report <multirun dir>``: one table and one figure across a sweep.
 
 Reads every job's ``summary.json`` and ``metrics.csv``; rows are algorithms (plus whatever else the
-sweep varied, except the seed), numbers are mean ± std over seeds. Writes ``report.md`` and
-``curves.png`` into the sweep dir. Jobs without a summary (failed, killed, still running) are listed,
-not crashed on.
+sweep varied, except the seed), numbers are mean ± std over seeds. Both scores of every method, each at
+the round its *validation* accuracy was best, and final; bytes, wall time, pFedLA's alpha statistics.
+Writes ``report.md`` and ``curves.png`` into the sweep dir. Jobs without a summary (failed, killed,
+still running) are listed, not crashed on.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from pfedla.algorithms.alpha_stats import one_line  # noqa: E402
 
 IGNORED_KEYS = {"seed", "resume", "dataset.root"}
 IGNORED_PREFIXES = ("logger.", "trainer.", "checkpoint.", "viz.")  # how a job ran, not what it ran
@@ -50,8 +53,8 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
 
 
 def group_jobs(jobs: list[Job]) -> dict[str, list[Job]]:
-    """Group finished jobs by algorithm and every other key the sweep varied, except the seed."""
-    done = [j for j in jobs if j.summary]
+    """Group evaluated jobs by algorithm and every other key the sweep varied, except the seed."""
+    done = [j for j in jobs if j.summary and j.summary.get("final")]
     by_algorithm: dict[str, list[Job]] = {}
     for job in done:
         by_algorithm.setdefault(job.config["algorithm.name"], []).append(job)
@@ -72,6 +75,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _scores(summaries: list[dict], which: str, key: str) -> tuple[float, float] | None:
+    values = [x[which][key] for x in summaries if x.get(which)]
+    return _mean_std(values) if len(values) == len(summaries) else None
+
+
 def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
     rows = []
     for label, jobs in groups.items():
@@ -79,66 +87,110 @@ def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
         rows.append({
             "label": label,
             "seeds": sorted(j.config.get("seed") for j in jobs),
-            "final": _mean_std([x["final"]["test/acc_mean"] for x in s]),
-            "best": _mean_std([x["best"]["test/acc_mean"] for x in s]),
-            "final_weighted": _mean_std([x["final"]["test/acc_weighted"] for x in s]),
+            "best": _scores(s, "best", "test/acc_mean"),  # test accuracy at the best-validation round
+            "best_round": statistics.fmean(x["best"]["round"] for x in s),
+            "final": _scores(s, "final", "test/acc_mean"),
+            "best_adapted": _scores(s, "best_adapted", "test/adapted_acc_mean"),
+            "final_adapted": _scores(s, "final_adapted", "test/adapted_acc_mean"),
             "mb": statistics.fmean([(x["bytes_down"] + x["bytes_up"]) / 1e6 for x in s]),
             "wall": statistics.fmean([x["wall_seconds"] for x in s]),
             "rounds": max(x["rounds"] for x in s),
+            "alpha": _mean_alpha_stats([x["alpha_stats"] for x in s if x.get("alpha_stats")]),
         })
     return rows
 
 
+def _mean_alpha_stats(stats: list[dict]) -> dict | None:
+    """Each per-layer number averaged over seeds (None where any seed has none)."""
+    if not stats:
+        return None
+    layers = {}
+    for layer, first in stats[0]["layers"].items():
+        layers[layer] = {}
+        for key in first:
+            values = [st["layers"][layer][key] for st in stats]
+            layers[layer][key] = None if any(v is None for v in values) else statistics.fmean(values)
+    return {"layers": layers, "max_abs_from_uniform": statistics.fmean(st["max_abs_from_uniform"] for st in stats),
+            "uniform": stats[0]["uniform"]}
+
+
 def render_markdown(rows: list[dict], jobs: list[Job], sweep_dir: Path) -> str:
-    pct = lambda ms: f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"  # noqa: E731
+    def pct(ms):
+        return "–" if ms is None else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
+
     lines = [
         f"# Sweep report: `{sweep_dir}`",
         "",
-        "Accuracies in %, mean ± std over seeds; `test/acc_mean` is the unweighted mean over clients.",
+        "Accuracy in %, mean ± std over seeds, unweighted mean over clients, on each client's test split.",
+        "**(a)** is the personalized model as the server produces it (pFedLA: the aggregate theta_bar_i; "
+        "pFedHN: the generated model; FedAvg: the global model; FedBN: the global model with the client's "
+        "BatchNorm; Local: its own model). **(b)** is that model after the client's local adaptation "
+        "(`client.epochs` of local SGD on its train split, on a copy). \"best val\": test accuracy at the "
+        "round whose *validation* accuracy was best (the test split chooses nothing). The headline is (a) "
+        "at best val. Local has one score: its (b) is its (a).",
         "",
-        "| algorithm | seeds | rounds | final acc_mean | best acc_mean | final acc_weighted "
+        "| algorithm | seeds | rounds | (a) best val | (a) final | (b) best val | (b) final | best-val round "
         "| MB communicated | wall s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         seeds = ",".join(map(str, r["seeds"]))
+        one_score = r["best_adapted"] is None and r["label"].startswith("local")
+        best_b = "= (a)" if one_score else pct(r["best_adapted"])
+        final_b = "= (a)" if one_score else pct(r["final_adapted"])
         lines.append(
-            f"| {r['label']} | {seeds} | {r['rounds']} | {pct(r['final'])} | {pct(r['best'])} "
-            f"| {pct(r['final_weighted'])} | {r['mb']:.1f} | {r['wall']:.0f} |"
+            f"| {r['label']} | {seeds} | {r['rounds']} | {pct(r['best'])} | {pct(r['final'])} | {best_b} "
+            f"| {final_b} | {r['best_round']:.0f} | {r['mb']:.1f} | {r['wall']:.0f} |"
         )
-    failed = [j for j in jobs if j.summary is None]
+    with_alpha = [r for r in rows if r["alpha"]]
+    if with_alpha:
+        lines += ["", "## What alpha learned (final round, mean over seeds)", "",
+                  "Per layer: mean self-weight, mean weight on peers with similar / dissimilar label "
+                  "distributions (1 - total variation >= 0.5 / < 0.5), and r, the correlation of alpha with that "
+                  f"similarity. Uniform is {with_alpha[0]['alpha']['uniform']:.3f}.", ""]
+        for r in with_alpha:
+            lines.append(f"- **{r['label']}** (max |alpha - 1/N| {r['alpha']['max_abs_from_uniform']:.3f}): "
+                         f"{one_line(r['alpha'])}")
+    failed = [j for j in jobs if not (j.summary and j.summary.get("final"))]
     if failed:
         lines += ["", "## Jobs without results", ""]
-        lines += [f"- `{j.path.relative_to(sweep_dir)}`: {j.error.splitlines()[0]}" for j in failed]
+        lines += [f"- `{j.path.relative_to(sweep_dir)}`: {(j.error or 'stopped before its first evaluation')}"
+                  .splitlines()[0] for j in failed]
     return "\n".join(lines) + "\n"
 
 
+CURVES = (("val/acc_mean", "(a) validation"), ("test/acc_mean", "(a) test"),
+          ("test/adapted_acc_mean", "(b) after local adaptation, test"))
+
+
 def plot_curves(groups: dict[str, list[Job]], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(9, 4.8))
-    for label, jobs in groups.items():
-        curves = [_read_curve(j.path / "metrics.csv") for j in jobs]
-        curves = [c for c in curves if c]
-        if not curves:
-            continue
-        rounds = sorted(set.intersection(*(set(c) for c in curves)))
-        values = np.array([[c[r] for r in rounds] for c in curves]) * 100
-        mean, std = values.mean(0), values.std(0)
-        ax.plot(rounds, mean, label=f"{label} (n={len(curves)})")
-        ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy, mean over clients (%)")
-    ax.set_title("Personalized accuracy vs round (band: ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(15, 4.6), sharey=True)
+    for ax, (key, title) in zip(axes, CURVES):
+        for label, jobs in groups.items():
+            curves = [c for c in (_read_curve(j.path / "metrics.csv", key) for j in jobs) if c]
+            if not curves:
+                continue
+            rounds = sorted(set.intersection(*(set(c) for c in curves)))
+            values = np.array([[c[r] for r in rounds] for c in curves]) * 100
+            mean, std = values.mean(0), values.std(0)
+            ax.plot(rounds, mean, label=f"{label} (n={len(curves)})", marker="o" if len(rounds) < 15 else None,
+                    markersize=3)
+            ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy, mean over clients (%)")
+    axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Accuracy vs round (band: ± std over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _read_curve(path: Path) -> dict[int, float]:
+def _read_curve(path: Path, key: str) -> dict[int, float]:
     if not path.is_file():
         return {}
-    return {int(float(r["round"])): float(r["test/acc_mean"]) for r in csv.DictReader(open(path))}
+    return {int(float(r["round"])): float(r[key]) for r in csv.DictReader(open(path)) if r.get(key)}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -20,14 +20,20 @@ def test_report_table_matches_job_summaries_and_lists_failed_jobs(synthetic_cfg,
     text = report(tmp_path).read_text()
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| ")}
+
+    def cell(values):
+        return f"{statistics.fmean(values) * 100:.2f} ± {statistics.stdev(values) * 100:.2f}"
+
     for algorithm in ("pfedla", "fedavg"):
-        finals = [summaries[algorithm, s]["final"]["test/acc_mean"] * 100 for s in (0, 1)]
-        mean, std = statistics.fmean(finals), statistics.stdev(finals)
-        assert rows[algorithm][4].strip() == f"{mean:.2f} ± {std:.2f}"
+        got = [summaries[algorithm, s] for s in (0, 1)]
+        assert rows[algorithm][4].strip() == cell([g["best"]["test/acc_mean"] for g in got])  # at best val
+        assert rows[algorithm][5].strip() == cell([g["final"]["test/acc_mean"] for g in got])
+        assert rows[algorithm][6].strip() == cell([g["best_adapted"]["test/adapted_acc_mean"] for g in got])
         assert rows[algorithm][2].strip() == "0,1"
-        mb = statistics.fmean([(summaries[algorithm, s]["bytes_down"] + summaries[algorithm, s]["bytes_up"]) / 1e6
-                               for s in (0, 1)])
-        assert float(rows[algorithm][7]) == pytest.approx(mb, abs=0.05)
+        mb = statistics.fmean([(g["bytes_down"] + g["bytes_up"]) / 1e6 for g in got])
+        assert float(rows[algorithm][9]) == pytest.approx(mb, abs=0.05)
+    self_weight = statistics.fmean(summaries["pfedla", s]["alpha_stats"]["layers"]["fc3"]["self"] for s in (0, 1))
+    assert f"fc3 self {self_weight:.2f}" in text  # pFedLA's alpha statistics, mean over seeds
     assert "`4_pfedhn`: ConfigError: algorithm.hn_lr must be > 0" in text
 
 
