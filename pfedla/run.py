@@ -218,7 +218,8 @@ def name_wandb_run(cfg: DictConfig, hydra_cfg) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Runs one experiment; returns its search objective (validation accuracy) for Hydra's Optuna sweeper."""
+    """Runs one experiment; returns its search objective (validation accuracy) for Hydra's Optuna sweeper.
+    A failed run returns None, which the sweeper records as a failed trial (NaN would stop the search)."""
     hydra_cfg = HydraConfig.get()
     run_dir = run_dir_for(cfg, Path(hydra_cfg.runtime.output_dir))
     name_wandb_run(cfg, hydra_cfg)
