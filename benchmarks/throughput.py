@@ -98,7 +98,7 @@ def run_case(case: str, algorithm: str, engine: str, rounds: int, smoke: bool, a
     overrides = [
         f"algorithm={algorithm}", f"client.engine={engine}", f"federation.num_clients={num_clients}",
         f"federation.participation={participation}", f"federation.rounds={rounds + 1}",
-        f"federation.eval_every={rounds + 1}", "logger=none", "trainer.progress_bar=false",
+        f"federation.eval_every={rounds + 1}", "federation.adapt_every=0", "logger=none", "trainer.progress_bar=false",
         f"trainer.accelerator={accelerator}", "checkpoint.every=1000000", "viz.every=1000000",
         "partition.alpha=0.3", "partition.min_samples=10",
     ]

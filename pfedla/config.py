@@ -22,7 +22,7 @@ class FederationConfig:
     rounds: int = MISSING
     participation: float = MISSING  # fraction of clients sampled each round, in (0, 1]
     eval_every: int = MISSING
-    adapt_every: int = MISSING  # rounds between scores (b) (local adaptation); a multiple of eval_every; 0: never
+    adapt_every: int = MISSING  # rounds between scores (b) (local adaptation; evaluated too); 0: never
 
 
 @dataclass

@@ -114,21 +114,22 @@ def _mean_alpha_stats(stats: list[dict]) -> dict | None:
             "uniform": stats[0]["uniform"]}
 
 
-def render_markdown(rows: list[dict], jobs: list[Job], sweep_dir: Path) -> str:
+SCORES_EXPLAINED = (
+    "Accuracy in %, mean ± std over seeds, unweighted mean over clients, on each client's test split. "
+    "**(a)** is the personalized model as the server produces it (pFedLA: the aggregate theta_bar_i; "
+    "pFedHN: the generated model; FedAvg: the global model; FedBN: the global model with the client's "
+    "BatchNorm; Local: its own model). **(b)** is that model after the client's local adaptation "
+    "(`client.epochs` of local SGD on its train split, on a copy). \"best val\": test accuracy at the "
+    "round whose *validation* accuracy was best (the test split chooses nothing). The headline is (a) "
+    "at best val. Local has one score: its (b) is its (a)."
+)
+
+
+def table_markdown(rows: list[dict]) -> list[str]:
     def pct(ms):
         return "–" if ms is None else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
 
     lines = [
-        f"# Sweep report: `{sweep_dir}`",
-        "",
-        "Accuracy in %, mean ± std over seeds, unweighted mean over clients, on each client's test split.",
-        "**(a)** is the personalized model as the server produces it (pFedLA: the aggregate theta_bar_i; "
-        "pFedHN: the generated model; FedAvg: the global model; FedBN: the global model with the client's "
-        "BatchNorm; Local: its own model). **(b)** is that model after the client's local adaptation "
-        "(`client.epochs` of local SGD on its train split, on a copy). \"best val\": test accuracy at the "
-        "round whose *validation* accuracy was best (the test split chooses nothing). The headline is (a) "
-        "at best val. Local has one score: its (b) is its (a).",
-        "",
         "| algorithm | seeds | rounds | (a) best val | (a) final | (b) best val | (b) final | best-val round "
         "| MB communicated | wall s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -142,15 +143,27 @@ def render_markdown(rows: list[dict], jobs: list[Job], sweep_dir: Path) -> str:
             f"| {r['label']} | {seeds} | {r['rounds']} | {pct(r['best'])} | {pct(r['final'])} | {best_b} "
             f"| {final_b} | {r['best_round']:.0f} | {r['mb']:.1f} | {r['wall']:.0f} |"
         )
+    return lines
+
+
+def alpha_markdown(rows: list[dict]) -> list[str]:
     with_alpha = [r for r in rows if r["alpha"]]
-    if with_alpha:
-        lines += ["", "## What alpha learned (final round, mean over seeds)", "",
-                  "Per layer: mean self-weight, mean weight on peers with similar / dissimilar label "
-                  "distributions (1 - total variation >= 0.5 / < 0.5), and r, the correlation of alpha with that "
-                  f"similarity. Uniform is {with_alpha[0]['alpha']['uniform']:.3f}.", ""]
-        for r in with_alpha:
-            lines.append(f"- **{r['label']}** (max |alpha - 1/N| {r['alpha']['max_abs_from_uniform']:.3f}): "
-                         f"{one_line(r['alpha'])}")
+    if not with_alpha:
+        return []
+    lines = ["Per layer: mean self-weight, mean weight on peers with similar / dissimilar label distributions "
+             "(1 - total variation >= 0.5 / < 0.5), and r, the correlation of alpha with that similarity "
+             f"(final round, mean over seeds). Uniform is {with_alpha[0]['alpha']['uniform']:.3f}.", ""]
+    for r in with_alpha:
+        lines.append(f"- **{r['label']}** (max |alpha - 1/N| {r['alpha']['max_abs_from_uniform']:.3f}): "
+                     f"{one_line(r['alpha'])}")
+    return lines
+
+
+def render_markdown(rows: list[dict], jobs: list[Job], sweep_dir: Path) -> str:
+    lines = [f"# Sweep report: `{sweep_dir}`", "", SCORES_EXPLAINED, "", *table_markdown(rows)]
+    alpha = alpha_markdown(rows)
+    if alpha:
+        lines += ["", "## What alpha learned", "", *alpha]
     failed = [j for j in jobs if not (j.summary and j.summary.get("final"))]
     if failed:
         lines += ["", "## Jobs without results", ""]

@@ -145,8 +145,9 @@ class FederatedModule(L.LightningModule):
                 self.algorithm.receive(i, sent[i], ClientModel(params, buffers), size)
                 self._round_losses.append(loss)
             self.algorithm.end_round()
-        if self.round % fed.eval_every == 0 or self.round == fed.rounds:
-            adapt = fed.adapt_every > 0 and (self.round % fed.adapt_every == 0 or self.round == fed.rounds)
+        last = self.round == fed.rounds
+        adapt = fed.adapt_every > 0 and (self.round % fed.adapt_every == 0 or last)
+        if adapt or last or self.round % fed.eval_every == 0:
             self._evaluate_and_log(adapt, timer)
         self.rounds_done = self.round
         self.timings.append({"round": self.round, "clients": len(sampled), **timer.seconds})

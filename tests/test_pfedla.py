@@ -1,4 +1,4 @@
-"""pFedLA's round, proven step by step against independent computations (DESIGN.md "pFedLA, precisely")."""
+"""pFedLA's round, proven step by step against independent computations (README "Correctness")."""
 
 import copy
 

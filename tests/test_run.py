@@ -79,6 +79,19 @@ def test_same_config_and_seed_give_identical_metrics(synthetic_cfg, tmp_path):
     assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
 
 
+def test_default_pfedla_alpha_learns_which_peers_share_labels_within_three_rounds(tmp_path):
+    # Six clients holding five of ten classes each: 12 pairs with similar labels, 18 dissimilar. The shipped
+    # pFedLA defaults (algorithm and tuned client settings; nothing overridden here) must move alpha.
+    cfg = compose_config(["dataset=synthetic", "logger=none", "trainer.accelerator=cpu", "trainer.progress_bar=false",
+                          "federation.num_clients=6", "federation.rounds=3", "federation.adapt_every=0",
+                          "partition=pathological", "partition.classes_per_client=5"])
+    stats = run(cfg, tmp_path)["alpha_stats"]
+    assert stats["similar_pairs"] > 0 and stats["dissimilar_pairs"] > 0
+    assert stats["max_abs_from_uniform"] > 0.05  # the old default (SGD 5e-3) moved it by ~1e-4
+    fc3 = stats["layers"]["fc3"]
+    assert fc3["similar_peer"] > fc3["dissimilar_peer"] and fc3["corr_with_similarity"] > 0
+
+
 def test_heurpfedla_runs_and_reports_saved_communication(synthetic_cfg, tmp_path):
     summary = run(synthetic_cfg("algorithm=heurpfedla", "algorithm.k=2"), tmp_path)
     pfedla = run(synthetic_cfg(), tmp_path / "p")
@@ -202,7 +215,8 @@ def test_summary_selects_the_best_round_by_validation_never_by_test():
     assert empty["final"] is None and empty["best_adapted"] is None and empty["rounds"] == 8
 
 
-def test_a_run_stopped_before_its_first_evaluation_exits_cleanly_and_counts_its_rounds(synthetic_cfg, tmp_path):
+def test_a_run_stopped_before_its_first_evaluation_exits_cleanly_and_counts_its_rounds(
+        synthetic_cfg, tmp_path, monkeypatch):
     from pfedla.checkpointing import RoundCheckpoint
 
     original = RoundCheckpoint.on_train_epoch_end
@@ -212,12 +226,9 @@ def test_a_run_stopped_before_its_first_evaluation_exits_cleanly_and_counts_its_
             self.requested = 15
         original(self, trainer, module)
 
-    RoundCheckpoint.on_train_epoch_end = signal_in_round_3
-    try:
-        summary = run(synthetic_cfg("federation.rounds=20", "federation.eval_every=10",
-                                    "federation.adapt_every=10"), tmp_path)
-    finally:
-        RoundCheckpoint.on_train_epoch_end = original
+    monkeypatch.setattr(RoundCheckpoint, "on_train_epoch_end", signal_in_round_3)
+    summary = run(synthetic_cfg("federation.rounds=20", "federation.eval_every=10", "federation.adapt_every=10"),
+                  tmp_path)
     assert summary["stopped_by_signal"] == 15 and summary["rounds"] == 3 and summary["final"] is None
     assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 3
     assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)["pfedla_rounds_done"] == 3

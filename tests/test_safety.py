@@ -148,7 +148,8 @@ def test_a_nan_update_is_rejected_and_server_state_stays_finite(synthetic_cfg, t
     assert summary["rejected_updates"] == [[1, 1]]
     state = module.algorithm.state_dict()
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
-    assert summary["final"]["test/acc_mean"] > 0.1
+    # A model with NaN weights predicts one class (~10% here); after adaptation the models learn well beyond it.
+    assert summary["final_adapted"]["test/adapted_acc_mean"] > 0.2
 
     module = setup(synthetic_cfg("federation.rounds=2", "client.on_nonfinite=fail"))
     module.client_trainer = poisoned

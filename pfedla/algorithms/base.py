@@ -1,4 +1,4 @@
-"""The seam every federated algorithm plugs into (DESIGN.md, "The algorithm interface").
+"""The seam every federated algorithm plugs into (README, "Correctness" and "Baselines, faithfully").
 
 An algorithm is an ``nn.Module`` owning all server-side state, so a Lightning checkpoint holds it.
 One round, driven by ``pfedla.server.FederatedModule``::

@@ -1,6 +1,6 @@
 """pFedLA and HeurpFedLA (Ma et al., "Layer-wised Model Aggregation for Personalized FL", CVPR 2022).
 
-Round t over the sampled clients S_t (DESIGN.md, "pFedLA, precisely"), all sends from the
+Round t over the sampled clients S_t (README, "Correctness"), all sends from the
 start-of-round state:
   1. theta_bar_i^l = sum_j alpha_i^l[j] theta_j^l          (``begin_round``: one einsum per tensor)
   2. client i trains from exactly theta_bar_i -> theta_i'; Delta_i = theta_i' - theta_bar_i

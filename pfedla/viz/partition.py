@@ -1,4 +1,4 @@
-"""Partition figure: one stacked bar per client, one colour per class (train + test samples)."""
+"""Partition figure: one stacked bar per client, one colour per class (train + val + test samples)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 
 
 def plot_partition(summary: dict, path: str | Path, title: str = "Client data partition") -> Path:
-    counts = np.asarray(summary["train_class_counts"]) + np.asarray(summary["test_class_counts"])
+    counts = sum(np.asarray(summary[f"{split}_class_counts"]) for split in ("train", "val", "test")
+                 if f"{split}_class_counts" in summary)
     num_clients, num_classes = counts.shape
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * num_clients + 2), 4))
     cmap = plt.get_cmap("tab20" if num_classes > 10 else "tab10")
@@ -21,7 +22,7 @@ def plot_partition(summary: dict, path: str | Path, title: str = "Client data pa
         ax.bar(np.arange(num_clients), counts[:, c], bottom=bottom, color=cmap(c % cmap.N), label=str(c), width=0.85)
         bottom += counts[:, c]
     ax.set_xlabel("client")
-    ax.set_ylabel("samples (train + test)")
+    ax.set_ylabel("samples (train + val + test)")
     ax.set_title(title)
     if num_clients <= 50:
         ax.set_xticks(np.arange(num_clients))

@@ -1,0 +1,192 @@
+"""The comparison in docs/RESULTS.md: every method x three label-skew splits x three seeds on real
+Fashion-MNIST, then the page itself, regenerated from the runs.
+
+    python benchmarks/results_fmnist.py run --workers 2            # runs (or resumes) every missing cell
+    python benchmarks/results_fmnist.py render                     # docs/RESULTS.md from what has finished
+
+``run`` is resumable: a cell with a complete summary.json is skipped, a cell with a checkpoint resumes
+from it (exactly), anything else starts. Cells go seed by seed (all splits and methods of seed 0 first),
+so a cut grid still compares every method. Every method runs at its tuned values (conf/tuned/, chosen
+on validation by ``hparams_search``; docs/TUNING.md). ``render`` copies each finished cell's
+summary.json and metrics.csv under docs/results/runs/, so the page can be rebuilt from the repository
+alone (``render --runs docs/results/runs``), and lists every cell that is missing or unfinished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pfedla.report import (  # noqa: E402
+    SCORES_EXPLAINED,
+    alpha_markdown,
+    find_jobs,
+    group_jobs,
+    plot_curves,
+    table_markdown,
+    table_rows,
+)
+
+METHODS = ("pfedla", "heurpfedla", "fedavg", "fedbn", "pfedhn", "local")
+SEEDS = (0, 1, 2)
+# split -> (overrides, dataset fraction). The headline split uses all of Fashion-MNIST; the other two a
+# seeded stratified quarter (the whole grid does not fit a 2-core machine's day; docs/RESULTS.md says so).
+SPLITS = {
+    "dirichlet0.3": (["partition=dirichlet", "partition.alpha=0.3"], 1.0),
+    "pathological2": (["partition=pathological", "partition.classes_per_client=2"], 0.25),
+    "dirichlet0.1": (["partition=dirichlet", "partition.alpha=0.1"], 0.25),
+}
+ROUNDS, ADAPT_EVERY = 50, 10
+COMMON = [
+    "dataset=fmnist", "model=cnn_bn", "federation.num_clients=20", "federation.participation=1.0",
+    "federation.eval_every=1", f"federation.adapt_every={ADAPT_EVERY}", f"federation.rounds={ROUNDS}",
+    "logger=csv", "trainer.accelerator=cpu", "trainer.progress_bar=false", "checkpoint.every=5",
+    f"viz.every={ROUNDS}",
+]
+DOCS = REPO / "docs"
+
+
+def cell_dir(out: Path, split: str, method: str, seed: int) -> Path:
+    return out / split / f"{method}_s{seed}"
+
+
+def cell_state(path: Path) -> str:
+    """done (a summary of every round) | partial (a checkpoint to resume) | new."""
+    summary = path / "summary.json"
+    if summary.is_file() and '"stopped_by_signal"' not in summary.read_text():
+        return "done"
+    return "partial" if (path / "checkpoints" / "last.ckpt").is_file() else "new"
+
+
+def run_cell(out: Path, split: str, method: str, seed: int, threads: int) -> tuple[str, float, int]:
+    path = cell_dir(out, split, method, seed)
+    overrides, fraction = SPLITS[split]
+    args = [*COMMON, *overrides, f"dataset.fraction={fraction}", f"algorithm={method}", f"seed={seed}"]
+    args.append(f"resume={path}" if cell_state(path) == "partial" else f"hydra.run.dir={path}")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
+    started = time.perf_counter()
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "console.log", "a") as console:
+        code = subprocess.call([sys.executable, "-m", "pfedla.run", *args], cwd=REPO, env=env,
+                               stdout=console, stderr=subprocess.STDOUT)
+    return f"{split}/{method}_s{seed}", time.perf_counter() - started, code
+
+
+def cmd_run(args) -> None:
+    cells = [(split, method, seed) for seed in args.seeds for split in args.splits for method in args.methods
+             if cell_state(cell_dir(args.out, split, method, seed)) != "done"]
+    print(f"{len(cells)} cells to run with {args.workers} workers", flush=True)
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    with ThreadPoolExecutor(args.workers) as pool:
+        for name, seconds, code in pool.map(lambda c: run_cell(args.out, *c, threads), cells):
+            print(f"{name}: exit {code} after {seconds:.0f} s", flush=True)
+
+
+def _copy_finished(out: Path, runs: Path) -> None:
+    for summary in out.glob("*/*/summary.json"):
+        if cell_state(summary.parent) != "done":
+            continue
+        target = runs / summary.parent.relative_to(out)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("summary.json", "metrics.csv"):
+            shutil.copy2(summary.parent / name, target / name)
+
+
+def _verdict(rows: list[dict], key: str, score: str) -> str:
+    """pFedLA against the best other method on one score, in points and in units of the seed spread."""
+    def value(r):
+        v = r[key] or (r["best"] if key == "best_adapted" and r["label"] == "local" else None)
+        return v
+
+    scored = [(r["label"], value(r), len(r["seeds"])) for r in rows if value(r) is not None]
+    pfedla = next((s for s in scored if s[0] == "pfedla"), None)
+    others = sorted((s for s in scored if s[0] != "pfedla"), key=lambda s: -s[1][0])
+    if pfedla is None or not others:
+        return f"- {score}: not enough finished runs to compare."
+    best = others[0]
+    diff = 100 * (pfedla[1][0] - best[1][0])
+    spread = 100 * max(pfedla[1][1], best[1][1])
+    seeds = min(pfedla[2], best[2])
+    if seeds < 2:
+        strength = "one seed: no spread to judge it by"
+    elif abs(diff) > 2 * spread:
+        strength = f"more than twice the larger seed std ({spread:.2f})"
+    else:
+        strength = f"within twice the larger seed std ({spread:.2f}): not a clear difference"
+    word = "ahead of" if diff > 0 else "behind"
+    rank = 1 + sum(1 for s in others if s[1][0] > pfedla[1][0])
+    return (f"- {score}: pFedLA is {word} the best other method, {best[0]}, by {abs(diff):.2f} points "
+            f"({strength}); it ranks {rank} of {len(scored)}.")
+
+
+def cmd_render(args) -> None:
+    runs = args.runs
+    if args.out.is_dir() and runs == DOCS / "results" / "runs":
+        _copy_finished(args.out, runs)
+    lines = [(DOCS / "results" / "results_intro.md").read_text().rstrip(), "", SCORES_EXPLAINED, ""]
+    expected = [(split, m, s) for split in SPLITS for s in SEEDS for m in METHODS]
+    missing = [c for c in expected if not (cell_dir(runs, *c) / "summary.json").is_file()]
+    total = 0.0
+    for split, (overrides, fraction) in SPLITS.items():
+        jobs = find_jobs(runs / split) if (runs / split).is_dir() else []
+        groups = group_jobs(jobs)
+        rows = table_rows(groups)
+        total += sum(j.summary["wall_seconds"] for j in jobs if j.summary)
+        lines += [f"## {split}: `{' '.join(overrides)}`, {fraction:.0%} of Fashion-MNIST", ""]
+        if not rows:
+            lines += ["No finished runs yet.", ""]
+            continue
+        lines += [*table_markdown(rows), ""]
+        alpha = alpha_markdown(rows)
+        if alpha:
+            lines += ["What alpha learned. " + alpha[0], *alpha[1:], ""]
+        lines += ["Verdict (computed from the table):",
+                  _verdict(rows, "best", "(a) at best validation"),
+                  _verdict(rows, "best_adapted", "(b) at best validation"), ""]
+        figure = DOCS / "results" / f"curves_{split}.png"
+        plot_curves(groups, figure)
+        lines += [f"![{split} curves](results/{figure.name})", ""]
+    lines += ["## Cells of the grid", "",
+              f"{len(expected) - len(missing)} of {len(expected)} cells finished "
+              f"({total / 3600:.1f} h of run time in all)."]
+    if missing:
+        lines += ["Not finished (to be run with `python benchmarks/results_fmnist.py run`; it resumes):", ""]
+        by_split: dict[str, list[str]] = {}
+        for split, m, s in missing:
+            by_split.setdefault(split, []).append(f"{m}_s{s}")
+        lines += [f"- {split}: {', '.join(cells)}" for split, cells in by_split.items()]
+    notes = DOCS / "results" / "results_notes.md"
+    if notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
+    (DOCS / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {DOCS / 'RESULTS.md'} ({len(expected) - len(missing)}/{len(expected)} cells)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run or resume every missing cell")
+    run.add_argument("--out", type=Path, default=REPO / "multirun" / "results_fmnist")
+    run.add_argument("--workers", type=int, default=2, help="cells at once (each gets cores / workers threads)")
+    run.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    run.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    run.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    render = sub.add_parser("render", help="write docs/RESULTS.md from the finished cells")
+    render.add_argument("--out", type=Path, default=REPO / "multirun" / "results_fmnist")
+    render.add_argument("--runs", type=Path, default=DOCS / "results" / "runs",
+                        help="where finished cells are read from (copied there from --out first)")
+    args = parser.parse_args()
+    {"run": cmd_run, "render": cmd_render}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
