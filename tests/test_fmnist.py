@@ -31,6 +31,7 @@ def test_pfedla_learns_on_a_small_fraction_of_real_fashion_mnist(tmp_path):
     ])
     summary = run(cfg, tmp_path)
     partition = json.loads((tmp_path / "partition.json").read_text())
-    assert sum(partition["train_sizes"]) + sum(partition["test_sizes"]) == 7000  # stratified 10% of 70k
+    sizes = (sum(partition[f"{split}_sizes"]) for split in ("train", "val", "test"))
+    assert sum(sizes) == 7000  # stratified 10% of 70k
     assert partition["num_classes"] == 10
     assert summary["final"]["test/acc_mean"] > 0.4, summary["final"]  # chance: 0.1 (measured 0.53)
