@@ -32,7 +32,7 @@ FIELDS = (
 def run_once(args: argparse.Namespace, algorithm: str, k: int) -> dict:
     overrides = ["+experiment=noniid_dirichlet", f"algorithm={algorithm}", f"federation.rounds={args.rounds + 1}",
                  "logger=none", "trainer.progress_bar=false", f"trainer.accelerator={args.accelerator}",
-                 f"trainer.devices={k}", "checkpoint.every=1000000", "viz.every=1000000"]
+                 f"trainer.devices={k}", "checkpoint.every=1000000", "viz.every=1000000", "federation.adapt_every=0"]
     if args.smoke:
         overrides += ["dataset=synthetic", "federation.num_clients=6", "partition.min_samples=4"]
     with tempfile.TemporaryDirectory() as tmp:
