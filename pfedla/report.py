@@ -126,8 +126,12 @@ SCORES_EXPLAINED = (
 
 
 def table_markdown(rows: list[dict]) -> list[str]:
-    def pct(ms):
-        return "–" if ms is None else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
+    def cells(r):
+        def pct(ms):  # one seed has no spread to show
+            if ms is None:
+                return "–"
+            return f"{100 * ms[0]:.2f}" + (f" ± {100 * ms[1]:.2f}" if len(r["seeds"]) > 1 else "")
+        return pct
 
     lines = [
         "| algorithm | seeds | rounds | (a) best val | (a) final | (b) best val | (b) final | best-val round "
@@ -135,6 +139,7 @@ def table_markdown(rows: list[dict]) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
+        pct = cells(r)
         seeds = ",".join(map(str, r["seeds"]))
         one_score = r["best_adapted"] is None and r["label"].startswith("local")
         best_b = "= (a)" if one_score else pct(r["best_adapted"])
