@@ -13,7 +13,7 @@ from __future__ import annotations
 
 OBJECTIVE_LAST = 3
 # hn_lr ranges per optimizer: Adam's step size does not depend on the gradient's scale, SGD's does
-# (pFedLA's hypernetwork gradients are ~1e-2/N, so SGD needs rates around 1; docs/RESULTS.md).
+# (pFedLA's hypernetwork gradients are ~1e-2/N, so SGD needs rates around 1; conf/algorithm/pfedla.yaml).
 PFEDLA_HN_LR = {"adam": (1e-4, 1e-1), "sgd": (1e-1, 2e1)}
 
 
