@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from pfedla.compute import REFERENCE, Compute
+
 Tensors = dict[str, torch.Tensor]
 # Batch-order streams: a round's local training, and the local adaptation scored at evaluation.
 STREAM_CLIENT_BATCHES, STREAM_ADAPT_BATCHES = 4, 6
@@ -37,12 +39,15 @@ def train_client(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     generator: torch.Generator | None = None,
+    compute: Compute = REFERENCE,
 ) -> tuple[Tensors, Tensors, torch.Tensor]:
     """Run ``epochs`` of minibatch SGD starting exactly from ``params``; return (params', buffers', mean loss).
 
-    Inputs are not modified. Buffers (BatchNorm running statistics) are updated on copies.
+    Inputs are not modified. Buffers (BatchNorm running statistics) are updated on copies. Conv weights
+    train in ``compute``'s memory format (pfedla/compute.py; the images should already be in it), forward
+    passes run at its precision.
     """
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    params = {k: v.requires_grad_(True) for k, v in compute.cloned(params).items()}
     buffers = {k: v.detach().clone() for k, v in buffers.items()}
     velocity = {k: torch.zeros_like(v) for k, v in params.items()} if momentum else {}
     model.train()
@@ -51,8 +56,9 @@ def train_client(
         order = torch.randperm(len(y), generator=generator).to(y.device)
         for start in range(0, len(y), batch_size):
             batch = order[start : start + batch_size]
-            logits = functional_call(model, {**params, **buffers}, (x[batch],))
-            loss = F.cross_entropy(logits, y[batch])
+            with compute.autocast(x.device.type):
+                logits = functional_call(model, {**params, **buffers}, (x[batch],))
+            loss = F.cross_entropy(logits.float(), y[batch])
             grads = torch.autograd.grad(loss, list(params.values()))
             with torch.no_grad():  # the same ops as torch.optim.SGD, so results match it bit for bit
                 for (name, p), g in zip(params.items(), grads):
@@ -65,9 +71,13 @@ def train_client(
     return {k: v.detach() for k, v in params.items()}, buffers, torch.stack(losses).mean()
 
 
-@torch.no_grad()
-def predict(model: nn.Module, params: Tensors, buffers: Tensors, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Class predictions of the model (eval mode: BatchNorm uses the running statistics)."""
+@torch.inference_mode()
+def predict(model: nn.Module, params: Tensors, buffers: Tensors, x: torch.Tensor, batch_size: int = 256,
+            compute: Compute = REFERENCE) -> torch.Tensor:
+    """Class predictions of the model (eval mode: BatchNorm uses the running statistics), ``batch_size``
+    samples at a time: on a CPU a few hundred stay in cache where thousands do not (docs/PERFORMANCE.md)."""
     model.eval()
-    state = {**params, **buffers}
-    return torch.cat([functional_call(model, state, (x[i : i + chunk],)).argmax(1) for i in range(0, len(x), chunk)])
+    state = {**{k: compute.laid_out(v) for k, v in params.items()}, **buffers}
+    with compute.autocast(x.device.type):
+        return torch.cat([functional_call(model, state, (x[i : i + batch_size],)).argmax(1)
+                          for i in range(0, len(x), batch_size)])

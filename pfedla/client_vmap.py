@@ -14,6 +14,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from pfedla.client import Tensors
+from pfedla.compute import REFERENCE, Compute
 
 TrainResult = tuple[Tensors, Tensors, torch.Tensor]
 
@@ -41,8 +42,10 @@ def train_clients_vmap(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     generators: list[torch.Generator],
+    compute: Compute = REFERENCE,
 ) -> list[TrainResult]:
-    """Train every client of ``sent`` (params, buffers) on its ``data`` (x, y); one result per client."""
+    """Train every client of ``sent`` (params, buffers) on its ``data`` (x, y); one result per client
+    (forward passes at ``compute``'s precision; its memory format is the default one here)."""
     names = list(sent[0][0])
     params = {n: torch.stack([p[n] for p, _ in sent]).detach().clone() for n in names}
     buffers = {n: torch.stack([b[n] for _, b in sent]).detach().clone() for n in sent[0][1]}
@@ -53,7 +56,9 @@ def train_clients_vmap(
 
     def loss_fn(p, b, x, y):
         b = {k: v.clone() for k, v in b.items()}  # BatchNorm updates these in place
-        loss = F.cross_entropy(functional_call(model, {**p, **b}, (x,)), y)
+        with compute.autocast(x.device.type):
+            logits = functional_call(model, {**p, **b}, (x,))
+        loss = F.cross_entropy(logits.float(), y)
         return loss, (loss.detach(), b)
 
     step = vmap(grad(loss_fn, has_aux=True), randomness="different")  # d loss / d params, per client
@@ -92,7 +97,8 @@ def train_clients_vmap(
 
 @torch.no_grad()
 def predict_clients_vmap(
-    model: nn.Module, models: list[tuple[Tensors, Tensors]], xs: list[torch.Tensor], group: int = 8
+    model: nn.Module, models: list[tuple[Tensors, Tensors]], xs: list[torch.Tensor], group: int = 8,
+    compute: Compute = REFERENCE,
 ) -> list[torch.Tensor]:
     """Predictions of every client's model on its own inputs, vmapped over clients (eval mode).
 
@@ -109,7 +115,8 @@ def predict_clients_vmap(
         buffers = {n: torch.stack([models[c][1][n] for c in members]) for n in models[0][1]}
         longest = max(len(xs[c]) for c in members)
         padded = torch.stack([F.pad(xs[c], (0, 0, 0, 0, 0, 0, 0, longest - len(xs[c]))) for c in members])
-        logits = forward(params, buffers, padded)
+        with compute.autocast(padded.device.type):
+            logits = forward(params, buffers, padded)
         for k, c in enumerate(members):
             preds[c] = logits[k, : len(xs[c])].argmax(-1)
     return preds

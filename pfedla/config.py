@@ -39,10 +39,13 @@ class ClientConfig:
 @dataclass
 class TrainerConfig:
     accelerator: str = MISSING
-    devices: int = MISSING  # processes per node; > 1 splits each round's clients across them
+    devices: Any = MISSING  # processes per node: K (> 1 splits each round's clients across them) | auto
     num_nodes: int = MISSING
     strategy: str = MISSING  # auto: one process unless devices * num_nodes > 1 | ddp: always the multi-process path
     progress_bar: bool = MISSING
+    memory_format: str = MISSING  # auto | contiguous | channels_last (pfedla/compute.py)
+    eval_batch_size: int = MISSING  # samples per forward pass at evaluation
+    precision: str = MISSING  # "32" | bf16 (autocast of forward passes; pfedla/compute.py)
 
 
 @dataclass

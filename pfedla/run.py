@@ -26,11 +26,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import pfedla.config  # noqa: F401  (registers the schemas with Hydra's ConfigStore)
 from pfedla.algorithms import build_algorithm
 from pfedla.checkpointing import AtomicCheckpointIO, RoundCheckpoint, check_resume_compatible, load_checkpoint
+from pfedla.compute import choose_processes
 from pfedla.datasets import build_federated_data
 from pfedla.distributed import FederatedDDPStrategy, launch_rank, restored_process_state
 from pfedla.errors import ConfigError
 from pfedla.models import build_model
 from pfedla.outputs import build_summary, write_json
+from pfedla.sampling import clients_per_round
 from pfedla.search import objective_value
 from pfedla.server import PHASES, FederatedModule
 from pfedla.validate import validate_config
@@ -49,13 +51,23 @@ def quiet_third_parties() -> None:
 
 
 def setup(cfg: DictConfig) -> FederatedModule:
-    """Everything before training: validation, data, model, algorithm. Raises ConfigError early."""
+    """Everything before training: validation, data, model, algorithm; ``trainer.devices=auto`` becomes a
+    number in ``cfg`` (pfedla/compute.py). Raises ConfigError early."""
     validate_config(cfg)
     data = build_federated_data(cfg)
+    fed = cfg.federation
+    with open_dict(cfg):
+        cfg.trainer.devices = choose_processes(
+            cfg.trainer, uses_gpu(cfg.trainer.accelerator), round(sum(data.train_sizes) * fed.participation),
+            fed.rounds, clients_per_round(data.num_clients, fed.participation))
     torch.manual_seed(cfg.seed)  # every client starts from this one initial model
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     algorithm = build_algorithm(cfg.algorithm, model, data.num_clients)
     return FederatedModule(model, algorithm, data, cfg)
+
+
+def uses_gpu(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
 def is_distributed(cfg: DictConfig) -> bool:
@@ -132,11 +144,11 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     """
     run_dir = Path(run_dir)
     quiet_third_parties()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     checkpoint = resume_checkpoint(cfg.resume)
     if checkpoint is not None:  # before anything is loaded or written
-        check_resume_compatible(load_checkpoint(checkpoint)["pfedla_config"], resolved)
+        check_resume_compatible(load_checkpoint(checkpoint)["pfedla_config"], OmegaConf.to_container(cfg, resolve=True))
     module = setup(cfg) if module is None else module
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # with trainer.devices=auto made a number by setup
     module.run_dir = run_dir
     ensure_writable(run_dir)
 
@@ -163,6 +175,7 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     summary["partition_fingerprint"] = module.data.fingerprint
     summary["rejected_updates"] = module.rejected  # [round, client] pairs with NaN/Inf, never applied
     summary["processes"] = trainer.world_size
+    summary["compute"] = compute_summary(module)
     summary["timing"] = timing_summary(module.timings)
     summary["objective"] = objective_value(module.history)  # what hparams_search maximises (validation only)
     summary.update(algorithm.summary_fields(module.data.class_counts()))
@@ -187,6 +200,16 @@ def result_line(summary: dict) -> str:
             key = f"test/{prefix}acc_mean"
             parts.append(f"{score} {key} {final[key]:.4f} final, {best[key]:.4f} at round {best['round']} (best val)")
     return f"round {summary['rounds']}: " + ("; ".join(parts) or "not evaluated yet")
+
+
+def compute_summary(module: FederatedModule) -> dict:
+    """How this process computed: device, intra-op threads, memory format, precision (and peak CUDA memory
+    on a GPU)."""
+    out = {"device": str(module.device), "threads": module.threads,
+           "memory_format": module.compute.format_name, "precision": str(module.cfg.trainer.precision)}
+    if module.device.type == "cuda":
+        out["peak_cuda_memory_mib"] = round(torch.cuda.max_memory_allocated(module.device) / 2**20, 1)
+    return out
 
 
 def timing_summary(timings: list[dict]) -> dict:

@@ -24,6 +24,7 @@ from pfedla.algorithms.base import Algorithm
 from pfedla.algorithms.stacked import ClientModel
 from pfedla.client import STREAM_ADAPT_BATCHES, STREAM_CLIENT_BATCHES, client_generator, predict, train_client
 from pfedla.client_vmap import predict_clients_vmap, train_clients_vmap
+from pfedla.compute import Compute, choose_compute
 from pfedla.datasets import FederatedData
 from pfedla.distributed import Ranks, tensors_digest
 from pfedla.outputs import write_metrics_csv
@@ -76,6 +77,8 @@ class FederatedModule(L.LightningModule):
         self.rejected: list[list[int]] = []  # [round, client] of updates with NaN/Inf, never applied
         self._round_losses: list[torch.Tensor] = []
         self.timings: list[dict] = []  # per round: seconds in client training, server work, evaluation
+        self.compute = Compute()  # memory format and precision of training and evaluation; chosen at fit start
+        self.threads = torch.get_num_threads()
 
     @property
     def model(self) -> nn.Module:
@@ -89,7 +92,9 @@ class FederatedModule(L.LightningModule):
         return DataLoader([0], batch_size=None)  # one step per epoch: the epoch is the round
 
     def on_fit_start(self) -> None:
-        self.data = self.data.to(self.device)
+        self.compute = choose_compute(self.cfg.trainer, self.model, self.device, self.cfg.client.engine)
+        self.threads = torch.get_num_threads()  # as training runs (a launcher may have changed it)
+        self.data = self.data.to(self.device, self.compute)
         self.model.to(self.device)
         self.check_ranks_agree("at the start of training", data=True)
 
@@ -164,7 +169,8 @@ class FederatedModule(L.LightningModule):
             results = train_clients_vmap(
                 self.model, [(sent[i].params, sent[i].buffers) for i in sampled],
                 [(self.data.train_x[i], self.data.train_y[i]) for i in sampled],
-                generators=[client_generator(self.cfg.seed, self.round, i, stream) for i in sampled], **sgd,
+                generators=[client_generator(self.cfg.seed, self.round, i, stream) for i in sampled],
+                compute=self.compute, **sgd,
             )
         else:
             results = []
@@ -172,7 +178,8 @@ class FederatedModule(L.LightningModule):
                 self.client_progress(done, len(sampled))
                 results.append(self.client_trainer(
                     self.model, sent[i].params, sent[i].buffers, self.data.train_x[i], self.data.train_y[i],
-                    generator=client_generator(self.cfg.seed, self.round, i, stream), **sgd,
+                    generator=client_generator(self.cfg.seed, self.round, i, stream),
+                    compute=self.compute, **sgd,
                 ))
         return results
 
@@ -227,7 +234,7 @@ class FederatedModule(L.LightningModule):
                 scores["adapted"] = self._score(clients, [ClientModel(p, b) for p, b, _ in trained])
         return {score: {split: ranks.sum(a) for split, a in by_split.items()} for score, by_split in scores.items()}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _score(self, clients: list[int], models: list[ClientModel]) -> dict[str, torch.Tensor]:
         """{split: accuracy [N] (zeros for clients not in ``clients``)} on the validation and test splits."""
         out = {}
@@ -235,9 +242,10 @@ class FederatedModule(L.LightningModule):
             xs, ys = self.data.split(split)
             if self.cfg.client.engine == "vmap":
                 preds = predict_clients_vmap(self.model, [(m.params, m.buffers) for m in models],
-                                             [xs[i] for i in clients])
+                                             [xs[i] for i in clients], compute=self.compute)
             else:
-                preds = [predict(self.model, m.params, m.buffers, xs[i]) for m, i in zip(models, clients)]
+                preds = [predict(self.model, m.params, m.buffers, xs[i], self.cfg.trainer.eval_batch_size,
+                                 self.compute) for m, i in zip(models, clients)]
             accs = torch.zeros(self.data.num_clients, device=self.device)
             for i, p in zip(clients, preds):
                 accs[i] = multiclass_accuracy(p, ys[i], num_classes=self.data.num_classes, average="micro")

@@ -10,6 +10,7 @@ import torch
 
 from pfedla.algorithms import ALGORITHMS
 from pfedla.algorithms.hypernetwork import HEAD_INITS, NORMALISATIONS, OPTIMIZERS
+from pfedla.compute import MEMORY_FORMATS, PRECISIONS
 from pfedla.datasets.sources import DATASET_NAMES
 from pfedla.errors import ConfigError
 from pfedla.models import MODEL_NAMES
@@ -44,12 +45,20 @@ def validate_config(cfg) -> None:
     _choice("client.on_nonfinite", cl.on_nonfinite, ("reject", "fail"))
     _choice("client.engine", cl.engine, ("loop", "vmap"))
     tc = cfg.trainer
-    _check(tc.devices >= 1, "trainer.devices", tc.devices, "must be >= 1 (processes per node)", "2")
+    _check(tc.devices == "auto" or (isinstance(tc.devices, int) and tc.devices >= 1), "trainer.devices", tc.devices,
+           "must be auto or an integer >= 1 (processes per node)", "2")
     _check(tc.num_nodes >= 1, "trainer.num_nodes", tc.num_nodes, "must be >= 1", "1")
     _choice("trainer.strategy", tc.strategy, ("auto", "ddp"))
+    _choice("trainer.memory_format", tc.memory_format, MEMORY_FORMATS)
+    if tc.memory_format == "channels_last":
+        _check(cl.engine == "loop", "trainer.memory_format", tc.memory_format,
+               "needs client.engine=loop (vmap stacks weights into 5-D tensors, which have no channels_last layout)",
+               "auto")
+    _choice("trainer.precision", str(tc.precision), PRECISIONS)
+    _check(tc.eval_batch_size >= 1, "trainer.eval_batch_size", tc.eval_batch_size, "must be >= 1", "256")
     gpus = torch.cuda.device_count()
     if tc.accelerator in ("gpu", "cuda") or (tc.accelerator == "auto" and gpus):
-        _check(tc.devices <= max(gpus, 1), "trainer.devices", tc.devices,
+        _check(tc.devices == "auto" or tc.devices <= max(gpus, 1), "trainer.devices", tc.devices,
                f"must be <= the {gpus} GPU(s) of this machine per node", str(max(gpus, 1)))
     _check(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1", "1")
     _check(cfg.viz.every >= 1, "viz.every", cfg.viz.every, "must be >= 1", "10")

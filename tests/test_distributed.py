@@ -80,8 +80,10 @@ def test_bad_process_counts_fail_before_training():
     from pfedla.errors import ConfigError
     from pfedla.validate import validate_config
 
-    with pytest.raises(ConfigError, match=r"trainer.devices must be >= 1 .*got 0"):
+    with pytest.raises(ConfigError, match=r"trainer.devices must be auto or an integer >= 1 .*got 0"):
         validate_config(compose_config(SYNTHETIC + ["trainer.devices=0"]))
+    with pytest.raises(ConfigError, match=r"trainer.devices must be auto or an integer >= 1 .*got 'many'"):
+        validate_config(compose_config(SYNTHETIC + ["trainer.devices=many"]))
     with pytest.raises(ConfigError, match=r"trainer.strategy=fsdp is unknown"):
         validate_config(compose_config(SYNTHETIC + ["trainer.strategy=fsdp"]))
     gpus = torch.cuda.device_count()

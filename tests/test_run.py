@@ -191,6 +191,8 @@ def test_resume_continues_to_the_same_result_as_an_uninterrupted_run(synthetic_c
     a = torch.load(tmp_path / "cut/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # ... on today's default fast path (the K-process default is covered by tests/test_distributed.py)
+    assert resumed["compute"]["memory_format"] == straight["compute"]["memory_format"] == "channels_last"
 
 
 def test_summary_selects_the_best_round_by_validation_never_by_test():

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pfedla.compute import REFERENCE, Compute
 from pfedla.datasets.partition import (
     STREAM_FRACTION,
     STREAM_SPLIT,
@@ -61,11 +62,13 @@ class FederatedData:
         """(xs, ys) of ``train``, ``val`` or ``test``."""
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
 
-    def to(self, device: torch.device | str) -> FederatedData:
+    def to(self, device: torch.device | str, compute: Compute = REFERENCE) -> FederatedData:
+        """On ``device``, images in ``compute``'s memory format (pfedla/compute.py); labels as they are."""
         move = lambda ts: [t.to(device) for t in ts]  # noqa: E731
+        images = lambda ts: [compute.laid_out(t.to(device)) for t in ts]  # noqa: E731
         return FederatedData(
-            move(self.train_x), move(self.train_y), move(self.val_x), move(self.val_y),
-            move(self.test_x), move(self.test_y), self.num_classes, self.fingerprint,
+            images(self.train_x), move(self.train_y), images(self.val_x), move(self.val_y),
+            images(self.test_x), move(self.test_y), self.num_classes, self.fingerprint,
         )
 
     def class_counts(self) -> list[list[int]]:
