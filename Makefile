@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= data
 ARGS   ?=
 
-.PHONY: run test test-fast data install install-dev lint bench bench-scaling clean
+.PHONY: run test test-fast data install install-dev lint bench bench-scaling bench-gpu gpu-wheels clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ test-fast: install-dev
 
 bench: data
 	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) benchmarks/throughput.py $(ARGS)
+
+# The GPU check (ARGS="--smoke" runs it on the CPU in seconds). On a bare GPU machine: benchmarks/gpu.sh,
+# with .whl/ (make gpu-wheels: the pure-Python packages its image lacks) and data/ carried along.
+bench-gpu: data
+	PY=$(PY) PFEDLA_DATA_ROOT=$(abspath $(DATA)) benchmarks/gpu.sh $(ARGS)
+
+gpu-wheels: $(VENV)/.installed
+	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .whl hydra-core==1.3.2 omegaconf==2.3.0
+	$(PY) -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
 
 bench-scaling: data
 	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) benchmarks/scaling.py $(ARGS)

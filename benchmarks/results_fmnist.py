@@ -49,7 +49,7 @@ ROUNDS, ADAPT_EVERY = 50, 10
 COMMON = [
     "dataset=fmnist", "model=cnn_bn", "federation.num_clients=20", "federation.participation=1.0",
     "federation.eval_every=1", f"federation.adapt_every={ADAPT_EVERY}", f"federation.rounds={ROUNDS}",
-    "logger=csv", "trainer.accelerator=cpu", "trainer.progress_bar=false", "checkpoint.every=5",
+    "logger=csv", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.progress_bar=false", "checkpoint.every=5",
     f"viz.every={ROUNDS}",
 ]
 DOCS = REPO / "docs"

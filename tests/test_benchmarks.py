@@ -1,6 +1,7 @@
 """The benchmarks run in smoke mode and print every promised field (numbers are not asserted here)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -17,16 +18,20 @@ def test_throughput_benchmark_smoke_prints_every_field():
 
     proc = subprocess.run(
         [sys.executable, "benchmarks/throughput.py", "--smoke", "--cases", "dirichlet20", "--algorithms", "pfedla",
-         "--engines", "loop", "vmap", "--rounds", "1"],
+         "--engines", "loop", "vmap", "--models", "cnn", "--rounds", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert [r.get("engine") for r in rows] == ["loop", "vmap"]
+    # Every combination at today's defaults and, next to it, at the defaults before the CPU fast path.
+    assert [(r.get("engine"), r.get("settings"), r.get("memory_format")) for r in rows] == [
+        ("loop", "default", "channels_last"), ("loop", "old-default", "contiguous"),
+        ("vmap", "default", "contiguous"), ("vmap", "old-default", "contiguous")]
     for row in rows:
         assert set(FIELDS) <= set(row), set(FIELDS) - set(row)
-        assert row["round_s"] == pytest.approx(row["client_s"] + row["server_s"], abs=2e-4)
+        assert row["round_s"] == pytest.approx(row["client_s"] + row["server_s"] + row["eval_s"], abs=3e-4)
         assert row["client_gflops"] > 0 and row["matmul_peak_gflops"] > 0 and row["reference_s"] > 0
+        assert row["peak_cuda_mib"] is None  # a CPU run
 
 
 def test_scaling_benchmark_smoke_runs_one_and_two_processes():
@@ -47,3 +52,23 @@ def test_scaling_benchmark_smoke_runs_one_and_two_processes():
     assert one["model_amdahl_speedup"] == 1 and 1 < two["model_amdahl_speedup"] <= 2
     assert two["gathered_bytes_per_rank_per_round"] == two["client_model_bytes"] * 6 // 2  # 6 clients, half remote
     assert two["final_acc_mean"] == one["final_acc_mean"]  # same run, split over two processes
+
+
+def test_gpu_check_smoke_runs_on_the_cpu_and_writes_well_formed_json(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", "--smoke", "--cases", "clients100", "--rounds", "1", "--precision",
+         "--precision-rounds", "1", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OUT": ""},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["smoke"] is True and report["accelerator"] == "cpu" and report["skipped"] == []
+    assert [(r["case"], r["engine"]) for r in report["rows"]] == [("clients100-smoke", "loop"),
+                                                                  ("clients100-smoke", "vmap")]
+    assert all(r["samples_per_s"] > 0 and "client_s" in r and "eval_s" in r for r in report["rows"])
+    loop, vmap = report["rows"]
+    assert report["vmap_over_loop"]["clients100"] == pytest.approx(loop["round_s"] / vmap["round_s"], rel=1e-2)
+    fp32, bf16 = report["precision"]
+    assert (fp32["precision"], bf16["precision"]) == ("32", "bf16") and fp32["rounds"] == bf16["rounds"] == 1
+    assert report["bf16_within_half_a_point"] == (abs(report["bf16_minus_fp32_points"]) <= 0.5)
