@@ -122,8 +122,11 @@ def _verdict(rows: list[dict], key: str, score: str) -> str:
         strength = f"more than twice the larger seed std ({spread:.2f})"
     else:
         strength = f"within twice the larger seed std ({spread:.2f}): not a clear difference"
-    word = "ahead of" if diff > 0 else "behind"
     rank = 1 + sum(1 for s in others if s[1][0] > pfedla[1][0])
+    if round(abs(diff), 2) == 0:
+        return (f"- {score}: pFedLA is level with the best other method, {best[0]} (to 0.01 points; {strength}); "
+                f"they share rank {rank} of {len(scored)}.")
+    word = "ahead of" if diff > 0 else "behind"
     return (f"- {score}: pFedLA is {word} the best other method, {best[0]}, by {abs(diff):.2f} points "
             f"({strength}); it ranks {rank} of {len(scored)}.")
 
