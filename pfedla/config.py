@@ -110,6 +110,7 @@ class PFedHNConfig:
     hn_lr: float = MISSING
     hn_momentum: float = MISSING
     hn_weight_decay: float = MISSING
+    hn_max_grad_norm: Optional[float] = None  # each client's hypernetwork gradient clipped to this norm; None: off
 
 
 @dataclass

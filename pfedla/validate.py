@@ -104,6 +104,8 @@ def validate_config(cfg) -> None:
         _check(algo.hn_lr > 0, "algorithm.hn_lr", algo.hn_lr, "must be > 0", "0.01")
         _check(0 <= algo.hn_momentum < 1, "algorithm.hn_momentum", algo.hn_momentum, "must be in [0, 1)", "0.9")
         _check(algo.hn_weight_decay >= 0, "algorithm.hn_weight_decay", algo.hn_weight_decay, "must be >= 0", "0.001")
+        clip = algo.hn_max_grad_norm
+        _check(clip is None or clip > 0, "algorithm.hn_max_grad_norm", clip, "must be > 0 or null (no clipping)", "50")
         _check(algo.hidden_dim >= 1, "algorithm.hidden_dim", algo.hidden_dim, "must be >= 1", "100")
         _check(algo.hidden_layers >= 0, "algorithm.hidden_layers", algo.hidden_layers, "must be >= 0", "3")
         emb = algo.embedding_dim

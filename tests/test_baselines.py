@@ -137,3 +137,41 @@ def test_local_and_fedbn_are_fedavg_with_personal_tensors():
     assert set(Local(model, 2).shared_names) == set()
     assert set(FedAvg(model, 2).shared_names) == {n for n, _ in [*model.named_parameters(), *model.named_buffers()]}
     assert all(n.startswith("bn") for n in FedBN(model, 2).personal_names(model))
+
+
+@pytest.mark.parametrize("max_norm", [None, 0.05])
+def test_pfedhn_round_applies_the_sum_of_each_clients_clipped_gradient(max_norm):
+    import copy
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(dict(embedding_dim=None, hidden_dim=16, hidden_layers=2, hn_lr=0.1, hn_momentum=0.0,
+                                hn_weight_decay=0.0, hn_max_grad_norm=max_norm))
+    algo = PFedHN(tiny_model().double(), 3, cfg).double()
+    before = copy.deepcopy(algo)
+    gen = torch.Generator().manual_seed(1)
+    algo.begin_round([0, 2])
+    sent = {i: algo.model_for(i) for i in (0, 2)}
+    trained = {i: ClientModel({n: t + torch.randn(t.shape, generator=gen, dtype=t.dtype) * (1 + i)
+                               for n, t in s.params.items()}, {}) for i, s in sent.items()}
+    for i in (0, 2):
+        algo.receive(i, sent[i], trained[i], 5)
+    algo.end_round()
+
+    # Independent: one client at a time, loss.backward() and torch's own clip_grad_norm_, then the sum.
+    expected = {n: p.detach().clone() for n, p in before.named_parameters()}
+    norms = []
+    for i in (0, 2):
+        net = copy.deepcopy(before)
+        generated = net.generate(torch.tensor([i]))
+        loss = sum((generated[n][0] * (sent[i].params[n] - trained[i].params[n])).sum() for n in generated)
+        loss.backward()
+        params = [p for p in net.parameters() if p.grad is not None]
+        norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))))
+        for n, p in net.named_parameters():
+            if p.grad is not None:
+                expected[n] -= 0.1 * p.grad
+    if max_norm is not None:
+        assert all(n > max_norm for n in norms), "the test needs clipping to bind for both clients"
+    for n, p in algo.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[n], rtol=1e-9, atol=1e-12, msg=n)
