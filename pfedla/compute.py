@@ -14,9 +14,11 @@ A layout changes rounding only, never the arithmetic: both agree to float tolera
 physical cores unless OMP_NUM_THREADS says otherwise; each then gets one thread) through the K-process
 path (pfedla/distributed.py), at most one per client of a round and at most ``MAX_AUTO_PROCESSES``
 (each holds the data and the whole server state), when the run trains at least
-``MIN_SAMPLES_FOR_PROCESSES`` samples over its rounds: small steps of a small CNN parallelise across
+``MIN_SAMPLES_FOR_PROCESSES`` samples over its rounds and no cluster launcher (SLURM, torchrun) has
+already started the processes: small steps of a small CNN parallelise across
 clients far better than across threads (docs/PERFORMANCE.md), but starting a process (importing torch
-and Lightning, loading the data) costs seconds, which a short run does not win back. On a GPU it is one.
+and Lightning, loading the data) costs seconds, which a short run does not win back. On a GPU (or any
+accelerator that is not the CPU) it is one.
 Also a fixed rule: same machine and config, same processes.
 
 ``precision=bf16`` runs forward passes under bf16 autocast (weights, gradients and the SGD step stay
@@ -25,6 +27,7 @@ fp32); it is for GPUs, and ``benchmarks/gpu.py --precision`` checks what it cost
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -83,14 +86,29 @@ def choose_compute(trainer_cfg, model: nn.Module, device: torch.device, engine: 
     return Compute(memory_format, torch.bfloat16 if str(trainer_cfg.precision) == "bf16" else None)
 
 
-def choose_processes(trainer_cfg, uses_gpu: bool, train_samples: int, rounds: int, clients_per_round: int) -> int:
+# Set when a cluster launcher (SLURM, torchrun) started this process as one of a run's ranks: then the
+# launcher decides the process count, and ``auto`` means one process per task.
+LAUNCHER_VARIABLES = ("SLURM_NTASKS", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+
+
+def cores() -> int:
+    """Cores this process may use: PyTorch's intra-op threads (physical cores, or OMP_NUM_THREADS)."""
+    return torch.get_num_threads()
+
+
+def devices_or_one(devices) -> int:
+    """``trainer.devices`` as a count before a run starts (``auto`` -> 1): what a SLURM job asks for."""
+    return 1 if devices == "auto" else int(devices)
+
+
+def choose_processes(trainer_cfg, on_cpu: bool, train_samples: int, rounds: int, clients_per_round: int) -> int:
     """Processes per node for ``trainer.devices`` (auto: the rule in the module docstring). ``train_samples``:
     what one round trains if every client takes part (scaled by participation here)."""
     if trainer_cfg.devices != "auto":
         return int(trainer_cfg.devices)
-    cores = torch.get_num_threads()
-    if uses_gpu or trainer_cfg.num_nodes > 1 or cores < 2 or clients_per_round < 2:
+    launched = any(v in os.environ for v in LAUNCHER_VARIABLES)
+    if not on_cpu or launched or trainer_cfg.num_nodes > 1 or cores() < 2 or clients_per_round < 2:
         return 1
     if train_samples * rounds < MIN_SAMPLES_FOR_PROCESSES:
         return 1
-    return min(cores, clients_per_round, MAX_AUTO_PROCESSES)
+    return min(cores(), clients_per_round, MAX_AUTO_PROCESSES)

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+from pfedla.compute import devices_or_one
 
 
 @dataclass
@@ -166,3 +168,5 @@ def register_configs() -> None:
 
 
 register_configs()
+# ${devices_or_one:${trainer.devices}}: a process count before a run starts (conf/hydra/launcher/slurm.yaml)
+OmegaConf.register_new_resolver("devices_or_one", devices_or_one, replace=True)

@@ -58,7 +58,7 @@ def setup(cfg: DictConfig) -> FederatedModule:
     fed = cfg.federation
     with open_dict(cfg):
         cfg.trainer.devices = choose_processes(
-            cfg.trainer, uses_gpu(cfg.trainer.accelerator), round(sum(data.train_sizes) * fed.participation),
+            cfg.trainer, runs_on_cpu(cfg.trainer.accelerator), round(sum(data.train_sizes) * fed.participation),
             fed.rounds, clients_per_round(data.num_clients, fed.participation))
     torch.manual_seed(cfg.seed)  # every client starts from this one initial model
     model = build_model(cfg.model, data.input_shape, data.num_classes)
@@ -66,8 +66,12 @@ def setup(cfg: DictConfig) -> FederatedModule:
     return FederatedModule(model, algorithm, data, cfg)
 
 
-def uses_gpu(accelerator: str) -> bool:
-    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+def runs_on_cpu(accelerator: str) -> bool:
+    """Whether Lightning's ``accelerator`` resolves to the CPU (auto: no CUDA and no Apple MPS)."""
+    if accelerator == "auto":
+        mps = getattr(torch.backends, "mps", None)
+        return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+    return accelerator == "cpu"
 
 
 def is_distributed(cfg: DictConfig) -> bool:

@@ -232,7 +232,9 @@ class FederatedModule(L.LightningModule):
                 trained = self._train_clients(clients, dict(zip(clients, models)), STREAM_ADAPT_BATCHES)
             with timer("eval"):
                 scores["adapted"] = self._score(clients, [ClientModel(p, b) for p, b, _ in trained])
-        return {score: {split: ranks.sum(a) for split, a in by_split.items()} for score, by_split in scores.items()}
+        # clone(): _score's results are inference tensors, which in-place collectives must not touch
+        return {score: {split: ranks.sum(a.clone()) for split, a in by_split.items()}
+                for score, by_split in scores.items()}
 
     @torch.inference_mode()
     def _score(self, clients: list[int], models: list[ClientModel]) -> dict[str, torch.Tensor]:

@@ -45,7 +45,7 @@ def validate_config(cfg) -> None:
     _choice("client.on_nonfinite", cl.on_nonfinite, ("reject", "fail"))
     _choice("client.engine", cl.engine, ("loop", "vmap"))
     tc = cfg.trainer
-    _check(tc.devices == "auto" or (isinstance(tc.devices, int) and tc.devices >= 1), "trainer.devices", tc.devices,
+    _check(tc.devices == "auto" or (type(tc.devices) is int and tc.devices >= 1), "trainer.devices", tc.devices,
            "must be auto or an integer >= 1 (processes per node)", "2")
     _check(tc.num_nodes >= 1, "trainer.num_nodes", tc.num_nodes, "must be >= 1", "1")
     _choice("trainer.strategy", tc.strategy, ("auto", "ddp"))

@@ -134,12 +134,15 @@ def test_bf16_autocast_runs_the_forward_pass_in_bf16_and_keeps_weights_fp32():
 
 
 def test_auto_processes_one_per_core_only_for_cpu_runs_large_enough_to_pay_for_them(monkeypatch):
+    import pfedla.compute as compute
     from pfedla.compute import MIN_SAMPLES_FOR_PROCESSES, choose_processes
 
     def processes(devices="auto", gpu=False, samples=50_000, rounds=20, clients=10, nodes=1):
         trainer = OmegaConf.create({"devices": devices, "num_nodes": nodes})
-        return choose_processes(trainer, gpu, samples, rounds, clients)
+        return choose_processes(trainer, not gpu, samples, rounds, clients)
 
+    for variable in compute.LAUNCHER_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     assert processes() == 4  # 1M samples over the run, 4 cores
     assert processes(clients=3) == 3  # never more processes than clients in a round

@@ -102,7 +102,52 @@ def test_slurm_launcher_follows_the_process_counts():
     assert (launcher.tasks_per_node, launcher.nodes) == (4, 2)
 
 
+def test_slurm_asks_for_one_task_when_devices_is_auto():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.trainer.devices == "auto" and cfg.hydra.launcher.tasks_per_node == 1
+
+
+def test_auto_devices_is_one_process_under_a_cluster_launcher_or_off_the_cpu(monkeypatch):
+    from omegaconf import OmegaConf
+
+    import pfedla.compute as compute
+
+    monkeypatch.setattr(compute, "cores", lambda: 4)
+    trainer = OmegaConf.create({"devices": "auto", "num_nodes": 1})
+    assert compute.choose_processes(trainer, True, 50_000, 20, 10) == 4
+    assert compute.choose_processes(trainer, False, 50_000, 20, 10) == 1  # GPU, MPS
+    monkeypatch.setenv("SLURM_NTASKS", "2")  # SLURM (or torchrun) started this process as one rank
+    assert compute.choose_processes(trainer, True, 50_000, 20, 10) == 1
+
+
 # --- real processes (gloo) ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_auto_devices_runs_one_process_per_core_and_equals_the_explicit_run(tmp_path):
+    """A run over the 100k-sample rule with devices=auto starts K processes, and computes what devices=K does."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("one core: devices=auto is one process here")
+    env = {k: v for k, v in ONE_THREAD.items() if k != "OMP_NUM_THREADS"}  # auto counts the cores
+    large = [*SYNTHETIC, "federation.participation=1.0", "dataset.samples_per_class=2000", "federation.rounds=8",
+             "federation.eval_every=4", "federation.adapt_every=0"]  # 13.5k train samples x 8 rounds > 100k
+    runs = {}
+    for name, devices in (("auto", "auto"), ("explicit", None)):
+        if devices is None:  # the count auto chose, given explicitly
+            devices = json.loads((runs["auto"] / "summary.json").read_text())["processes"]
+        runs[name] = tmp_path / name
+        proc = subprocess.run([sys.executable, "-m", "pfedla.run", *large, f"trainer.devices={devices}",
+                               f"hydra.run.dir={runs[name]}"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((runs["auto"] / "summary.json").read_text())
+    assert summary["processes"] == min(torch.get_num_threads(), 5, 8) >= 2
+    assert summary["config"]["trainer"]["devices"] == summary["processes"] and summary["compute"]["threads"] >= 1
+    _assert_same_run(runs["auto"], runs["explicit"])
+
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", [["algorithm=pfedla", "model=cnn_bn"], ["algorithm=fedavg"]],
                          ids=["pfedla-bn", "fedavg"])

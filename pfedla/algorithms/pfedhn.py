@@ -63,24 +63,20 @@ class PFedHN(Algorithm):
         self.count_bytes(up=nbytes(trained.params))
         self._trained[i] = trained
 
-    def _hypernetwork_grads(self, params: list[torch.Tensor], rows: torch.Tensor) -> list[torch.Tensor | None]:
-        """d <theta(phi), theta - theta'> / d phi over the clients in ``rows`` (None: not used)."""
-        names = list(self._generated)
-        return list(torch.autograd.grad(
-            [self._generated[n] for n in names], params, allow_unused=True, retain_graph=True,
-            grad_outputs=[self._grad_outputs[n] * _row_mask(self._grad_outputs[n], rows) for n in names],
-        ))
-
     def round_gradient(self) -> list[torch.Tensor | None]:
-        """The round's hypernetwork gradient: the sum over reporting clients of each one's gradient,
-        each clipped to norm ``max_grad_norm`` (torch.nn.utils.clip_grad_norm_'s rule) when set."""
+        """The round's hypernetwork gradient (None: a parameter nothing depends on): the sum over reporting
+        clients of d <theta_i(phi), theta_i - theta_i'> / d phi, each clipped to norm ``max_grad_norm``
+        (torch.nn.utils.clip_grad_norm_'s rule) when set. Rejected clients have zero grad_outputs."""
         params = [p for _, p in self.named_parameters()]
-        rows = [self._row[i] for i in self._trained]
+        names = list(self._generated)
         if self.max_grad_norm is None:
-            return self._hypernetwork_grads(params, torch.tensor(rows))
+            return list(torch.autograd.grad([self._generated[n] for n in names], params, allow_unused=True,
+                                            grad_outputs=[self._grad_outputs[n] for n in names]))
         total: list[torch.Tensor | None] = [None] * len(params)
-        for r in rows:
-            grads = self._hypernetwork_grads(params, torch.tensor([r]))
+        for i in self._trained:  # one client's own forward pass: O(clients), not O(clients^2)
+            generated = self.generate(torch.tensor([i], device=self.bytes_up.device))
+            grads = torch.autograd.grad([generated[n][0] for n in names], params, allow_unused=True,
+                                        grad_outputs=[self._grad_outputs[n][self._row[i]] for n in names])
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]))
             scale = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
             total = [t if g is None else (g * scale if t is None else t + g * scale) for t, g in zip(total, grads)]
@@ -112,9 +108,3 @@ class PFedHN(Algorithm):
     def personalized_model(self, i: int) -> ClientModel:
         return self.personalized_models([i])[0]
 
-
-def _row_mask(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """1 on ``rows`` of ``t``'s first dimension, 0 elsewhere, broadcastable against ``t``."""
-    mask = torch.zeros(len(t), dtype=t.dtype, device=t.device)
-    mask[rows.to(t.device)] = 1
-    return mask.view(-1, *([1] * (t.dim() - 1)))
