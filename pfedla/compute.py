@@ -96,6 +96,17 @@ def cores() -> int:
     return torch.get_num_threads()
 
 
+def runs_on_cpu(accelerator: str) -> bool:
+    """Whether Lightning's ``accelerator`` resolves to the CPU (auto: no CUDA and no Apple MPS).
+
+    Here, not in pfedla/run.py: a joblib sweep pickles run.py's functions by value when it runs as
+    ``__main__``, and ``torch.backends`` cannot be pickled."""
+    if accelerator == "auto":
+        mps = getattr(torch.backends, "mps", None)
+        return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+    return accelerator == "cpu"
+
+
 def devices_or_one(devices) -> int:
     """``trainer.devices`` as a count before a run starts (``auto`` -> 1): what a SLURM job asks for."""
     return 1 if devices == "auto" else int(devices)

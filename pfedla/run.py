@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import pfedla.config  # noqa: F401  (registers the schemas with Hydra's ConfigStore)
 from pfedla.algorithms import build_algorithm
 from pfedla.checkpointing import AtomicCheckpointIO, RoundCheckpoint, check_resume_compatible, load_checkpoint
-from pfedla.compute import choose_processes
+from pfedla.compute import choose_processes, runs_on_cpu
 from pfedla.datasets import build_federated_data
 from pfedla.distributed import FederatedDDPStrategy, launch_rank, restored_process_state
 from pfedla.errors import ConfigError
@@ -64,14 +64,6 @@ def setup(cfg: DictConfig) -> FederatedModule:
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     algorithm = build_algorithm(cfg.algorithm, model, data.num_clients)
     return FederatedModule(model, algorithm, data, cfg)
-
-
-def runs_on_cpu(accelerator: str) -> bool:
-    """Whether Lightning's ``accelerator`` resolves to the CPU (auto: no CUDA and no Apple MPS)."""
-    if accelerator == "auto":
-        mps = getattr(torch.backends, "mps", None)
-        return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
-    return accelerator == "cpu"
 
 
 def is_distributed(cfg: DictConfig) -> bool:

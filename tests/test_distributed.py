@@ -115,6 +115,7 @@ def test_auto_devices_is_one_process_under_a_cluster_launcher_or_off_the_cpu(mon
 
     import pfedla.compute as compute
 
+    assert compute.runs_on_cpu("cpu") and not compute.runs_on_cpu("gpu") and not compute.runs_on_cpu("mps")
     monkeypatch.setattr(compute, "cores", lambda: 4)
     trainer = OmegaConf.create({"devices": "auto", "num_nodes": 1})
     assert compute.choose_processes(trainer, True, 50_000, 20, 10) == 4
