@@ -92,7 +92,11 @@ def cmd_run(args) -> None:
 
 
 def _copy_finished(out: Path, runs: Path) -> None:
+    """Every finished cell of the grid (other run dirs beside them, e.g. kept for the record, are not cells)."""
+    cells = {f"{m}_s{s}" for m in METHODS for s in SEEDS}
     for summary in out.glob("*/*/summary.json"):
+        if summary.parent.parent.name not in SPLITS or summary.parent.name not in cells:
+            continue
         if cell_state(summary.parent) != "done":
             continue
         target = runs / summary.parent.relative_to(out)
