@@ -1,6 +1,7 @@
 """Hyperparameter search on validation through Hydra's Optuna sweeper (hparams_search=<algorithm>)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -48,3 +49,15 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list(tmp_path.glob("*/error.txt"))) >= 1 and len(list(tmp_path.glob("*/summary.json"))) >= 1
     assert yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())["best_params"]["client.lr"] == 0.05
+
+
+@pytest.mark.slow
+def test_the_documented_search_command_writes_under_multirun_search_study_name(tmp_path):
+    # As typed by a user (no hydra.sweep.dir override): the sweep dir is resolved when the sweeper
+    # starts, before Hydra's runtime config exists, so it may only use plain config values.
+    cmd = [sys.executable, "-m", "pfedla.run", "-m", "hparams_search=fedavg", *TINY,
+           'hydra.sweeper.params={client.lr:"choice(0.05)"}', "hydra.sweeper.n_trials=1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "multirun" / "search" / "fedavg").glob("*/0/summary.json"))) == 1
