@@ -85,7 +85,7 @@ def cmd_run(args) -> None:
     cells = [(split, method, seed) for seed in args.seeds for split in args.splits for method in args.methods
              if cell_state(cell_dir(args.out, split, method, seed)) != "done"]
     print(f"{len(cells)} cells to run with {args.workers} workers", flush=True)
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     with ThreadPoolExecutor(args.workers) as pool:
         for name, seconds, code in pool.map(lambda c: run_cell(args.out, *c, threads), cells):
             print(f"{name}: exit {code} after {seconds:.0f} s", flush=True)
@@ -184,6 +184,8 @@ def main() -> None:
     run = sub.add_parser("run", help="run or resume every missing cell")
     run.add_argument("--out", type=Path, default=REPO / "multirun" / "results_fmnist")
     run.add_argument("--workers", type=int, default=2, help="cells at once (each gets cores / workers threads)")
+    run.add_argument("--threads", type=int, default=0,
+                     help="threads per cell (0: cores / workers); less when something else shares the machine")
     run.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
     run.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     run.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
