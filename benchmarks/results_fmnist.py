@@ -32,6 +32,7 @@ from pfedla.report import (  # noqa: E402
     find_jobs,
     group_jobs,
     plot_curves,
+    spread_markdown,
     table_markdown,
     table_rows,
 )
@@ -152,7 +153,8 @@ def cmd_render(args) -> None:
         if not rows:
             lines += ["No finished runs yet.", ""]
             continue
-        lines += [*table_markdown(rows), ""]
+        spread = spread_markdown(rows)
+        lines += [*table_markdown(rows), "", *spread, ""]
         alpha = alpha_markdown(rows)
         if alpha:
             lines += ["What alpha learned. " + alpha[0], *alpha[1:], ""]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pfedla.fairness import spread, spread_by_group
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temp file in the same folder, then rename: readers see the old or the new file, never half."""
@@ -57,32 +59,38 @@ def write_metrics_csv(path: str | Path, history: list[dict]) -> None:
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 
-def score_view(record: dict | None, prefix: str = "") -> dict | None:
-    """One evaluation of one score: round, val and test accuracy, per-client test accuracies."""
+def score_view(record: dict | None, prefix: str = "", groups: list[int] | None = None) -> dict | None:
+    """One evaluation of one score: round, val and test accuracy, per-client test accuracies and their spread
+    over clients (pfedla/fairness.py; per client group too where the partition has groups)."""
     if record is None:
         return None
     keys = (f"val/{prefix}acc_mean", f"test/{prefix}acc_mean", f"test/{prefix}acc_weighted", f"{prefix}client_acc")
-    return {"round": record["round"], **{k: record[k] for k in keys}}
+    view = {"round": record["round"], **{k: record[k] for k in keys}}
+    view["spread"] = spread(record[f"{prefix}client_acc"])
+    if groups is not None:
+        view["spread_by_group"] = spread_by_group(record[f"{prefix}client_acc"], groups)
+    return view
 
 
-def select(history: list[dict], prefix: str = "") -> tuple[dict | None, dict | None]:
+def select(history: list[dict], prefix: str = "", groups: list[int] | None = None) -> tuple[dict | None, dict | None]:
     """(final, best) of one score: the last evaluation that has it, and the one with the best *validation*
     accuracy (the first such round on ties). The test split is never looked at to choose."""
     scored = [r for r in history if f"val/{prefix}acc_mean" in r]
     if not scored:
         return None, None
     best = max(scored, key=lambda r: r[f"val/{prefix}acc_mean"])
-    return score_view(scored[-1], prefix), score_view(best, prefix)
+    return score_view(scored[-1], prefix, groups), score_view(best, prefix, groups)
 
 
 def build_summary(history: list[dict], config: dict, wall_seconds: float, communication: dict,
-                  rounds_done: int) -> dict:
-    """Final and best (by validation) evaluation of both scores, with per-client accuracies.
+                  rounds_done: int, groups: list[int] | None = None) -> dict:
+    """Final and best (by validation) evaluation of both scores, with per-client accuracies and their spread
+    (per group of ``groups``, each client's feature-skew group, where given).
 
     ``final``/``best`` are None until a first evaluation (a run stopped before it); ``rounds`` counts
     the rounds trained, which may be more than the last evaluated round."""
-    final, best = select(history)
-    final_adapted, best_adapted = select(history, "adapted_")
+    final, best = select(history, "", groups)
+    final_adapted, best_adapted = select(history, "adapted_", groups)
     return {
         "headline": HEADLINE,
         "final": final,

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pfedla.algorithms.alpha_stats import one_line  # noqa: E402
+from pfedla.fairness import spread  # noqa: E402
 
 IGNORED_KEYS = {"seed", "resume", "dataset.root"}
 IGNORED_PREFIXES = ("logger.", "trainer.", "checkpoint.", "viz.")  # how a job ran, not what it ran
@@ -96,8 +97,19 @@ def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
             "wall": statistics.fmean([x["wall_seconds"] for x in s]),
             "rounds": max(x["rounds"] for x in s),
             "alpha": _mean_alpha_stats([x["alpha_stats"] for x in s if x.get("alpha_stats")]),
+            "spread": _mean_spread(s, "best", "client_acc"),
+            "spread_adapted": _mean_spread(s, "best_adapted", "adapted_client_acc"),
         })
     return rows
+
+
+def _mean_spread(summaries: list[dict], which: str, key: str) -> dict | None:
+    """The spread over clients (pfedla/fairness.py) of one evaluation, each figure averaged over seeds;
+    computed from the per-client accuracies, so summaries written before the spread existed have it too."""
+    spreads = [spread(x[which][key]) for x in summaries if x.get(which)]
+    if not spreads or len(spreads) < len(summaries):
+        return None
+    return {k: statistics.fmean(sp[k] for sp in spreads) for k in ("mean", "std", "worst", "worst10pct_mean")}
 
 
 def _mean_alpha_stats(stats: list[dict]) -> dict | None:
@@ -151,6 +163,23 @@ def table_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+def spread_markdown(rows: list[dict]) -> list[str]:
+    """Per method, how accuracy spreads over clients at the best-validation round (pfedla/fairness.py)."""
+    lines = ["How accuracy spreads over clients at the best-validation round, each figure averaged over seeds "
+             "(%): the standard deviation over clients, the worst client, the mean of the worst 10% of clients.", "",
+             "| algorithm | (a) mean | (a) std | (a) worst | (a) worst 10% | (b) mean | (b) std | (b) worst "
+             "| (b) worst 10% |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        figures = []
+        for key in ("spread", "spread_adapted"):
+            sp = r[key]
+            figures += (["–"] * 4 if sp is None else
+                        [f"{100 * sp[k]:.2f}" for k in ("mean", "std", "worst", "worst10pct_mean")])
+        lines.append(f"| {r['label']} | " + " | ".join(figures) + " |")
+    return lines
+
+
 def alpha_markdown(rows: list[dict]) -> list[str]:
     with_alpha = [r for r in rows if r["alpha"]]
     if not with_alpha:
@@ -165,7 +194,8 @@ def alpha_markdown(rows: list[dict]) -> list[str]:
 
 
 def render_markdown(rows: list[dict], jobs: list[Job], sweep_dir: Path) -> str:
-    lines = [f"# Sweep report: `{sweep_dir}`", "", SCORES_EXPLAINED, "", *table_markdown(rows)]
+    lines = [f"# Sweep report: `{sweep_dir}`", "", SCORES_EXPLAINED, "", *table_markdown(rows),
+             "", "## Spread over clients", "", *spread_markdown(rows)]
     alpha = alpha_markdown(rows)
     if alpha:
         lines += ["", "## What alpha learned", "", *alpha]

@@ -19,7 +19,12 @@ def test_report_table_matches_job_summaries_and_lists_failed_jobs(synthetic_cfg,
 
     text = report(tmp_path).read_text()
     assert (tmp_path / "curves.png").stat().st_size > 10_000
-    rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| ")}
+    scores, spreads = text.split("## Spread over clients")
+
+    def table(section):
+        return {line.split("|")[1].strip(): line.split("|") for line in section.splitlines() if line.startswith("| ")}
+
+    rows, spread_rows = table(scores), table(spreads)
 
     def cell(values):
         return f"{statistics.fmean(values) * 100:.2f} ± {statistics.stdev(values) * 100:.2f}"
@@ -32,6 +37,11 @@ def test_report_table_matches_job_summaries_and_lists_failed_jobs(synthetic_cfg,
         assert rows[algorithm][2].strip() == "0,1"
         mb = statistics.fmean([(g["bytes_down"] + g["bytes_up"]) / 1e6 for g in got])
         assert float(rows[algorithm][9]) == pytest.approx(mb, abs=0.05)
+        # spread over clients at the best-validation round: worst client and std, averaged over seeds
+        worst = statistics.fmean(min(g["best"]["client_acc"]) for g in got)
+        assert float(spread_rows[algorithm][4]) == pytest.approx(100 * worst, abs=0.006)
+        std = statistics.fmean(statistics.pstdev(g["best_adapted"]["adapted_client_acc"]) for g in got)
+        assert float(spread_rows[algorithm][7]) == pytest.approx(100 * std, abs=0.006)
     self_weight = statistics.fmean(summaries["pfedla", s]["alpha_stats"]["layers"]["fc3"]["self"] for s in (0, 1))
     assert f"fc3 self {self_weight:.2f}" in text  # pFedLA's alpha statistics, mean over seeds
     assert "`4_pfedhn`: ConfigError: algorithm.hn_lr must be > 0" in text
