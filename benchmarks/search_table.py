@@ -25,7 +25,10 @@ INTRO = REPO / "docs" / "results" / "tuning_intro.md"
 
 
 def trials_of(folder: Path) -> list[dict]:
-    """Compact trials from a sweep dir (run dirs with summary.json / error.txt)."""
+    """Compact trials from a sweep dir (run dirs with summary.json / error.txt); given the study's folder
+    (multirun/search/<study>/<time>/<trial>), from its latest sweep."""
+    if not any(p.name.isdigit() for p in folder.iterdir()):
+        folder = max(p for p in folder.iterdir() if p.is_dir())
     out = []
     for job in sorted(folder.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else 1 << 30):
         if (job / "summary.json").is_file():
@@ -86,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="multirun/search (sweep dirs) or docs/results/search (JSON)")
     parser.add_argument("--algorithms", nargs="+",
-                        default=["pfedla", "heurpfedla", "pfedhn", "fedavg", "fedbn", "local"])
+                        default=["pfedla", "heurpfedla", "pfedhn", "pfedhn_steps", "fedavg", "fedbn", "local"])
     args = parser.parse_args()
     saved = REPO / "docs" / "results" / "search"
     saved.mkdir(parents=True, exist_ok=True)
@@ -95,8 +98,9 @@ def main() -> None:
         if (args.source / algorithm).is_dir():
             trials = trials_of(args.source / algorithm)
             (saved / f"{algorithm}.json").write_text(json.dumps(trials, indent=1) + "\n")
-        elif (args.source / f"{algorithm}.json").is_file():
-            trials = json.loads((args.source / f"{algorithm}.json").read_text())
+        elif (args.source / f"{algorithm}.json").is_file() or (saved / f"{algorithm}.json").is_file():
+            source = args.source if (args.source / f"{algorithm}.json").is_file() else saved
+            trials = json.loads((source / f"{algorithm}.json").read_text())
         else:
             lines += [f"### {algorithm}: not searched yet", ""]
             continue
