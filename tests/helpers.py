@@ -37,3 +37,14 @@ def make_pfedla(num_clients: int = 4, dtype=torch.float32, seed: int = 0, **over
 def toy_batch(n: int = 12, seed: int = 0, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n, 1, 16, 16, generator=gen, dtype=dtype), torch.randint(0, 3, (n,), generator=gen)
+
+
+def assert_states_close(got: dict, expected: dict, rtol: float = 1e-3, atol: float = 1e-4) -> None:
+    """Two state dicts from different code paths: floats to a tolerance (they may round differently on
+    another CPU), integers (counters, BatchNorm's num_batches_tracked) exactly."""
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(got[name], value, rtol=rtol, atol=atol, msg=name)
+        else:
+            assert torch.equal(got[name], value), name

@@ -9,7 +9,7 @@ from pfedla.client import client_generator, predict, train_client
 from pfedla.compute import Compute, choose_compute
 from pfedla.errors import ConfigError
 from pfedla.run import run, setup
-from tests.helpers import tiny_model
+from tests.helpers import assert_states_close, tiny_model
 
 CL, NCHW = torch.channels_last, torch.contiguous_format
 CPU = torch.device("cpu")
@@ -98,12 +98,7 @@ def test_a_run_on_the_fast_path_equals_the_reference_run(synthetic_cfg, tmp_path
         runs[setting] = (module.algorithm.state_dict(), summary)
     assert runs["auto"][1]["compute"]["memory_format"] == "channels_last"
     assert runs["contiguous"][1]["compute"]["memory_format"] == "contiguous"
-    fast, ref = runs["auto"][0], runs["contiguous"][0]
-    for name, value in ref.items():
-        if value.is_floating_point():
-            torch.testing.assert_close(fast[name], value, rtol=1e-3, atol=1e-4, msg=name)
-        else:
-            assert torch.equal(fast[name], value), name
+    assert_states_close(runs["auto"][0], runs["contiguous"][0])
     for key in ("final", "final_adapted"):
         for metric, value in runs["contiguous"][1][key].items():
             assert runs["auto"][1][key][metric] == pytest.approx(value, abs=0.02), metric

@@ -6,7 +6,7 @@ import torch
 from pfedla.client import client_generator, train_client
 from pfedla.client_vmap import train_clients_vmap
 from pfedla.run import run, setup
-from tests.helpers import tiny_model
+from tests.helpers import assert_states_close, tiny_model
 
 
 @pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 1e-3)])
@@ -40,12 +40,7 @@ def test_engines_give_the_same_server_state_after_rounds(synthetic_cfg, tmp_path
         summary = run(cfg, tmp_path / engine, module=module)
         states[engine] = (module.algorithm.state_dict(), summary)
     assert len(set(module.data.train_sizes)) > 1, "the test needs unequal client sizes"
-    loop_state, vmap_state = states["loop"][0], states["vmap"][0]
-    for name, value in loop_state.items():
-        if value.is_floating_point():
-            torch.testing.assert_close(vmap_state[name], value, rtol=1e-3, atol=1e-4, msg=name)
-        else:
-            assert torch.equal(vmap_state[name], value), name
+    assert_states_close(states["vmap"][0], states["loop"][0])
     assert states["vmap"][1]["final"]["test/acc_mean"] == pytest.approx(
         states["loop"][1]["final"]["test/acc_mean"], abs=0.02)
 
