@@ -7,6 +7,7 @@ and every random draw is a pure function of (seed, round, client), so no RNG sta
 
 from __future__ import annotations
 
+import copy
 import io
 import signal
 from pathlib import Path
@@ -21,7 +22,8 @@ from pfedla.outputs import atomic_write_bytes
 # Config keys that define the federation: resuming with any of them changed would silently mix two
 # experiments, so it is refused. Everything else (rounds, eval_every, logger, trainer, viz) may change.
 FEDERATION_KEYS = (
-    "seed", "federation.num_clients", "federation.participation", "client", "partition", "model", "algorithm",
+    "seed", "federation.num_clients", "federation.participation", "federation.unseen_fraction", "client", "partition",
+    "model", "algorithm",
     "dataset.name", "dataset.fraction", "dataset.num_classes", "dataset.samples_per_class", "dataset.image_size",
     "dataset.noise", "dataset.split",
 )
@@ -58,8 +60,31 @@ def load_checkpoint(path: str | Path, map_location=None) -> dict:
     return checkpoint
 
 
+# Keys added to the config after runs were checkpointed: an older checkpoint lacks them and ran as if
+# they had these values (the behaviour before they existed), so it still resumes under today's defaults.
+ADDED_KEYS = {
+    "partition.feature": "none", "partition.groups": 4, "partition.group_of": None,
+    "partition.feature_level": None, "partition.quantity": "none", "partition.quantity_scale": 1.0,
+    "federation.unseen_fraction": 0.0,
+}
+
+
+def with_added_keys(config: dict) -> dict:
+    """``config`` with every key of ADDED_KEYS it lacks set to its value from before the key existed."""
+    config = copy.deepcopy(config)
+    for dotted, value in ADDED_KEYS.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    return config
+
+
 def check_resume_compatible(saved: dict, current: dict) -> None:
     """Refuse to continue a run under a config that changes the federation; name every differing key."""
+    saved = with_added_keys(saved)
     differing = []
     for key in FEDERATION_KEYS:
         before, after = _select(saved, key), _select(current, key)

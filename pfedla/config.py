@@ -25,6 +25,8 @@ class FederationConfig:
     participation: float = MISSING  # fraction of clients sampled each round, in (0, 1]
     eval_every: int = MISSING
     adapt_every: int = MISSING  # rounds between scores (b) (local adaptation; evaluated too); 0: never
+    unseen_fraction: float = MISSING  # of the clients, held out of every training round (pfedla/unseen.py)
+    unseen_rounds: int = MISSING  # local rounds in which each method personalizes for a held-out client
 
 
 @dataclass
@@ -78,6 +80,13 @@ class PartitionConfig:
     alpha: Optional[float] = None  # dirichlet
     max_tries: Optional[int] = None  # dirichlet: resampling attempts before the deterministic top-up
     classes_per_client: Optional[int] = None  # pathological
+    # feature skew (pfedla/datasets/feature_skew.py) and quantity skew, on top of any label partition
+    feature: str = "none"  # none | rotation | invert | noise | blur | colour: each client group's input transform
+    groups: int = 4  # client groups (group 0 keeps its images as they are); used when feature != none
+    group_of: Optional[list[int]] = None  # each client's group; None: a seeded shuffle dealt round-robin
+    feature_level: Optional[float] = None  # noise std / blur sigma per group step; None: 0.5 / 1.0
+    quantity: str = "none"  # none | lognormal | zipf: client sizes drawn from that heavy-tailed law
+    quantity_scale: float = 1.0  # lognormal sigma | zipf exponent
 
 
 @dataclass

@@ -11,10 +11,13 @@ import torch
 from pfedla.algorithms import ALGORITHMS
 from pfedla.algorithms.hypernetwork import HEAD_INITS, NORMALISATIONS, OPTIMIZERS
 from pfedla.compute import MEMORY_FORMATS, PRECISIONS
+from pfedla.datasets.feature_skew import FEATURES, MAX_GROUPS
+from pfedla.datasets.partition import QUANTITY_LAWS
 from pfedla.datasets.sources import DATASET_NAMES
 from pfedla.errors import ConfigError
 from pfedla.models import MODEL_NAMES
 from pfedla.models.layers import GROUPINGS
+from pfedla.unseen import num_unseen
 from pfedla.viz.wandb_logger import MODES
 
 PARTITIONS = ("dirichlet", "pathological", "iid")
@@ -37,6 +40,12 @@ def validate_config(cfg) -> None:
     _check(0 < fed.participation <= 1, "federation.participation", fed.participation, "must be in (0, 1]", "0.1")
     _check(fed.eval_every >= 1, "federation.eval_every", fed.eval_every, "must be >= 1", "1")
     _check(fed.adapt_every >= 0, "federation.adapt_every", fed.adapt_every, "must be >= 0 (0: never)", "5")
+    _check(0 <= fed.unseen_fraction < 1, "federation.unseen_fraction", fed.unseen_fraction, "must be in [0, 1)", "0.2")
+    if fed.unseen_fraction > 0:
+        held_out = num_unseen(fed.num_clients, fed.unseen_fraction)
+        _check(held_out < fed.num_clients, "federation.unseen_fraction", fed.unseen_fraction,
+               f"holds out {held_out} of federation.num_clients={fed.num_clients}, leaving none to train", "0.2")
+        _check(fed.unseen_rounds >= 1, "federation.unseen_rounds", fed.unseen_rounds, "must be >= 1", "10")
     _check(cl.epochs >= 1, "client.epochs", cl.epochs, "must be >= 1", "1")
     _check(cl.batch_size >= 1, "client.batch_size", cl.batch_size, "must be >= 1", "32")
     _check(cl.lr > 0, "client.lr", cl.lr, "must be > 0", "0.01")
@@ -81,6 +90,17 @@ def validate_config(cfg) -> None:
     if part.name == "pathological":
         k = part.classes_per_client
         _check(k is not None and k >= 1, "partition.classes_per_client", k, "must be >= 1", "2")
+    _choice("partition.feature", part.feature, FEATURES)
+    if part.feature != "none":
+        most = min(MAX_GROUPS.get(part.feature, cfg.federation.num_clients), cfg.federation.num_clients)
+        _check(2 <= part.groups <= most, "partition.groups", part.groups,
+               f"must be in 2..{most} for partition.feature={part.feature} with "
+               f"federation.num_clients={cfg.federation.num_clients}", str(min(most, 4)))
+        level = part.feature_level
+        _check(level is None or level > 0, "partition.feature_level", level, "must be > 0 or null (the default)",
+               "null")
+    _choice("partition.quantity", part.quantity, QUANTITY_LAWS)
+    _check(part.quantity_scale > 0, "partition.quantity_scale", part.quantity_scale, "must be > 0", "1.0")
 
     _choice("model", cfg.model.name, MODEL_NAMES)
 

@@ -7,7 +7,11 @@ For each layer l, over clients i and peers j != i:
   the client's (similarity >= 0.5) or not (< 0.5), where similarity = 1 - total variation distance
   between the two clients' label distributions (1: identical, 0: no class in common);
 - ``corr_with_similarity``: Pearson correlation of alpha_i^l[j] with that similarity over all pairs
-  (0: alpha ignores the labels; > 0: clients take more from peers with similar labels).
+  (0: alpha ignores the labels; > 0: clients take more from peers with similar labels);
+- with feature skew (client groups, pfedla/datasets/feature_skew.py): ``same_group_peer`` /
+  ``other_group_peer``, the mean weight on peers of the client's own group / of other groups, and
+  ``same_group``, the total weight a client keeps within its group (itself included). Layer-wise
+  aggregation that follows the inputs puts more weight within the group in the layers that see them.
 A learned, label-aware alpha shows similar_peer > dissimilar_peer and a positive correlation; an
 alpha that never moved shows every number at 1/N; a collapse into Local shows self near 1.
 """
@@ -27,8 +31,8 @@ def label_similarity(class_counts) -> np.ndarray:
     return 1.0 - 0.5 * np.abs(p[:, None, :] - p[None, :, :]).sum(-1)
 
 
-def alpha_statistics(alpha, layers: list[str], class_counts) -> dict:
-    """``alpha`` [N, L, N] (row i receives from column j); ``class_counts`` [N, C]."""
+def alpha_statistics(alpha, layers: list[str], class_counts, groups=None) -> dict:
+    """``alpha`` [N, L, N] (row i receives from column j); ``class_counts`` [N, C]; ``groups`` [N] or None."""
     alpha = np.asarray(alpha, dtype=np.float64)
     n = alpha.shape[0]
     similarity = label_similarity(class_counts)
@@ -45,12 +49,26 @@ def alpha_statistics(alpha, layers: list[str], class_counts) -> dict:
             "dissimilar_peer": float(a[dissimilar].mean()) if dissimilar.any() else None,
             "corr_with_similarity": _pearson(a[off], similarity[off]),
         }
+        if groups is not None:
+            per_layer[str(layer)].update(_group_weights(a, np.asarray(groups)))
     return {
         "uniform": 1.0 / n,
         "max_abs_from_uniform": float(np.abs(alpha - 1.0 / n).max()),
         "similar_pairs": int(similar.sum()),
         "dissimilar_pairs": int(dissimilar.sum()),
         "layers": per_layer,
+    }
+
+
+def _group_weights(a: np.ndarray, groups: np.ndarray) -> dict:
+    """Weight within vs across feature-skew groups of one layer's alpha [N, N]."""
+    n = len(groups)
+    same = groups[:, None] == groups[None, :]
+    off = ~np.eye(n, dtype=bool)
+    return {
+        "same_group_peer": float(a[same & off].mean()) if (same & off).any() else None,
+        "other_group_peer": float(a[~same].mean()) if (~same).any() else None,
+        "same_group": float((a * same).sum(1).mean()),
     }
 
 
@@ -61,12 +79,18 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def one_line(stats: dict) -> str:
-    """``conv1 self .05 sim .05 dis .05 r +.01 | ...``: the per-layer numbers a reader scans."""
+    """``conv1 self .05 sim .05 dis .05 r +.01 [grp in .06 out .04] | ...``: the per-layer numbers a reader
+    scans (``grp``: feature-skew groups)."""
     def fmt(v, signed=False):
         return "-" if v is None else (f"{v:+.2f}" if signed else f"{v:.2f}")
 
+    def groups(s):  # feature skew only: weight on a peer of the own group / of another group
+        if "same_group_peer" not in s:
+            return ""
+        return f" grp in {fmt(s['same_group_peer'])} out {fmt(s['other_group_peer'])}"
+
     return " | ".join(
         f"{layer} self {fmt(s['self'])} sim {fmt(s['similar_peer'])} dis {fmt(s['dissimilar_peer'])} "
-        f"r {fmt(s['corr_with_similarity'], True)}"
+        f"r {fmt(s['corr_with_similarity'], True)}{groups(s)}"
         for layer, s in stats["layers"].items()
     )

@@ -2,7 +2,9 @@
 
 Each client's share is split once into test (``partition.test_fraction``) and the rest, and the rest
 once more into train and validation (``partition.val_fraction`` of it). Validation is what any choice
-(best round, hyperparameters) may look at; the test split is only ever reported.
+(best round, hyperparameters) may look at; the test split is only ever reported. With feature skew
+(``partition.feature``), every image of a client goes through its group's transform
+(pfedla/datasets/feature_skew.py).
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import numpy as np
 import torch
 
 from pfedla.compute import REFERENCE, Compute
+from pfedla.datasets.feature_skew import assign_groups, check_feature, level_of, transform
 from pfedla.datasets.partition import (
+    STREAM_FEATURE,
     STREAM_FRACTION,
+    STREAM_GROUPS,
     STREAM_SPLIT,
     STREAM_VAL,
     check_feasible,
@@ -36,7 +41,10 @@ class FederatedData:
     test_x: list[torch.Tensor]
     test_y: list[torch.Tensor]
     num_classes: int
-    fingerprint: str  # sha256 of the pooled indices per client: equal strings => identical split
+    fingerprint: str  # sha256 of the pooled indices per client (and groups): equal strings => identical split
+    groups: list[int] | None = None  # each client's feature-skew group (None: no feature skew)
+    feature: str = "none"  # the transform that tells the groups apart
+    client_ids: list[int] | None = None  # each client's id in the whole partition (None: 0..N-1)
 
     @property
     def num_clients(self) -> int:
@@ -58,6 +66,20 @@ class FederatedData:
     def test_sizes(self) -> list[int]:
         return [len(y) for y in self.test_y]
 
+    @property
+    def ids(self) -> list[int]:
+        """Each client's id in the whole partition (differs from its position once clients are held out)."""
+        return list(range(self.num_clients)) if self.client_ids is None else list(self.client_ids)
+
+    def clients(self, positions: list[int]) -> FederatedData:
+        """The federation of only these clients (by position), keeping their ids, groups and the fingerprint."""
+        pick = lambda ts: [ts[p] for p in positions]  # noqa: E731
+        return FederatedData(
+            pick(self.train_x), pick(self.train_y), pick(self.val_x), pick(self.val_y), pick(self.test_x),
+            pick(self.test_y), self.num_classes, self.fingerprint,
+            None if self.groups is None else pick(self.groups), self.feature, pick(self.ids),
+        )
+
     def split(self, name: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(xs, ys) of ``train``, ``val`` or ``test``."""
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
@@ -68,7 +90,8 @@ class FederatedData:
         images = lambda ts: [compute.laid_out(t.to(device)) for t in ts]  # noqa: E731
         return FederatedData(
             images(self.train_x), move(self.train_y), images(self.val_x), move(self.val_y),
-            images(self.test_x), move(self.test_y), self.num_classes, self.fingerprint,
+            images(self.test_x), move(self.test_y), self.num_classes, self.fingerprint, self.groups, self.feature,
+            self.client_ids,
         )
 
     def class_counts(self) -> list[list[int]]:
@@ -91,31 +114,57 @@ class FederatedData:
             "train_class_counts": counts(self.train_y),
             "val_class_counts": counts(self.val_y),
             "test_class_counts": counts(self.test_y),
+            "feature": self.feature,
+            "groups": self.groups,
         }
 
 
 def build_federated_data(cfg) -> FederatedData:
-    """Pool the dataset, take the seeded subset, partition, split each client once into train/val/test."""
+    """Pool the dataset, take the seeded subset, partition, split each client once into train/val/test,
+    and (feature skew) pass each client's images through its group's transform."""
     pooled = load_pooled(cfg.dataset, cfg.seed)
     labels = pooled.labels.numpy()
+    part, num_clients = cfg.partition, cfg.federation.num_clients
     subset = stratified_subset(labels, cfg.dataset.fraction, rng_for(cfg.seed, STREAM_FRACTION))
     source = f"dataset={cfg.dataset.name} (dataset.fraction={cfg.dataset.fraction})"
-    check_feasible(cfg.partition, cfg.federation.num_clients, pooled.num_classes, len(subset), source)
-    clients = [subset[c] for c in partition(labels[subset], cfg.federation.num_clients, cfg.partition, cfg.seed)]
-    rest_idx, test_idx = split_train_test(clients, cfg.partition.test_fraction, rng_for(cfg.seed, STREAM_SPLIT))
-    train_idx, val_idx = split_train_test(rest_idx, cfg.partition.val_fraction, rng_for(cfg.seed, STREAM_VAL))
+    check_feasible(part, num_clients, pooled.num_classes, len(subset), source)
+    check_feature(part, num_clients, pooled.input_shape, source)
+    clients = [subset[c] for c in partition(labels[subset], num_clients, part, cfg.seed)]
+    rest_idx, test_idx = split_train_test(clients, part.test_fraction, rng_for(cfg.seed, STREAM_SPLIT))
+    train_idx, val_idx = split_train_test(rest_idx, part.val_fraction, rng_for(cfg.seed, STREAM_VAL))
     digest = hashlib.sha256()
     for parts in zip(train_idx, val_idx, test_idx):
         digest.update(b"|".join(np.asarray(p, dtype=np.int64).tobytes() for p in parts) + b";")
+    groups = None
+    if part.feature != "none":
+        groups = assign_groups(num_clients, part.groups, rng_for(cfg.seed, STREAM_GROUPS), part.group_of)
+        level = level_of(part.feature, part.feature_level)
+        digest.update(f"{part.feature}:{level!r}:{groups}".encode())
     take = lambda idx: [torch.as_tensor(i, dtype=torch.long) for i in idx]  # noqa: E731
-    tr, va, te = take(train_idx), take(val_idx), take(test_idx)
+    splits = {"train": take(train_idx), "val": take(val_idx), "test": take(test_idx)}
+
+    def images(split: str) -> list[torch.Tensor]:
+        xs = [pooled.images[i] for i in splits[split]]
+        if groups is None:
+            return xs
+        return [transform(x, part.feature, groups[c], level, _feature_generator(cfg.seed, c, split))
+                for c, x in enumerate(xs)]
+
     return FederatedData(
-        train_x=[pooled.images[i] for i in tr],
-        train_y=[pooled.labels[i] for i in tr],
-        val_x=[pooled.images[i] for i in va],
-        val_y=[pooled.labels[i] for i in va],
-        test_x=[pooled.images[i] for i in te],
-        test_y=[pooled.labels[i] for i in te],
+        train_x=images("train"),
+        train_y=[pooled.labels[i] for i in splits["train"]],
+        val_x=images("val"),
+        val_y=[pooled.labels[i] for i in splits["val"]],
+        test_x=images("test"),
+        test_y=[pooled.labels[i] for i in splits["test"]],
         num_classes=pooled.num_classes,
         fingerprint=digest.hexdigest()[:16],
+        groups=groups,
+        feature=part.feature,
     )
+
+
+def _feature_generator(seed: int, client: int, split: str) -> torch.Generator:
+    """The fixed random stream of one client's split for a random transform (noise): the same every run."""
+    stream = np.random.SeedSequence([seed, STREAM_FEATURE, client, ("train", "val", "test").index(split)])
+    return torch.Generator().manual_seed(int(stream.generate_state(1, dtype=np.uint64)[0] >> 1))

@@ -13,6 +13,8 @@ from pfedla.errors import ConfigError
 # Independent random streams derived from the run seed, so changing one use never shifts another.
 # (4 is pfedla.client's batch order, 6 its evaluation-time adaptation.)
 STREAM_FRACTION, STREAM_PARTITION, STREAM_SPLIT, STREAM_VAL = 1, 2, 3, 5
+STREAM_QUANTITY, STREAM_GROUPS, STREAM_FEATURE = 7, 8, 9
+QUANTITY_LAWS = ("none", "lognormal", "zipf")
 
 
 def rng_for(seed: int, stream: int) -> np.random.Generator:
@@ -30,8 +32,33 @@ def stratified_subset(labels: np.ndarray, fraction: float, rng: np.random.Genera
     return np.sort(np.concatenate(keep))
 
 
-def iid_partition(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
-    return [np.sort(part) for part in np.array_split(rng.permutation(len(labels)), num_clients)]
+def client_weights(num_clients: int, law: str, scale: float, rng: np.random.Generator) -> np.ndarray | None:
+    """Quantity skew: each client's relative size, drawn from a heavy-tailed law (None: equal sizes).
+
+    ``lognormal``: w_i = exp(scale * z_i), z_i ~ N(0, 1). ``zipf``: w_i = r_i^-scale for a seeded random
+    ranking r of 1..N (the largest client is 2^scale times the second). The label partitions then hand
+    out every class in proportion to these weights (on top of their own label skew)."""
+    if law == "none":
+        return None
+    if law == "lognormal":
+        weights = np.exp(scale * rng.standard_normal(num_clients))
+    elif law == "zipf":
+        weights = (1.0 + rng.permutation(num_clients)) ** -scale
+    else:
+        raise ConfigError(f"partition.quantity={law} is unknown; valid: {', '.join(QUANTITY_LAWS)}")
+    return weights / weights.sum()
+
+
+def _cuts(n: int, weights: np.ndarray) -> np.ndarray:
+    """Where to cut n items into len(weights) consecutive chunks of sizes proportional to weights."""
+    return (np.cumsum(weights)[:-1] / weights.sum() * n).astype(int)
+
+
+def iid_partition(labels: np.ndarray, num_clients: int, rng: np.random.Generator,
+                  weights: np.ndarray | None = None) -> list[np.ndarray]:
+    order = rng.permutation(len(labels))
+    parts = np.array_split(order, num_clients) if weights is None else np.split(order, _cuts(len(order), weights))
+    return [np.sort(part) for part in parts]
 
 
 def dirichlet_partition(
@@ -41,8 +68,10 @@ def dirichlet_partition(
     min_samples: int,
     rng: np.random.Generator,
     max_tries: int = 100,
+    weights: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Label skew: class c's samples go to clients in proportions p_c ~ Dir(alpha * 1_N).
+    """Label skew: class c's samples go to clients in proportions p_c ~ Dir(alpha * 1_N) (times the
+    clients' quantity-skew ``weights``, renormalised, where given).
 
     Draws are repeated up to ``max_tries`` times until every client has ``min_samples``; for very
     small alpha or many clients that may never happen, so the last draw is then topped up
@@ -55,6 +84,8 @@ def dirichlet_partition(
         for members in classes:
             members = rng.permutation(members)
             proportions = rng.dirichlet(np.full(num_clients, alpha))
+            if weights is not None:
+                proportions = proportions * weights / (proportions * weights).sum()
             cuts = (np.cumsum(proportions)[:-1] * len(members)).astype(int)
             for client, chunk in enumerate(np.split(members, cuts)):
                 parts[client].append(chunk)
@@ -80,9 +111,11 @@ def _top_up(clients: list[np.ndarray], min_samples: int) -> list[np.ndarray]:
 
 
 def pathological_partition(
-    labels: np.ndarray, num_clients: int, classes_per_client: int, rng: np.random.Generator
+    labels: np.ndarray, num_clients: int, classes_per_client: int, rng: np.random.Generator,
+    weights: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Each client holds exactly ``classes_per_client`` classes; a class is split evenly among its holders.
+    """Each client holds exactly ``classes_per_client`` classes; a class is split evenly among its holders
+    (in proportion to their quantity-skew ``weights``, where given).
 
     Classes are handed out least-held first (random tie-break), so holders are balanced across classes.
     """
@@ -105,7 +138,9 @@ def pathological_partition(
                 f"partition.classes_per_client={classes_per_client}: class {c} has {len(members)} samples "
                 f"for {len(holders)} holders; use fewer clients or a larger dataset.fraction"
             )
-        for client, chunk in zip(holders, np.array_split(members, len(holders))):
+        chunks = (np.array_split(members, len(holders)) if weights is None
+                  else np.split(members, _cuts(len(members), weights[holders])))
+        for client, chunk in zip(holders, chunks):
             parts[client].append(chunk)
     return [np.sort(np.concatenate(p)) for p in parts]
 
@@ -140,14 +175,15 @@ def check_feasible(cfg, num_clients: int, num_classes: int, num_samples: int, so
 
 
 def partition(labels: np.ndarray, num_clients: int, cfg, seed: int) -> list[np.ndarray]:
-    """Dispatch on ``cfg.name`` (the ``partition`` config node)."""
+    """Dispatch on ``cfg.name`` (the ``partition`` config node), with ``cfg.quantity``'s client sizes."""
     rng = rng_for(seed, STREAM_PARTITION)
+    weights = client_weights(num_clients, cfg.quantity, cfg.quantity_scale, rng_for(seed, STREAM_QUANTITY))
     if cfg.name == "iid":
-        clients = iid_partition(labels, num_clients, rng)
+        clients = iid_partition(labels, num_clients, rng, weights)
     elif cfg.name == "dirichlet":
-        clients = dirichlet_partition(labels, num_clients, cfg.alpha, cfg.min_samples, rng, cfg.max_tries)
+        clients = dirichlet_partition(labels, num_clients, cfg.alpha, cfg.min_samples, rng, cfg.max_tries, weights)
     elif cfg.name == "pathological":
-        clients = pathological_partition(labels, num_clients, cfg.classes_per_client, rng)
+        clients = pathological_partition(labels, num_clients, cfg.classes_per_client, rng, weights)
     else:
         raise ConfigError(f"partition={cfg.name} is unknown; valid: dirichlet, pathological, iid")
     smallest = min(range(num_clients), key=lambda i: len(clients[i]))

@@ -1,4 +1,5 @@
-"""Partition figure: one stacked bar per client, one colour per class (train + val + test samples)."""
+"""Partition figure: one stacked bar per client, one colour per class (train + val + test samples); with
+feature skew, each client's group under its number (``g0``, ``g1``, ...)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,13 @@ def plot_partition(summary: dict, path: str | Path, title: str = "Client data pa
     ax.set_xlabel("client")
     ax.set_ylabel("samples (train + val + test)")
     ax.set_title(title)
+    groups = summary.get("groups")
     if num_clients <= 50:
         ax.set_xticks(np.arange(num_clients))
+        if groups is not None:
+            ax.set_xticklabels([f"{i}\ng{g}" for i, g in enumerate(groups)], fontsize=7)
+    if groups is not None:
+        ax.set_xlabel(f"client (g: {summary.get('feature', 'feature')} group)")
     if num_classes <= 20:
         ax.legend(title="class", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
     fig.tight_layout()
