@@ -77,7 +77,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _scores(summaries: list[dict], which: str, key: str) -> tuple[float, float] | None:
-    values = [x[which][key] for x in summaries if x.get(which)]
+    values = [x[which][key] for x in summaries if x.get(which) and key in x[which]]
     return _mean_std(values) if len(values) == len(summaries) else None
 
 
@@ -97,10 +97,22 @@ def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
             "wall": statistics.fmean([x["wall_seconds"] for x in s]),
             "rounds": max(x["rounds"] for x in s),
             "alpha": _mean_alpha_stats([x["alpha_stats"] for x in s if x.get("alpha_stats")]),
+            "unseen": _scores(s, "unseen", "test/acc_mean"),  # held-out clients (pfedla/unseen.py)
+            "unseen_adapted": _scores(s, "unseen", "test/adapted_acc_mean"),
+            "by_group": _mean_by_group(s),
             "spread": _mean_spread(s, "best", "client_acc"),
             "spread_adapted": _mean_spread(s, "best_adapted", "adapted_client_acc"),
         })
     return rows
+
+
+def _mean_by_group(summaries: list[dict]) -> dict | None:
+    """Feature skew: per client group, the mean and worst client of (a) at the best-validation round, averaged
+    over seeds (None without groups)."""
+    groups = [x["best"].get("spread_by_group") for x in summaries if x.get("best")]
+    if not groups or any(g is None for g in groups):
+        return None
+    return {g: {k: statistics.fmean(by[g][k] for by in groups) for k in ("mean", "worst")} for g in groups[0]}
 
 
 def _mean_spread(summaries: list[dict], which: str, key: str) -> dict | None:
@@ -177,6 +189,35 @@ def spread_markdown(rows: list[dict]) -> list[str]:
             figures += (["–"] * 4 if sp is None else
                         [f"{100 * sp[k]:.2f}" for k in ("mean", "std", "worst", "worst10pct_mean")])
         lines.append(f"| {r['label']} | " + " | ".join(figures) + " |")
+    with_groups = [r for r in rows if r["by_group"]]
+    if with_groups:
+        names = list(with_groups[0]["by_group"])
+        lines += ["", "Per feature-skew group (score (a) at the best-validation round, %): mean / worst client.", "",
+                  "| algorithm | " + " | ".join(f"group {g}" for g in names) + " |",
+                  "| --- |" + " --- |" * len(names)]
+        for r in with_groups:
+            cells = [f"{100 * r['by_group'][g]['mean']:.2f} / {100 * r['by_group'][g]['worst']:.2f}"
+                     if g in r["by_group"] else "–" for g in names]
+            lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def unseen_markdown(rows: list[dict]) -> list[str]:
+    """Seen vs held-out clients (federation.unseen_fraction), for the rows that have held-out clients."""
+    with_unseen = [r for r in rows if r["unseen"] is not None]
+    if not with_unseen:
+        return []
+
+    def pct(ms):
+        return "–" if ms is None else f"{100 * ms[0]:.2f}" + (f" ± {100 * ms[1]:.2f}" if ms[1] else "")
+
+    lines = ["Clients never seen in training, personalized for after the last round by each method's own recipe "
+             "(pfedla/unseen.py), next to the trained clients' final scores (%, mean ± std over seeds).", "",
+             "| algorithm | seen (a) final | seen (b) final | unseen (a) | unseen (b) |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in with_unseen:
+        lines.append(f"| {r['label']} | {pct(r['final'])} | {pct(r['final_adapted'])} | {pct(r['unseen'])} "
+                     f"| {pct(r['unseen_adapted'])} |")
     return lines
 
 
@@ -196,6 +237,9 @@ def alpha_markdown(rows: list[dict]) -> list[str]:
 def render_markdown(rows: list[dict], jobs: list[Job], sweep_dir: Path) -> str:
     lines = [f"# Sweep report: `{sweep_dir}`", "", SCORES_EXPLAINED, "", *table_markdown(rows),
              "", "## Spread over clients", "", *spread_markdown(rows)]
+    unseen = unseen_markdown(rows)
+    if unseen:
+        lines += ["", "## Clients never seen in training", "", *unseen]
     alpha = alpha_markdown(rows)
     if alpha:
         lines += ["", "## What alpha learned", "", *alpha]

@@ -35,6 +35,7 @@ from pfedla.outputs import build_summary, write_json
 from pfedla.sampling import clients_per_round
 from pfedla.search import objective_value
 from pfedla.server import PHASES, FederatedModule
+from pfedla.unseen import evaluate_unseen, hold_out
 from pfedla.validate import validate_config
 from pfedla.viz.callbacks import Figures, PartitionFiles, RoundProgress
 from pfedla.viz.wandb_logger import finish, make_wandb_logger
@@ -54,8 +55,9 @@ def setup(cfg: DictConfig) -> FederatedModule:
     """Everything before training: validation, data, model, algorithm; ``trainer.devices=auto`` becomes a
     number in ``cfg`` (pfedla/compute.py). Raises ConfigError early."""
     validate_config(cfg)
-    data = build_federated_data(cfg)
+    partition = build_federated_data(cfg)
     fed = cfg.federation
+    data, unseen = hold_out(partition, fed.unseen_fraction, cfg.seed)  # held-out clients never train
     with open_dict(cfg):
         cfg.trainer.devices = choose_processes(
             cfg.trainer, runs_on_cpu(cfg.trainer.accelerator), round(sum(data.train_sizes) * fed.participation),
@@ -63,7 +65,7 @@ def setup(cfg: DictConfig) -> FederatedModule:
     torch.manual_seed(cfg.seed)  # every client starts from this one initial model
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     algorithm = build_algorithm(cfg.algorithm, model, data.num_clients)
-    return FederatedModule(model, algorithm, data, cfg)
+    return FederatedModule(model, algorithm, data, cfg, unseen, partition)
 
 
 def is_distributed(cfg: DictConfig) -> bool:
@@ -75,6 +77,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, wandb_logger=None, figures: boo
     callbacks = [RoundCheckpoint(run_dir / "checkpoints" / "last.ckpt", cfg.checkpoint.every)]
     if figures:
         title = f"{cfg.dataset.name} / {cfg.partition.name} partition"
+        if cfg.partition.feature != "none":
+            title += f" x {cfg.partition.groups} {cfg.partition.feature} groups"
         callbacks += [PartitionFiles(run_dir, title, wandb_logger), Figures(run_dir, cfg.viz.every, wandb_logger)]
     if cfg.trainer.progress_bar:
         callbacks.append(RoundProgress())
@@ -167,16 +171,23 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
 
     algorithm = module.algorithm
     communication = {"bytes_down": int(algorithm.bytes_down), "bytes_up": int(algorithm.bytes_up)}
-    summary = build_summary(module.history, resolved, wall_seconds, communication, module.rounds_done)
+    summary = build_summary(module.history, resolved, wall_seconds, communication, module.rounds_done,
+                            module.data.groups)
     summary["partition_fingerprint"] = module.data.fingerprint
     summary["rejected_updates"] = module.rejected  # [round, client] pairs with NaN/Inf, never applied
     summary["processes"] = trainer.world_size
     summary["compute"] = compute_summary(module)
     summary["timing"] = timing_summary(module.timings)
     summary["objective"] = objective_value(module.history)  # what hparams_search maximises (validation only)
-    summary.update(algorithm.summary_fields(module.data.class_counts()))
+    summary.update(algorithm.summary_fields(module.data.class_counts(), module.data.groups))
     if not trainer.is_global_zero:
         return summary  # rank zero writes the run's files
+    if module.data.client_ids is not None:
+        summary["clients"] = module.data.ids  # partition ids of the training federation's clients
+    if module.unseen is not None and not module.stopped_by_signal:
+        started_unseen = time.perf_counter()
+        summary["unseen"] = evaluate_unseen(module, module.unseen)
+        summary["unseen"]["wall_seconds"] = time.perf_counter() - started_unseen
     algorithm.write_artifacts(run_dir)
     if module.stopped_by_signal:
         summary["stopped_by_signal"] = module.stopped_by_signal
@@ -195,6 +206,12 @@ def result_line(summary: dict) -> str:
         if final is not None:
             key = f"test/{prefix}acc_mean"
             parts.append(f"{score} {key} {final[key]:.4f} final, {best[key]:.4f} at round {best['round']} (best val)")
+    unseen = summary.get("unseen")
+    if unseen:
+        held_out = f"(a) {unseen['test/acc_mean']:.4f}"
+        if "test/adapted_acc_mean" in unseen:
+            held_out += f", (b) {unseen['test/adapted_acc_mean']:.4f}"
+        parts.append(f"{len(unseen['clients'])} unseen clients: {held_out}")
     return f"round {summary['rounds']}: " + ("; ".join(parts) or "not evaluated yet")
 
 

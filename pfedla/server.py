@@ -61,12 +61,15 @@ def _all_finite(params: dict, buffers: dict, loss: torch.Tensor) -> torch.Tensor
 
 
 class FederatedModule(L.LightningModule):
-    def __init__(self, model: nn.Module, algorithm: Algorithm, data: FederatedData, cfg):
+    def __init__(self, model: nn.Module, algorithm: Algorithm, data: FederatedData, cfg,
+                 unseen: FederatedData | None = None, partition: FederatedData | None = None):
         super().__init__()
         self.automatic_optimization = False  # the algorithm owns every update
         self.arch = [model]  # architecture only (functional_call swaps in each client's tensors); not state
         self.algorithm = algorithm
-        self.data = data
+        self.data = data  # the training federation
+        self.unseen = unseen  # clients held out of every round (federation.unseen_fraction; pfedla/unseen.py)
+        self.partition = data if partition is None else partition  # every client, held out or not
         self.cfg = cfg
         self.run_dir = None  # where metrics.csv is kept current (set by run()); None: nowhere
         self.client_trainer = train_client  # the seam tests use to observe what a client starts from
@@ -226,30 +229,38 @@ class FederatedModule(L.LightningModule):
         clients = ranks.share(everyone, [a + b for a, b in zip(self.data.train_sizes, self.data.test_sizes)])
         with timer("eval"):
             models = self.algorithm.personalized_models(clients)
-            scores = {"personalized": self._score(clients, models)}
+            scores = {"personalized": self.score(self.data, clients, models)}
         if adapt and self.algorithm.adapts:
             with timer("adapt"):
                 trained = self._train_clients(clients, dict(zip(clients, models)), STREAM_ADAPT_BATCHES)
             with timer("eval"):
-                scores["adapted"] = self._score(clients, [ClientModel(p, b) for p, b, _ in trained])
-        # clone(): _score's results are inference tensors, which in-place collectives must not touch
+                scores["adapted"] = self.score(self.data, clients, [ClientModel(p, b) for p, b, _ in trained])
+        # clone(): score()'s results are inference tensors, which in-place collectives must not touch
         return {score: {split: ranks.sum(a.clone()) for split, a in by_split.items()}
                 for score, by_split in scores.items()}
 
+    def partition_summary(self) -> dict:
+        """What partition.json holds: every client of the partition, and which were held out of training."""
+        summary = self.partition.summary()
+        if self.unseen is not None:
+            summary["unseen_clients"] = self.unseen.ids
+        return summary
+
     @torch.inference_mode()
-    def _score(self, clients: list[int], models: list[ClientModel]) -> dict[str, torch.Tensor]:
-        """{split: accuracy [N] (zeros for clients not in ``clients``)} on the validation and test splits."""
+    def score(self, data: FederatedData, clients: list[int], models: list[ClientModel]) -> dict[str, torch.Tensor]:
+        """{split: accuracy [N] (zeros for clients not in ``clients``)} of ``data``'s clients (by position) on
+        their validation and test splits."""
         out = {}
         for split in ("val", "test"):
-            xs, ys = self.data.split(split)
+            xs, ys = data.split(split)
             if self.cfg.client.engine == "vmap":
                 preds = predict_clients_vmap(self.model, [(m.params, m.buffers) for m in models],
                                              [xs[i] for i in clients], compute=self.compute)
             else:
                 preds = [predict(self.model, m.params, m.buffers, xs[i], self.cfg.trainer.eval_batch_size,
                                  self.compute) for m, i in zip(models, clients)]
-            accs = torch.zeros(self.data.num_clients, device=self.device)
+            accs = torch.zeros(data.num_clients, device=self.device)
             for i, p in zip(clients, preds):
-                accs[i] = multiclass_accuracy(p, ys[i], num_classes=self.data.num_classes, average="micro")
+                accs[i] = multiclass_accuracy(p, ys[i], num_classes=data.num_classes, average="micro")
             out[split] = accs
         return out

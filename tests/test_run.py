@@ -118,6 +118,16 @@ def test_a_typo_in_a_key_fails_at_composition_naming_the_key():
         ("partition=pathological partition.classes_per_client=11", "partition.classes_per_client"),
         ("algorithm=heurpfedla algorithm.k=5", "algorithm.k"),
         ("dataset.fraction=0", "dataset.fraction"),
+        # feature / quantity skew (pfedla/datasets/feature_skew.py)
+        ("partition.feature=colour", "partition.feature=colour needs colour images"),
+        ("partition.feature=rotation partition.groups=5", "partition.groups"),
+        ("partition.feature=rotation partition.groups=2 partition.group_of=[0,1]", "partition.group_of"),
+        ("partition.feature=warp", "partition.feature"),
+        ("partition.quantity=pareto", "partition.quantity"),
+        # clients held out of training (pfedla/unseen.py)
+        ("federation.unseen_fraction=1.0", "federation.unseen_fraction"),
+        ("federation.num_clients=2 federation.unseen_fraction=0.9", "federation.unseen_fraction"),
+        ("federation.unseen_fraction=0.3 federation.unseen_rounds=0", "federation.unseen_rounds"),
     ],
 )
 def test_bad_values_fail_before_training_naming_the_key(synthetic_cfg, tmp_path, override, key):

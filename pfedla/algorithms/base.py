@@ -62,9 +62,20 @@ class Algorithm(nn.Module):
         """``personalized_model`` for several clients (algorithms override it to batch the work)."""
         return [self.personalized_model(i) for i in clients]
 
+    def personalize_new_client(self, initial: ClientModel, fit, rounds: int, generator: torch.Generator
+                               ) -> ClientModel:
+        """Score (a) for a client that never trained (pfedla/unseen.py), by the method's own recipe.
+
+        ``initial``: the untrained model every client started from (the new client's to change);
+        ``fit(model, r)``: a copy of ``model`` after the new client's local round r (client.*, its train
+        split), for r in 1..``rounds``; ``generator``: seeds whatever new parameters the recipe needs.
+        Server state is never changed."""
+        raise NotImplementedError(f"{type(self).__name__} has no recipe for clients never seen in training")
+
     # --- what a finished run adds to its summary and run dir ----------------------------------------
-    def summary_fields(self, class_counts) -> dict:
-        """Extra entries for summary.json; ``class_counts`` [N, C] is each client's label histogram."""
+    def summary_fields(self, class_counts, groups=None) -> dict:
+        """Extra entries for summary.json; ``class_counts`` [N, C] is each client's label histogram, ``groups``
+        each client's feature-skew group (None without feature skew)."""
         return {}
 
     def write_artifacts(self, run_dir) -> None:

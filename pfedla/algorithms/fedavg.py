@@ -22,6 +22,7 @@ class FedAvg(Algorithm):
         personal = set(self.personal_names(model))
         state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         self.shared_names = [n for n in state if n not in personal]
+        self.personal_tensor_names = [n for n in state if n in personal]
         # The global model: one row of shared tensors (parameters and BatchNorm statistics alike).
         self.global_model = StackedTensors.repeat({n: state[n] for n in self.shared_names}, 1)
 
@@ -65,6 +66,19 @@ class FedAvg(Algorithm):
         """FedAvg: the global model; FedBN: with the client's BatchNorm; Local: the client's own model."""
         return self._with_global(self.own_model(i))
 
+    @torch.no_grad()
+    def personalize_new_client(self, initial: ClientModel, fit, rounds: int, generator: torch.Generator
+                               ) -> ClientModel:
+        """FedAvg: the global model. FedBN: with, for the BatchNorm it has none of, the mean over the trained
+        clients' (FedBN's paper has no recipe for new clients; its score (b) adapts them locally)."""
+        model = self._with_global(initial)
+        for n in self.personal_tensor_names:
+            stacked = self.client_params[n] if n in model.params else self.client_buffers[n]
+            mean = stacked.double().mean(0)
+            (model.params if n in model.params else model.buffers)[n] = (
+                mean.to(stacked.dtype) if stacked.is_floating_point() else mean.round().to(stacked.dtype))
+        return model
+
     def _with_global(self, model: ClientModel) -> ClientModel:
         for n in self.shared_names:
             (model.params if n in model.params else model.buffers)[n] = self.global_model[n][0].clone()
@@ -92,3 +106,10 @@ class Local(FedAvg):
 
     def personal_names(self, model: nn.Module) -> list[str]:
         return [n for n, _ in [*model.named_parameters(), *model.named_buffers()]]
+
+    def personalize_new_client(self, initial: ClientModel, fit, rounds: int, generator: torch.Generator
+                               ) -> ClientModel:
+        """Local: the new client trains from scratch, for ``rounds`` local rounds."""
+        for r in range(1, rounds + 1):
+            initial = fit(initial, r)
+        return initial

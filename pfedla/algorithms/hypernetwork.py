@@ -35,6 +35,7 @@ class LayerwiseHypernetworks(nn.Module):
         lr: float = 5e-3,
         momentum: float = 0.0,
         optimizer: str = "sgd",
+        generator: torch.Generator | None = None,
     ):
         super().__init__()
         if normalisation not in NORMALISATIONS:
@@ -46,12 +47,14 @@ class LayerwiseHypernetworks(nn.Module):
         n = num_clients
         self.num_clients, self.num_layers, self.normalisation = n, num_layers, normalisation
         self.lr, self.momentum, self.optimizer = lr, momentum, optimizer
-        self.embeddings = nn.Parameter(torch.randn(n, embedding_dim))  # as nn.Embedding initialises
+        # generator: where the initial values come from (None: torch's global RNG)
+        self.embeddings = nn.Parameter(torch.randn(n, embedding_dim, generator=generator))  # as nn.Embedding does
         dims = [embedding_dim] + [hidden_dim] * hidden_layers
-        self.body_weights = nn.ParameterList([_linear_init(n, o, i) for i, o in zip(dims[:-1], dims[1:])])
-        self.body_biases = nn.ParameterList([_linear_init(n, o, i, bias=True) for i, o in zip(dims[:-1], dims[1:])])
-        self.head_weight = _linear_init(n, num_layers * n, dims[-1])
-        self.head_bias = _linear_init(n, num_layers * n, dims[-1], bias=True)
+        pairs = list(zip(dims[:-1], dims[1:]))
+        self.body_weights = nn.ParameterList([_linear_init(n, o, i, generator=generator) for i, o in pairs])
+        self.body_biases = nn.ParameterList([_linear_init(n, o, i, True, generator) for i, o in pairs])
+        self.head_weight = _linear_init(n, num_layers * n, dims[-1], generator=generator)
+        self.head_bias = _linear_init(n, num_layers * n, dims[-1], True, generator)
         if head_init == "uniform":
             # Constant equal scores: alpha_i^l = 1/N for every layer at round 1 (a FedAvg-like start).
             # Weights are zero, not the body: the heads still get gradient (outer product with h).
@@ -114,8 +117,9 @@ def _state_key(kind: str, name: str) -> str:
     return f"{kind}_" + name.replace(".", "_")
 
 
-def _linear_init(n: int, out_features: int, in_features: int, bias: bool = False) -> nn.Parameter:
+def _linear_init(n: int, out_features: int, in_features: int, bias: bool = False,
+                 generator: torch.Generator | None = None) -> nn.Parameter:
     # nn.Linear's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), independently for every client.
     bound = 1.0 / math.sqrt(in_features)
     shape = (n, out_features) if bias else (n, out_features, in_features)
-    return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+    return nn.Parameter(torch.empty(shape).uniform_(-bound, bound, generator=generator))

@@ -41,8 +41,37 @@ class PFedHN(Algorithm):
 
     def generate(self, clients: torch.Tensor) -> dict[str, torch.Tensor]:
         """theta for each of ``clients``: ``{name: Tensor[S, *shape]}``."""
-        h = self.body(self.embeddings(clients))
-        return {n: self.heads[tensor_key(n)](h).view(len(clients), *s) for n, s in self.shapes.items()}
+        return self.generate_from(self.embeddings(clients))
+
+    def generate_from(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+        """theta for each row of ``embeddings`` [S, embedding_dim]."""
+        h = self.body(embeddings)
+        return {n: self.heads[tensor_key(n)](h).view(len(embeddings), *s) for n, s in self.shapes.items()}
+
+    def personalize_new_client(self, initial: ClientModel, fit, rounds: int, generator: torch.Generator
+                               ) -> ClientModel:
+        """pFedHN's recipe for a new client (the paper's generalization experiment): the hypernetwork stays
+        frozen and only a new embedding is trained, each local round by the same objective and optimizer
+        settings as in training (hn_lr, momentum, weight decay, the gradient clipped to hn_max_grad_norm)."""
+        device = self.bytes_up.device
+        embedding = torch.randn(1, self.embeddings.embedding_dim, generator=generator).to(device)  # as nn.Embedding
+        velocity = torch.zeros_like(embedding) if self.momentum else None
+        buffers = initial.buffers
+        for r in range(1, rounds + 1):
+            leaf = embedding.detach().requires_grad_(True)
+            generated = self.generate_from(leaf)
+            sent = ClientModel({n: t[0].detach().clone() for n, t in generated.items()}, buffers)
+            trained = fit(sent, r)
+            names = list(generated)
+            (grad,) = torch.autograd.grad([generated[n][0] for n in names], [leaf],
+                                          grad_outputs=[sent.params[n] - trained.params[n] for n in names])
+            if self.max_grad_norm is not None:
+                grad = grad * torch.clamp(self.max_grad_norm / (torch.linalg.vector_norm(grad) + 1e-6), max=1.0)
+            with torch.no_grad():
+                sgd_step(embedding, grad, self.lr, self.momentum, self.weight_decay, velocity)
+            buffers = trained.buffers
+        with torch.no_grad():
+            return ClientModel({n: t[0] for n, t in self.generate_from(embedding).items()}, buffers)
 
     def begin_round(self, sampled: list[int]) -> None:
         super().begin_round(sampled)

@@ -48,10 +48,9 @@ class PFedLA(Algorithm):
                 f"({', '.join(self.layer_names)}); e.g. algorithm.k=1"
             )
         self.k = cfg.k
-        self.hypernetworks = LayerwiseHypernetworks(
-            num_clients, len(self.layers), cfg.embedding_dim, cfg.hidden_dim, cfg.hidden_layers,
-            cfg.normalisation, cfg.head_init, cfg.hn_lr, cfg.hn_momentum, cfg.hn_optimizer,
-        )
+        self.hn_settings = (len(self.layers), cfg.embedding_dim, cfg.hidden_dim, cfg.hidden_layers,
+                            cfg.normalisation, cfg.head_init, cfg.hn_lr, cfg.hn_momentum, cfg.hn_optimizer)
+        self.hypernetworks = LayerwiseHypernetworks(num_clients, *self.hn_settings)
         # HeurpFedLA: a layer a client keeps local is not uploaded, so the server's copy of it goes
         # stale while the client's own copy (client_params) moves on. pFedLA uploads everything.
         self.uploaded_params = None
@@ -137,10 +136,48 @@ class PFedLA(Algorithm):
     def personalized_model(self, i: int) -> ClientModel:
         return self.personalized_models([i])[0]
 
-    def summary_fields(self, class_counts) -> dict:
+    def personalize_new_client(self, initial: ClientModel, fit, rounds: int, generator: torch.Generator
+                               ) -> ClientModel:
+        """pFedLA's recipe for a new client: its own new hypernetwork and embedding (initialised as in
+        training, from ``generator``), fitted with the trained clients' models fixed. Each local round runs
+        the training round for this one client: theta_bar = sum_j alpha[j] theta_j over the N trained models
+        and its own (column N, starting from ``initial``), local training from theta_bar, a hypernetwork
+        step on <theta_bar, -Delta>, its own model <- the trained one. HeurpFedLA keeps its k layers of
+        largest self-weight its own, as in training."""
+        n, me = self.num_clients, torch.tensor([self.num_clients], device=self.bytes_up.device)
+        hypernetwork = LayerwiseHypernetworks(n + 1, *self.hn_settings, generator=generator).to(self.bytes_up.device)
+        pool = {name: torch.cat([t, initial.params[name][None].to(t.dtype)]) for name, t in self.server_view.items()}
+        buffers = initial.buffers
+        for r in range(1, rounds + 1):
+            rows = hypernetwork.rows(me)
+            alpha, retained = self._effective_alpha(hypernetwork.alpha(me, rows), me)
+            aggregated = aggregate(pool, alpha, self.layers)
+            sent = self._new_client_model(aggregated, pool, retained, buffers)
+            trained = fit(sent, r)
+            names = list(aggregated)
+            grads = torch.autograd.grad([aggregated[k] for k in names], list(rows.values()), allow_unused=True,
+                                        grad_outputs=[-(trained.params[k] - sent.params[k])[None] for k in names])
+            hypernetwork.step(me, dict(zip(rows, grads)))
+            with torch.no_grad():
+                for name in pool:
+                    pool[name][n] = trained.params[name]
+            buffers = trained.buffers
+        with torch.no_grad():
+            alpha, retained = self._effective_alpha(hypernetwork.alpha(me), me)
+            return self._new_client_model(aggregate(pool, alpha, self.layers), pool, retained, buffers)
+
+    def _new_client_model(self, aggregated: Tensors, pool: Tensors, retained, buffers) -> ClientModel:
+        """The new client's theta_bar (row 0 of ``aggregated``), its retained layers (HeurpFedLA) its own."""
+        params = {k: aggregated[k][0].detach().clone() for k in self.param_names}
+        for l, layer in enumerate(self.layer_names):
+            if retained is not None and retained[0, l]:
+                params.update({k: pool[k][-1].clone() for k in self.layers[layer]})
+        return ClientModel(params, buffers)
+
+    def summary_fields(self, class_counts, groups=None) -> dict:
         alpha, _ = self.current_alpha()
         return {"bytes_saved": int(self.bytes_saved),
-                "alpha_stats": alpha_statistics(alpha.cpu().numpy(), self.layer_names, class_counts)}
+                "alpha_stats": alpha_statistics(alpha.cpu().numpy(), self.layer_names, class_counts, groups)}
 
     def write_artifacts(self, run_dir) -> None:
         alpha, retained = self.current_alpha()
@@ -165,7 +202,7 @@ class PFedLA(Algorithm):
         self_weight = alpha[torch.arange(len(clients)), :, clients]  # [S, L]
         top = torch.argsort(self_weight.detach(), dim=1, descending=True, stable=True)[:, : self.k]
         retained = torch.zeros_like(self_weight, dtype=torch.bool).scatter_(1, top, True)
-        own = F.one_hot(clients, self.num_clients).to(alpha.dtype)[:, None, :].expand_as(alpha)
+        own = F.one_hot(clients, alpha.shape[-1]).to(alpha.dtype)[:, None, :].expand_as(alpha)
         return torch.where(retained[..., None], own, alpha), retained
 
     def _local_names(self, r: int) -> list[str]:

@@ -34,7 +34,7 @@ class PartitionFiles(L.Callback):
     def on_fit_start(self, trainer, module) -> None:
         if not trainer.is_global_zero:
             return
-        partition = module.data.summary()
+        partition = module.partition_summary()
         write_json(self.run_dir / "partition.json", partition)
         plot_partition(partition, self.run_dir / "partition.png", self.title)
         if self.wandb is not None:
