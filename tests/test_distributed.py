@@ -36,6 +36,10 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert sa["final"] == sb["final"] and sa["best"] == sb["best"]
+    for held_out in (sa.get("unseen"), sb.get("unseen")):  # clients never seen in training (pfedla/unseen.py)
+        if held_out:
+            held_out.pop("wall_seconds")
+    assert sa.get("unseen") == sb.get("unseen")
     assert sa["bytes_down"] == sb["bytes_down"] and sa["bytes_up"] == sb["bytes_up"]
     ta, tb = _state(a), _state(b)
     assert ta.keys() == tb.keys()
@@ -150,8 +154,10 @@ def test_auto_devices_runs_one_process_per_core_and_equals_the_explicit_run(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", [["algorithm=pfedla", "model=cnn_bn"], ["algorithm=fedavg"]],
-                         ids=["pfedla-bn", "fedavg"])
+@pytest.mark.parametrize("algorithm", [["algorithm=pfedla", "model=cnn_bn"], ["algorithm=fedavg"],
+                                       ["algorithm=pfedla", "federation.unseen_fraction=0.25",
+                                        "federation.unseen_rounds=2"]],
+                         ids=["pfedla-bn", "fedavg", "pfedla-unseen"])
 def test_two_processes_equal_one_process(tmp_path, algorithm):
     runs = {}
     for k in (1, 2):
@@ -159,7 +165,8 @@ def test_two_processes_equal_one_process(tmp_path, algorithm):
         proc = _cli(*SYNTHETIC, *algorithm, "federation.rounds=3", f"trainer.devices={k}", f"hydra.run.dir={runs[k]}")
         assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_run(runs[1], runs[2])
-    assert json.loads((runs[2] / "summary.json").read_text())["processes"] == 2
+    summary = json.loads((runs[2] / "summary.json").read_text())
+    assert summary["processes"] == 2 and ("unseen" in summary) == ("federation.unseen_fraction=0.25" in algorithm)
     assert _files(runs[2]) == _files(runs[1])  # rank 1 wrote nothing of its own, nothing twice
 
 
