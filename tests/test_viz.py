@@ -45,6 +45,12 @@ def test_heatmaps_show_alpha_with_receiving_client_on_rows(tmp_path, monkeypatch
     rows = alpha_long_format(expected, layers, 7)
     assert rows[2] == [7, layers[0], 0, 2, pytest.approx(float(expected[0, 0, 2]))]
 
+    # feature-skew groups: clients ordered by group, the same matrix permuted (client 0 of group 1 goes last)
+    shown.clear()
+    Figures(tmp_path, every=1).heatmaps(algo, round_idx=8, groups=[1, 0, 0, 1])
+    order = [1, 2, 0, 3]
+    np.testing.assert_allclose(shown[0], expected[:, 0, :][np.ix_(order, order)], rtol=1e-6)
+
 
 def test_offline_wandb_run_holds_heatmaps_alpha_table_and_metrics(synthetic_cfg, tmp_path, monkeypatch):
     from pfedla.run import run

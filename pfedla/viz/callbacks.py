@@ -99,12 +99,12 @@ class Figures(L.Callback):
     def on_train_epoch_end(self, trainer, module) -> None:
         r, due = module.round, module.round % self.every == 0 or module.round == trainer.max_epochs
         if trainer.is_global_zero and hasattr(module.algorithm, "current_alpha") and due:
-            self.heatmaps(module.algorithm, r)
+            self.heatmaps(module.algorithm, r, module.data.groups)
 
-    def heatmaps(self, algorithm, round_idx: int) -> None:
+    def heatmaps(self, algorithm, round_idx: int, groups=None) -> None:
         alpha, retained = (t.cpu().numpy() for t in algorithm.current_alpha())
         layers = list(algorithm.layer_names)
-        paths = save_heatmaps(alpha, retained, layers, round_idx, self.run_dir / "heatmaps")
+        paths = save_heatmaps(alpha, retained, layers, round_idx, self.run_dir / "heatmaps", groups)
         if self.wandb is not None:
             import wandb
 
