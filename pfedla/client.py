@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from pfedla import optim
 from pfedla.compute import REFERENCE, Compute
 
 Tensors = dict[str, torch.Tensor]
@@ -60,13 +61,8 @@ def train_client(
                 logits = functional_call(model, {**params, **buffers}, (x[batch],))
             loss = F.cross_entropy(logits.float(), y[batch])
             grads = torch.autograd.grad(loss, list(params.values()))
-            with torch.no_grad():  # the same ops as torch.optim.SGD, so results match it bit for bit
-                for (name, p), g in zip(params.items(), grads):
-                    if weight_decay:
-                        g = g.add(p, alpha=weight_decay)
-                    if momentum:
-                        g = velocity[name].mul_(momentum).add_(g)
-                    p.add_(g, alpha=-lr)
+            for (name, p), g in zip(params.items(), grads):  # torch.optim.SGD's own step (pfedla/optim.py)
+                optim.sgd(p, g, lr=lr, momentum=momentum, weight_decay=weight_decay, velocity=velocity.get(name))
             losses.append(loss.detach())
     return {k: v.detach() for k, v in params.items()}, buffers, torch.stack(losses).mean()
 

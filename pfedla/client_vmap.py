@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from pfedla import optim
 from pfedla.client import Tensors
 from pfedla.compute import REFERENCE, Compute
 
@@ -76,15 +77,10 @@ def train_clients_vmap(
             p = {n: v[rows] for n, v in params.items()}
             b = {n: v[rows] for n, v in buffers.items()}
             grads, (loss, new_b) = step(p, b, x, y)
-            with torch.no_grad():  # torch.optim.SGD's ops, as in the loop engine
-                for n in names:
-                    g = grads[n]
-                    if weight_decay:
-                        g = g.add(p[n], alpha=weight_decay)
-                    if momentum:
-                        g = velocity[n][rows].mul_(momentum).add_(g)
-                        velocity[n][rows] = g
-                    params[n][rows] = p[n].add(g, alpha=-lr)
+            for n in names:  # torch.optim.SGD's own step on these clients' rows (pfedla/optim.py), as in the loop
+                optim.sgd(params[n], grads[n], lr=lr, momentum=momentum, weight_decay=weight_decay,
+                          velocity=velocity.get(n), rows=rows)
+            with torch.no_grad():
                 for n in buffers:
                     buffers[n][rows] = new_b[n]
             for k, c in enumerate(members):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pfedla.algorithms.stacked import adam_step, sgd_step
+from pfedla import optim
 from pfedla.errors import ConfigError
 
 NORMALISATIONS = ("relu", "softmax")
@@ -94,13 +94,14 @@ class LayerwiseHypernetworks(nn.Module):
             self.adam_steps[clients] += 1
             for name, p in self.named_parameters():
                 if grads.get(name) is not None:
-                    adam_step(p, grads[name], self.lr, getattr(self, _state_key("exp_avg", name)),
-                              getattr(self, _state_key("exp_avg_sq", name)), self.adam_steps[clients], clients)
+                    optim.adam(p, grads[name], lr=self.lr, exp_avg=getattr(self, _state_key("exp_avg", name)),
+                               exp_avg_sq=getattr(self, _state_key("exp_avg_sq", name)),
+                               steps=self.adam_steps[clients], rows=clients)
             return
         for name, p in self.named_parameters():
             if grads.get(name) is not None:
                 buffer = getattr(self, _state_key("momentum", name)) if self.momentum else None
-                sgd_step(p, grads[name], self.lr, self.momentum, momentum_buffer=buffer, rows=clients)
+                optim.sgd(p, grads[name], lr=self.lr, momentum=self.momentum, velocity=buffer, rows=clients)
 
 
 def normalise(scores: torch.Tensor, clients: torch.Tensor, how: str) -> torch.Tensor:

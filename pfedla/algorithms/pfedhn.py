@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pfedla import optim
 from pfedla.algorithms.base import Algorithm
-from pfedla.algorithms.stacked import ClientModel, nbytes, sgd_step, tensor_key
+from pfedla.algorithms.stacked import ClientModel, nbytes, tensor_key
 
 
 class PFedHN(Algorithm):
@@ -68,7 +69,8 @@ class PFedHN(Algorithm):
             if self.max_grad_norm is not None:
                 grad = grad * torch.clamp(self.max_grad_norm / (torch.linalg.vector_norm(grad) + 1e-6), max=1.0)
             with torch.no_grad():
-                sgd_step(embedding, grad, self.lr, self.momentum, self.weight_decay, velocity)
+                optim.sgd(embedding, grad, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                          velocity=velocity)
             buffers = trained.buffers
         with torch.no_grad():
             return ClientModel({n: t[0] for n, t in self.generate_from(embedding).items()}, buffers)
@@ -118,7 +120,7 @@ class PFedHN(Algorithm):
             for (name, p), g in zip(params, grads):
                 if g is not None:
                     buffer = getattr(self, tensor_key("momentum." + name)) if self.momentum else None
-                    sgd_step(p, g, self.lr, self.momentum, self.weight_decay, buffer)
+                    optim.sgd(p, g, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, velocity=buffer)
         for i, trained in self._trained.items():
             self.client_params.set_row(i, trained.params)
             self.client_buffers.set_row(i, trained.buffers)
