@@ -47,9 +47,14 @@ def test_heatmaps_show_alpha_with_receiving_client_on_rows(tmp_path, monkeypatch
 
     # feature-skew groups: clients ordered by group, the same matrix permuted (client 0 of group 1 goes last)
     shown.clear()
-    Figures(tmp_path, every=1).heatmaps(algo, round_idx=8, groups=[1, 0, 0, 1])
+    labels = []
+    real_labels = matplotlib.axes.Axes.set_yticklabels
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yticklabels",
+                        lambda ax, names, **kw: (labels.append(list(names)), real_labels(ax, names, **kw))[1])
+    Figures(tmp_path, every=1).heatmaps(algo, round_idx=8, groups=[1, 0, 0, 1], ids=[10, 11, 12, 13])
     order = [1, 2, 0, 3]
     np.testing.assert_allclose(shown[0], expected[:, 0, :][np.ix_(order, order)], rtol=1e-6)
+    assert labels[0] == ["11:0", "12:0", "10:1", "13:1"]  # partition id : group, in group order
 
 
 def test_offline_wandb_run_holds_heatmaps_alpha_table_and_metrics(synthetic_cfg, tmp_path, monkeypatch):

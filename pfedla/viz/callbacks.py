@@ -99,12 +99,12 @@ class Figures(L.Callback):
     def on_train_epoch_end(self, trainer, module) -> None:
         r, due = module.round, module.round % self.every == 0 or module.round == trainer.max_epochs
         if trainer.is_global_zero and hasattr(module.algorithm, "current_alpha") and due:
-            self.heatmaps(module.algorithm, r, module.data.groups)
+            self.heatmaps(module.algorithm, r, module.data.groups, module.data.ids)
 
-    def heatmaps(self, algorithm, round_idx: int, groups=None) -> None:
+    def heatmaps(self, algorithm, round_idx: int, groups=None, ids=None) -> None:
         alpha, retained = (t.cpu().numpy() for t in algorithm.current_alpha())
         layers = list(algorithm.layer_names)
-        paths = save_heatmaps(alpha, retained, layers, round_idx, self.run_dir / "heatmaps", groups)
+        paths = save_heatmaps(alpha, retained, layers, round_idx, self.run_dir / "heatmaps", groups, ids)
         if self.wandb is not None:
             import wandb
 
