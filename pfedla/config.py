@@ -132,6 +132,14 @@ class AveragingConfig:
 
 
 @dataclass
+class PersonalHeadConfig:
+    """fedper (personal head), lgfedavg (personal body, global head)."""
+
+    name: str = MISSING
+    head_layers: int = MISSING  # the model's last layers that form the head
+
+
+@dataclass
 class LoggerConfig:
     name: str = MISSING
     # wandb only
@@ -173,6 +181,7 @@ def register_configs() -> None:
     cs.store(group="algorithm", name="schema_pfedla", node=PFedLAConfig)
     cs.store(group="algorithm", name="schema_pfedhn", node=PFedHNConfig)
     cs.store(group="algorithm", name="schema_averaging", node=AveragingConfig)
+    cs.store(group="algorithm", name="schema_personal_head", node=PersonalHeadConfig)
     cs.store(group="logger", name="schema", node=LoggerConfig)
 
 

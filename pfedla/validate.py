@@ -120,6 +120,8 @@ def validate_config(cfg) -> None:
             _check(algo.k >= 1, "algorithm.k", algo.k, "must be >= 1 for heurpfedla (k=0 is pfedla)", "2")
         else:
             _check(algo.k >= 0, "algorithm.k", algo.k, "must be >= 0", "0")
+    if algo.name in ("fedper", "lgfedavg"):
+        _check(algo.head_layers >= 0, "algorithm.head_layers", algo.head_layers, "must be >= 0", "1")
     if algo.name == "pfedhn":
         _check(algo.hn_lr > 0, "algorithm.hn_lr", algo.hn_lr, "must be > 0", "0.01")
         _check(0 <= algo.hn_momentum < 1, "algorithm.hn_momentum", algo.hn_momentum, "must be in [0, 1)", "0.9")

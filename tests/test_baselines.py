@@ -175,3 +175,50 @@ def test_pfedhn_round_applies_the_sum_of_each_clients_clipped_gradient(max_norm)
         assert all(n > max_norm for n in norms), "the test needs clipping to bind for both clients"
     for n, p in algo.named_parameters():
         torch.testing.assert_close(p.detach(), expected[n], rtol=1e-9, atol=1e-12, msg=n)
+
+
+def test_fedper_and_lgfedavg_split_the_model_at_the_head():
+    from omegaconf import OmegaConf
+
+    from pfedla.algorithms.fedavg import FedPer, LGFedAvg
+
+    model = tiny_model(batch_norm=True)
+    every = {n for n, _ in [*model.named_parameters(), *model.named_buffers()]}
+    head = {"fc3.weight", "fc3.bias"}  # tiny_model's last layer
+    one = OmegaConf.create({"name": "fedper", "head_layers": 1})
+    assert set(FedPer(model, 2, one).personal_names(model)) == head
+    assert set(LGFedAvg(model, 2, one).personal_names(model)) == every - head
+    with pytest.raises(ConfigError, match="algorithm.head_layers=99"):
+        FedPer(model, 2, OmegaConf.create({"name": "fedper", "head_layers": 99}))
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.algorithm.state_dict().items() if k.startswith("client_")}
+
+
+@pytest.mark.parametrize("method, reduces_to", [("fedper", "fedavg"), ("lgfedavg", "local")])
+def test_nothing_personal_fedper_is_fedavg_and_everything_personal_lgfedavg_is_local(
+        synthetic_cfg, tmp_path, method, reduces_to):
+    # head_layers=0: FedPer keeps nothing personal (FedAvg), LG-FedAvg keeps everything (Local); same ops, same bits
+    runs = {}
+    for name, extra in ((method, ["algorithm.head_layers=0"]), (reduces_to, [])):
+        module = setup(synthetic_cfg(f"algorithm={name}", "model=cnn_bn", "federation.adapt_every=0", *extra))
+        summary = run(module.cfg, tmp_path / name, module=module)
+        runs[name] = (summary, _state(module))
+    assert runs[method][0]["final"] == runs[reduces_to][0]["final"]
+    a, b = runs[method][1], runs[reduces_to][1]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fedper_keeps_its_head_personal_and_lgfedavg_its_body(synthetic_cfg, tmp_path):
+    cases = (("fedper", "fc3.weight", "conv1.weight"), ("lgfedavg", "conv1.weight", "fc3.weight"))
+    for method, personal, shared in cases:
+        module = setup(synthetic_cfg(f"algorithm={method}", "federation.rounds=1", "federation.adapt_every=0"))
+        run(module.cfg, tmp_path / method, module=module)
+        algo = module.algorithm
+        rows = algo.client_params[personal]
+        assert not torch.equal(rows[0], rows[1]), f"{method}: {personal} should differ between clients"
+        sent = [algo.personalized_model(i).params[shared] for i in range(2)]
+        assert torch.equal(sent[0], sent[1]) and shared in algo.shared_names
+        model_bytes = sum(t[0].numel() * t.element_size() for t in algo.client_params.as_dict().values())
+        assert 0 < int(algo.bytes_down) < 4 * model_bytes  # 4 clients, 1 round: less than whole models

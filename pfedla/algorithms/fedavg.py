@@ -2,8 +2,12 @@
 
 FedAvg (McMahan et al., 2017): everything shared; sample-weighted average of the round's trained
 models; evaluated as the global model. FedBN (Li et al., ICLR 2021): BatchNorm modules, selected
-by type, keep affine parameters and running statistics per client. Local: everything personal,
-nothing communicated. Each is a choice of ``personal_names``.
+by type, keep affine parameters and running statistics per client. FedPer (Arivazhagan et al., 2019):
+the last ``head_layers`` layers (the personalization layers) per client, the base averaged. LG-FedAvg
+(Liang et al., 2020): the other way round, local representation layers and a global head. Local:
+everything personal, nothing communicated. Each is a choice of ``personal_names``; bytes count only
+what is shared. A client never seen in training gets the shared part and the trained clients' mean of
+the personal part (``personalize_new_client``); its score (b) adapts that locally.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from torch import nn
 from pfedla.algorithms.base import Algorithm
 from pfedla.algorithms.stacked import ClientModel, StackedTensors, nbytes
 from pfedla.errors import ConfigError
+from pfedla.models.layers import layer_groups
 
 
 class FedAvg(Algorithm):
@@ -99,6 +104,31 @@ class FedBN(FedAvg):
                 "try model=cnn_bn"
             )
         return names
+
+
+def head_tensors(model: nn.Module, head_layers: int) -> list[str]:
+    """Parameters and buffers of the model's last ``head_layers`` layers (modules with parameters, in order)."""
+    layers = list(layer_groups(model, "module"))
+    if not 0 <= head_layers <= len(layers):
+        raise ConfigError(f"algorithm.head_layers={head_layers} must be in [0, {len(layers)}] for the "
+                          f"{len(layers)} layers of this model ({', '.join(layers)}); e.g. algorithm.head_layers=1")
+    head = set(layers[len(layers) - head_layers:])
+    return [n for n, _ in [*model.named_parameters(), *model.named_buffers()] if n.rsplit(".", 1)[0] in head]
+
+
+class FedPer(FedAvg):
+    def __init__(self, model: nn.Module, num_clients: int, cfg):
+        self.head_layers = cfg.head_layers  # read by personal_names during FedAvg's set-up
+        super().__init__(model, num_clients, cfg)
+
+    def personal_names(self, model: nn.Module) -> list[str]:
+        return head_tensors(model, self.head_layers)
+
+
+class LGFedAvg(FedPer):
+    def personal_names(self, model: nn.Module) -> list[str]:
+        head = set(head_tensors(model, self.head_layers))
+        return [n for n, _ in [*model.named_parameters(), *model.named_buffers()] if n not in head]
 
 
 class Local(FedAvg):
