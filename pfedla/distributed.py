@@ -17,7 +17,7 @@ at the start and at every checkpoint.
 Lightning provides what it is good at: launching (its subprocess launcher, SLURM, torchelastic),
 the process group (gloo on CPU, NCCL on GPU), rank/device assignment and ``num_nodes``. Its
 DistributedDataParallel wrapper is skipped: no gradient is all-reduced in federated learning.
-Ranks other than zero write nothing; they are started as ``python -m pfedla.distributed`` with the
+Ranks other than zero write nothing; they are started as ``python -m pfedla.rank`` with the
 already-composed config, so they never re-run Hydra (or a whole ``-m`` sweep).
 """
 
@@ -29,8 +29,6 @@ import math
 import os
 import subprocess
 import sys
-import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -203,7 +201,7 @@ class FederatedDDPStrategy(DDPStrategy):
 
 
 class RankLauncher(_SubprocessScriptLauncher):
-    """Starts local ranks 1..K-1 as ``python -m pfedla.distributed``, handing them the composed config."""
+    """Starts local ranks 1..K-1 as ``python -m pfedla.rank``, handing them the composed config."""
 
     def __init__(self, cluster_environment, num_processes: int, num_nodes: int, config: dict, run_dir: str):
         super().__init__(cluster_environment, num_processes, num_nodes)
@@ -217,7 +215,7 @@ class RankLauncher(_SubprocessScriptLauncher):
         for local_rank in range(1, self.num_processes):
             child_env = {**os.environ, "LOCAL_RANK": str(local_rank), ENV_CONFIG: json.dumps(self.config),
                          ENV_RUN_DIR: self.run_dir, "PFEDLA_PARENT_PID": str(os.getpid())}
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "pfedla.distributed"], env=child_env))
+            self.procs.append(subprocess.Popen([sys.executable, "-m", "pfedla.rank"], env=child_env))
 
 
 def launch_rank() -> int:
@@ -241,35 +239,3 @@ def restored_process_state():
         os.environ.clear()
         os.environ.update(environ)
         torch.set_num_threads(threads)
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """A launched rank must not outlive rank 0 (it would wait in a collective until the timeout)."""
-
-    def watch():
-        while True:
-            time.sleep(2)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="pfedla-parent-watch").start()
-
-
-def main() -> None:
-    """Entry point of a launched rank: run the config rank 0 composed, writing nothing."""
-    import logging
-
-    from omegaconf import OmegaConf
-
-    from pfedla.run import run
-
-    if ENV_CONFIG not in os.environ:
-        sys.exit("pfedla.distributed is started by `python -m pfedla.run trainer.devices=K`, not by hand")
-    logging.basicConfig(level=logging.WARNING, format=f"[rank {os.environ.get('LOCAL_RANK')}] %(message)s")
-    _exit_with_parent(int(os.environ.get("PFEDLA_PARENT_PID", os.getppid())))
-    cfg = OmegaConf.create(json.loads(os.environ[ENV_CONFIG]))
-    run(cfg, os.environ[ENV_RUN_DIR])
-
-
-if __name__ == "__main__":
-    main()

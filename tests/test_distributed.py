@@ -173,7 +173,7 @@ def test_two_processes_equal_one_process(tmp_path, algorithm):
 def _child_rank_pid(parent: int) -> int | None:
     children = Path(f"/proc/{parent}/task/{parent}/children")
     for pid in children.read_text().split() if children.exists() else []:
-        if b"pfedla.distributed" in Path(f"/proc/{pid}/cmdline").read_bytes():
+        if b"pfedla.rank" in Path(f"/proc/{pid}/cmdline").read_bytes():
             return int(pid)
     return None
 
@@ -224,7 +224,8 @@ def test_launcher_sweep_completes_and_the_report_reads_both_jobs(tmp_path, launc
     report = subprocess.run([sys.executable, "-m", "pfedla.report", str(sweep)], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     assert report.returncode == 0, report.stderr[-2000:]
-    table = [line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("| ")]
+    scores = (sweep / "report.md").read_text().split("## Spread over clients")[0]  # the first table
+    table = [line for line in scores.splitlines() if line.startswith("| ")]
     assert [row.split("|")[1].strip() for row in table[2:]] == ["fedavg", "local"]
 
 
@@ -239,3 +240,13 @@ def test_sequential_sweep_of_two_process_runs(tmp_path):
     summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
     assert [s["config"]["algorithm"]["name"] for s in summaries] == ["fedavg", "local"]
     assert [s["processes"] for s in summaries] == [2, 2]
+
+
+def test_the_strategy_module_does_not_import_the_runner():
+    # Launched ranks enter through pfedla/rank.py; pfedla/distributed.py stays a library of the runner's.
+    import ast
+
+    tree = ast.parse((REPO / "pfedla" / "distributed.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert "pfedla.run" not in imported and "pfedla.distributed" in (REPO / "pfedla" / "rank.py").read_text()
