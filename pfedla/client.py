@@ -41,8 +41,11 @@ def train_client(
     weight_decay: float = 0.0,
     generator: torch.Generator | None = None,
     compute: Compute = REFERENCE,
+    prox_mu: float = 0.0,
 ) -> tuple[Tensors, Tensors, torch.Tensor]:
     """Run ``epochs`` of minibatch SGD starting exactly from ``params``; return (params', buffers', mean loss).
+    ``prox_mu`` > 0 adds ``prox_mu``/2 ||w - params||^2 to the loss (FedProx): its gradient mu (w - params)
+    joins each step's gradient.
 
     Inputs are not modified. Buffers (BatchNorm running statistics) are updated on copies. Conv weights
     train in ``compute``'s memory format (pfedla/compute.py; the images should already be in it), forward
@@ -51,6 +54,7 @@ def train_client(
     params = {k: v.requires_grad_(True) for k, v in compute.cloned(params).items()}
     buffers = {k: v.detach().clone() for k, v in buffers.items()}
     velocity = {k: torch.zeros_like(v) for k, v in params.items()} if momentum else {}
+    anchor = {k: v.detach().clone() for k, v in params.items()} if prox_mu else {}
     model.train()
     losses = []
     for _ in range(epochs):
@@ -62,6 +66,8 @@ def train_client(
             loss = F.cross_entropy(logits.float(), y[batch])
             grads = torch.autograd.grad(loss, list(params.values()))
             for (name, p), g in zip(params.items(), grads):  # torch.optim.SGD's own step (pfedla/optim.py)
+                if prox_mu:
+                    g = g.add(p.detach() - anchor[name], alpha=prox_mu)
                 optim.sgd(p, g, lr=lr, momentum=momentum, weight_decay=weight_decay, velocity=velocity.get(name))
             losses.append(loss.detach())
     return {k: v.detach() for k, v in params.items()}, buffers, torch.stack(losses).mean()

@@ -44,6 +44,7 @@ def train_clients_vmap(
     weight_decay: float = 0.0,
     generators: list[torch.Generator],
     compute: Compute = REFERENCE,
+    prox_mu: float = 0.0,
 ) -> list[TrainResult]:
     """Train every client of ``sent`` (params, buffers) on its ``data`` (x, y); one result per client
     (forward passes at ``compute``'s precision; its memory format is the default one here)."""
@@ -51,6 +52,7 @@ def train_clients_vmap(
     params = {n: torch.stack([p[n] for p, _ in sent]).detach().clone() for n in names}
     buffers = {n: torch.stack([b[n] for _, b in sent]).detach().clone() for n in sent[0][1]}
     velocity = {n: torch.zeros_like(t) for n, t in params.items()} if momentum else {}
+    anchor = {n: t.clone() for n, t in params.items()} if prox_mu else {}  # FedProx: mu/2 ||w - received||^2
     schedule = batch_schedule([len(y) for _, y in data], epochs, batch_size, generators)
     losses: list[list[torch.Tensor]] = [[] for _ in sent]
     model.train()
@@ -78,7 +80,8 @@ def train_clients_vmap(
             b = {n: v[rows] for n, v in buffers.items()}
             grads, (loss, new_b) = step(p, b, x, y)
             for n in names:  # torch.optim.SGD's own step on these clients' rows (pfedla/optim.py), as in the loop
-                optim.sgd(params[n], grads[n], lr=lr, momentum=momentum, weight_decay=weight_decay,
+                g = grads[n].add(p[n] - anchor[n][rows], alpha=prox_mu) if prox_mu else grads[n]
+                optim.sgd(params[n], g, lr=lr, momentum=momentum, weight_decay=weight_decay,
                           velocity=velocity.get(n), rows=rows)
             with torch.no_grad():
                 for n in buffers:

@@ -140,6 +140,12 @@ class PersonalHeadConfig:
 
 
 @dataclass
+class FedProxConfig:
+    name: str = MISSING
+    mu: float = MISSING  # weight of the proximal term mu/2 ||w - w_global||^2
+
+
+@dataclass
 class LoggerConfig:
     name: str = MISSING
     # wandb only
@@ -182,6 +188,7 @@ def register_configs() -> None:
     cs.store(group="algorithm", name="schema_pfedhn", node=PFedHNConfig)
     cs.store(group="algorithm", name="schema_averaging", node=AveragingConfig)
     cs.store(group="algorithm", name="schema_personal_head", node=PersonalHeadConfig)
+    cs.store(group="algorithm", name="schema_fedprox", node=FedProxConfig)
     cs.store(group="logger", name="schema", node=LoggerConfig)
 
 

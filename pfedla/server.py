@@ -166,8 +166,9 @@ class FederatedModule(L.LightningModule):
         cl = self.cfg.client
         if not sampled:  # a rank with no client this round (fewer sampled clients than ranks)
             return []
-        sgd = dict(epochs=cl.epochs, batch_size=cl.batch_size, lr=cl.lr, momentum=cl.momentum,
-                   weight_decay=cl.weight_decay)
+        plan = self.algorithm.local_plan(cl.epochs)
+        sgd = dict(epochs=plan.epochs, batch_size=cl.batch_size, lr=cl.lr, momentum=cl.momentum,
+                   weight_decay=cl.weight_decay, prox_mu=plan.prox_mu)
         if cl.engine == "vmap":
             results = train_clients_vmap(
                 self.model, [(sent[i].params, sent[i].buffers) for i in sampled],

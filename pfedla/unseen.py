@@ -56,8 +56,9 @@ def evaluate_unseen(module, unseen: FederatedData) -> dict:
     cfg, algorithm = module.cfg, module.algorithm
     unseen = unseen.to(module.device, module.compute)
     cl, rounds = cfg.client, cfg.federation.unseen_rounds
-    sgd = dict(epochs=cl.epochs, batch_size=cl.batch_size, lr=cl.lr, momentum=cl.momentum,
-               weight_decay=cl.weight_decay, compute=module.compute)
+    plan = algorithm.local_plan(cl.epochs)
+    sgd = dict(epochs=plan.epochs, batch_size=cl.batch_size, lr=cl.lr, momentum=cl.momentum,
+               weight_decay=cl.weight_decay, compute=module.compute, prox_mu=plan.prox_mu)
     initial = {n: t.detach() for n, t in module.model.named_parameters()}, dict(module.model.named_buffers())
 
     def trainer_for(u: int, stream: int):

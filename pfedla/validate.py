@@ -120,6 +120,8 @@ def validate_config(cfg) -> None:
             _check(algo.k >= 1, "algorithm.k", algo.k, "must be >= 1 for heurpfedla (k=0 is pfedla)", "2")
         else:
             _check(algo.k >= 0, "algorithm.k", algo.k, "must be >= 0", "0")
+    if algo.name == "fedprox":
+        _check(algo.mu >= 0, "algorithm.mu", algo.mu, "must be >= 0 (0: FedAvg)", "0.01")
     if algo.name in ("fedper", "lgfedavg"):
         _check(algo.head_layers >= 0, "algorithm.head_layers", algo.head_layers, "must be >= 0", "1")
     if algo.name == "pfedhn":

@@ -222,3 +222,44 @@ def test_fedper_keeps_its_head_personal_and_lgfedavg_its_body(synthetic_cfg, tmp
         assert torch.equal(sent[0], sent[1]) and shared in algo.shared_names
         model_bytes = sum(t[0].numel() * t.element_size() for t in algo.client_params.as_dict().values())
         assert 0 < int(algo.bytes_down) < 4 * model_bytes  # 4 clients, 1 round: less than whole models
+
+
+def test_fedprox_step_adds_mu_times_the_distance_to_the_received_model():
+    # Reference: an nn.Module whose loss carries mu/2 ||w - w_received||^2, torch.optim.SGD, the same batches.
+    import copy
+
+    from pfedla.client import train_client
+    from tests.helpers import toy_batch
+
+    model, mu, lr = tiny_model(), 0.5, 0.1
+    x, y = toy_batch(12)
+    received = {n: p.detach().clone() for n, p in model.named_parameters()}
+    got, _, _ = train_client(model, received, {}, x, y, epochs=2, batch_size=4, lr=lr, prox_mu=mu,
+                             generator=torch.Generator().manual_seed(5))
+    reference = copy.deepcopy(model)
+    opt = torch.optim.SGD(reference.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        order = torch.randperm(12, generator=gen)
+        for start in range(0, 12, 4):
+            batch = order[start:start + 4]
+            opt.zero_grad()
+            prox = sum(((p - received[n]) ** 2).sum() for n, p in reference.named_parameters())
+            (F.cross_entropy(reference(x[batch]), y[batch]) + mu / 2 * prox).backward()
+            opt.step()
+    for n, p in reference.named_parameters():
+        torch.testing.assert_close(got[n], p.detach(), rtol=1e-5, atol=1e-6)
+    plain, _, _ = train_client(model, received, {}, x, y, epochs=2, batch_size=4, lr=lr,
+                               generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(plain["fc3.weight"], got["fc3.weight"])  # the term does change the result
+
+
+def test_fedprox_with_mu_zero_is_fedavg(synthetic_cfg, tmp_path):
+    runs = {}
+    for name, extra in (("fedprox", ["algorithm.mu=0"]), ("fedavg", [])):
+        module = setup(synthetic_cfg(f"algorithm={name}", *extra))
+        runs[name] = (run(module.cfg, tmp_path / name, module=module), _state(module))
+    assert runs["fedprox"][0]["final"] == runs["fedavg"][0]["final"]
+    assert runs["fedprox"][0]["final_adapted"] == runs["fedavg"][0]["final_adapted"]
+    a, b = runs["fedprox"][1], runs["fedavg"][1]
+    assert all(torch.equal(a[k], b[k]) for k in a)

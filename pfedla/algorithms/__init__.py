@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from pfedla.algorithms.base import Algorithm
-from pfedla.algorithms.fedavg import FedAvg, FedBN, FedPer, LGFedAvg, Local
+from pfedla.algorithms.fedavg import FedAvg, FedBN, FedPer, FedProx, LGFedAvg, Local
 from pfedla.algorithms.pfedhn import PFedHN
 from pfedla.algorithms.pfedla import PFedLA
 from pfedla.errors import ConfigError
@@ -16,6 +16,7 @@ ALGORITHMS = {
     "fedavg": FedAvg,
     "fedbn": FedBN,
     "fedper": FedPer,
+    "fedprox": FedProx,
     "lgfedavg": LGFedAvg,
     "pfedhn": PFedHN,
     "local": Local,

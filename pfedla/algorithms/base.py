@@ -16,10 +16,21 @@ are applied in ``end_round``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from pfedla.algorithms.stacked import ClientModel, StackedTensors
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """What a client does locally, as data both engines execute: ``epochs`` of SGD with the client.* settings
+    from the model it received, plus ``prox_mu``/2 ||w - w_received||^2 in the loss (FedProx; 0: none)."""
+
+    epochs: int
+    prox_mu: float = 0.0
 
 
 class Algorithm(nn.Module):
@@ -47,6 +58,11 @@ class Algorithm(nn.Module):
 
     def end_round(self) -> None:
         pass
+
+    def local_plan(self, epochs: int) -> LocalPlan:
+        """What every client does locally (in a round, in its local adaptation, as a new client):
+        ``epochs`` (client.epochs) of plain SGD by default."""
+        return LocalPlan(epochs)
 
     # --- evaluation -------------------------------------------------------------------------------
     # Score (a) is the personalized model as the server produces it; score (b) is that model after the

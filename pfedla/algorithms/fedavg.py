@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pfedla.algorithms.base import Algorithm
+from pfedla.algorithms.base import Algorithm, LocalPlan
 from pfedla.algorithms.stacked import ClientModel, StackedTensors, nbytes
 from pfedla.errors import ConfigError
 from pfedla.models.layers import layer_groups
@@ -104,6 +104,17 @@ class FedBN(FedAvg):
                 "try model=cnn_bn"
             )
         return names
+
+
+class FedProx(FedAvg):
+    """FedProx (Li et al., MLSys 2020): FedAvg whose clients add mu/2 ||w - w_global||^2 to their local loss."""
+
+    def __init__(self, model: nn.Module, num_clients: int, cfg):
+        super().__init__(model, num_clients, cfg)
+        self.mu = float(cfg.mu)
+
+    def local_plan(self, epochs: int) -> LocalPlan:
+        return LocalPlan(epochs, prox_mu=self.mu)
 
 
 def head_tensors(model: nn.Module, head_layers: int) -> list[str]:
