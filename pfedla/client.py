@@ -42,10 +42,12 @@ def train_client(
     generator: torch.Generator | None = None,
     compute: Compute = REFERENCE,
     prox_mu: float = 0.0,
+    phases=None,
 ) -> tuple[Tensors, Tensors, torch.Tensor]:
     """Run ``epochs`` of minibatch SGD starting exactly from ``params``; return (params', buffers', mean loss).
-    ``prox_mu`` > 0 adds ``prox_mu``/2 ||w - params||^2 to the loss (FedProx): its gradient mu (w - params)
-    joins each step's gradient.
+    ``phases`` ((epochs, names trained or None for all), ...) replaces ``epochs`` with phases run one after
+    another (pfedla.algorithms.base.LocalPlan). ``prox_mu`` > 0 adds ``prox_mu``/2 ||w - params||^2 to the
+    loss (FedProx): its gradient mu (w - params) joins each step's gradient.
 
     Inputs are not modified. Buffers (BatchNorm running statistics) are updated on copies. Conv weights
     train in ``compute``'s memory format (pfedla/compute.py; the images should already be in it), forward
@@ -57,20 +59,29 @@ def train_client(
     anchor = {k: v.detach().clone() for k, v in params.items()} if prox_mu else {}
     model.train()
     losses = []
-    for _ in range(epochs):
+    for trained in epoch_phases(epochs, phases):
+        trained = list(params) if trained is None else [n for n in params if n in trained]
         order = torch.randperm(len(y), generator=generator).to(y.device)
         for start in range(0, len(y), batch_size):
             batch = order[start : start + batch_size]
             with compute.autocast(x.device.type):
                 logits = functional_call(model, {**params, **buffers}, (x[batch],))
             loss = F.cross_entropy(logits.float(), y[batch])
-            grads = torch.autograd.grad(loss, list(params.values()))
-            for (name, p), g in zip(params.items(), grads):  # torch.optim.SGD's own step (pfedla/optim.py)
+            grads = torch.autograd.grad(loss, [params[n] for n in trained])
+            for name, g in zip(trained, grads):  # torch.optim.SGD's own step (pfedla/optim.py)
+                p = params[name]
                 if prox_mu:
                     g = g.add(p.detach() - anchor[name], alpha=prox_mu)
                 optim.sgd(p, g, lr=lr, momentum=momentum, weight_decay=weight_decay, velocity=velocity.get(name))
             losses.append(loss.detach())
     return {k: v.detach() for k, v in params.items()}, buffers, torch.stack(losses).mean()
+
+
+def epoch_phases(epochs: int, phases=None) -> list:
+    """The names trained in each epoch, in order (None: all): ``phases`` spelled out, or ``epochs`` of all."""
+    if phases is None:
+        return [None] * epochs
+    return [names for count, names in phases for _ in range(count)]
 
 
 @torch.inference_mode()

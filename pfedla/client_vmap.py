@@ -14,20 +14,21 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from pfedla import optim
-from pfedla.client import Tensors
+from pfedla.client import Tensors, epoch_phases
 from pfedla.compute import REFERENCE, Compute
 
 TrainResult = tuple[Tensors, Tensors, torch.Tensor]
 
 
 def batch_schedule(sizes: list[int], epochs: int, batch_size: int, generators: list[torch.Generator]):
-    """Per client, the list of index batches the loop engine would draw (same generator calls)."""
+    """Per client, the list of index batches the loop engine would draw (same generator calls), each with the
+    epoch it belongs to."""
     schedule = []
     for n, gen in zip(sizes, generators):
         batches = []
-        for _ in range(epochs):
+        for epoch in range(epochs):
             order = torch.randperm(n, generator=gen)
-            batches += [order[s : s + batch_size] for s in range(0, n, batch_size)]
+            batches += [(epoch, order[s : s + batch_size]) for s in range(0, n, batch_size)]
         schedule.append(batches)
     return schedule
 
@@ -45,6 +46,7 @@ def train_clients_vmap(
     generators: list[torch.Generator],
     compute: Compute = REFERENCE,
     prox_mu: float = 0.0,
+    phases=None,
 ) -> list[TrainResult]:
     """Train every client of ``sent`` (params, buffers) on its ``data`` (x, y); one result per client
     (forward passes at ``compute``'s precision; its memory format is the default one here)."""
@@ -53,7 +55,8 @@ def train_clients_vmap(
     buffers = {n: torch.stack([b[n] for _, b in sent]).detach().clone() for n in sent[0][1]}
     velocity = {n: torch.zeros_like(t) for n, t in params.items()} if momentum else {}
     anchor = {n: t.clone() for n, t in params.items()} if prox_mu else {}  # FedProx: mu/2 ||w - received||^2
-    schedule = batch_schedule([len(y) for _, y in data], epochs, batch_size, generators)
+    trained_in = epoch_phases(epochs, phases)  # per epoch: the names trained (None: all), as in the loop engine
+    schedule = batch_schedule([len(y) for _, y in data], len(trained_in), batch_size, generators)
     losses: list[list[torch.Tensor]] = [[] for _ in sent]
     model.train()
 
@@ -67,19 +70,20 @@ def train_clients_vmap(
     step = vmap(grad(loss_fn, has_aux=True), randomness="different")  # d loss / d params, per client
 
     for t in range(max(len(s) for s in schedule)):
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple, list[int]] = {}  # (batch size, names trained): the clients that step together
         for c, batches in enumerate(schedule):
             if t < len(batches):
-                groups.setdefault(len(batches[t]), []).append(c)
-        for members in groups.values():
+                groups.setdefault((len(batches[t][1]), trained_in[batches[t][0]]), []).append(c)
+        for (_, names_trained), members in groups.items():
             rows = torch.tensor(members, device=params[names[0]].device)
-            idx = [schedule[c][t].to(data[c][1].device) for c in members]
+            idx = [schedule[c][t][1].to(data[c][1].device) for c in members]
             x = torch.stack([data[c][0][i] for c, i in zip(members, idx)])
             y = torch.stack([data[c][1][i] for c, i in zip(members, idx)])
             p = {n: v[rows] for n, v in params.items()}
             b = {n: v[rows] for n, v in buffers.items()}
             grads, (loss, new_b) = step(p, b, x, y)
-            for n in names:  # torch.optim.SGD's own step on these clients' rows (pfedla/optim.py), as in the loop
+            trained = names if names_trained is None else [n for n in names if n in names_trained]
+            for n in trained:  # torch.optim.SGD's own step on these clients' rows (pfedla/optim.py), as in the loop
                 g = grads[n].add(p[n] - anchor[n][rows], alpha=prox_mu) if prox_mu else grads[n]
                 optim.sgd(params[n], g, lr=lr, momentum=momentum, weight_decay=weight_decay,
                           velocity=velocity.get(n), rows=rows)

@@ -140,6 +140,14 @@ class PersonalHeadConfig:
 
 
 @dataclass
+class FedRepConfig:
+    name: str = MISSING
+    head_layers: int = MISSING  # the model's last layers that form the (personal) head
+    head_epochs: int = MISSING  # local epochs of the head alone, first
+    body_epochs: int = MISSING  # then local epochs of the body alone
+
+
+@dataclass
 class FedProxConfig:
     name: str = MISSING
     mu: float = MISSING  # weight of the proximal term mu/2 ||w - w_global||^2
@@ -189,6 +197,7 @@ def register_configs() -> None:
     cs.store(group="algorithm", name="schema_averaging", node=AveragingConfig)
     cs.store(group="algorithm", name="schema_personal_head", node=PersonalHeadConfig)
     cs.store(group="algorithm", name="schema_fedprox", node=FedProxConfig)
+    cs.store(group="algorithm", name="schema_fedrep", node=FedRepConfig)
     cs.store(group="logger", name="schema", node=LoggerConfig)
 
 

@@ -167,7 +167,7 @@ class FederatedModule(L.LightningModule):
         if not sampled:  # a rank with no client this round (fewer sampled clients than ranks)
             return []
         plan = self.algorithm.local_plan(cl.epochs)
-        sgd = dict(epochs=plan.epochs, batch_size=cl.batch_size, lr=cl.lr, momentum=cl.momentum,
+        sgd = dict(epochs=0, phases=plan.phases, batch_size=cl.batch_size, lr=cl.lr, momentum=cl.momentum,
                    weight_decay=cl.weight_decay, prox_mu=plan.prox_mu)
         if cl.engine == "vmap":
             results = train_clients_vmap(

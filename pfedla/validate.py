@@ -122,8 +122,13 @@ def validate_config(cfg) -> None:
             _check(algo.k >= 0, "algorithm.k", algo.k, "must be >= 0", "0")
     if algo.name == "fedprox":
         _check(algo.mu >= 0, "algorithm.mu", algo.mu, "must be >= 0 (0: FedAvg)", "0.01")
-    if algo.name in ("fedper", "lgfedavg"):
+    if algo.name in ("fedper", "lgfedavg", "fedrep"):
         _check(algo.head_layers >= 0, "algorithm.head_layers", algo.head_layers, "must be >= 0", "1")
+    if algo.name == "fedrep":
+        for key in ("head_epochs", "body_epochs"):
+            _check(algo[key] >= 0, f"algorithm.{key}", algo[key], "must be >= 0", "1")
+        _check(algo.head_epochs + algo.body_epochs >= 1, "algorithm.body_epochs", algo.body_epochs,
+               "must leave at least one local epoch in all (head_epochs + body_epochs >= 1)", "1")
     if algo.name == "pfedhn":
         _check(algo.hn_lr > 0, "algorithm.hn_lr", algo.hn_lr, "must be > 0", "0.01")
         _check(0 <= algo.hn_momentum < 1, "algorithm.hn_momentum", algo.hn_momentum, "must be in [0, 1)", "0.9")

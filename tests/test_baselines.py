@@ -263,3 +263,42 @@ def test_fedprox_with_mu_zero_is_fedavg(synthetic_cfg, tmp_path):
     assert runs["fedprox"][0]["final_adapted"] == runs["fedavg"][0]["final_adapted"]
     a, b = runs["fedprox"][1], runs["fedavg"][1]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fedrep_phases_train_only_the_head_then_only_the_body():
+    from pfedla.client import train_client
+    from tests.helpers import toy_batch
+
+    model = tiny_model()
+    x, y = toy_batch(12)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    head = frozenset({"fc3.weight", "fc3.bias"})
+    body = frozenset(start) - head
+    kw = dict(batch_size=4, lr=0.1, epochs=0)
+
+    def phase(params, names, gen):
+        return train_client(model, params, {}, x, y, phases=((1, names),), generator=gen, **kw)[0]
+
+    gen = torch.Generator().manual_seed(3)
+    after_head = phase(start, head, gen)
+    assert all(torch.equal(after_head[n], start[n]) for n in body)
+    assert all(not torch.equal(after_head[n], start[n]) for n in head)
+    after_body = phase(after_head, body, gen)
+    assert all(torch.equal(after_body[n], after_head[n]) for n in head)
+    assert all(not torch.equal(after_body[n], after_head[n]) for n in body)
+    # one call with both phases = the two phases in turn (one batch-order stream through both)
+    both = train_client(model, start, {}, x, y, phases=((1, head), (1, body)),
+                        generator=torch.Generator().manual_seed(3), **kw)[0]
+    assert all(torch.equal(both[n], after_body[n]) for n in start)
+
+
+def test_fedrep_keeps_its_head_personal_and_plans_head_then_body(synthetic_cfg, tmp_path):
+    module = setup(synthetic_cfg("algorithm=fedrep", "algorithm.head_epochs=2", "federation.rounds=1",
+                                 "federation.adapt_every=0"))
+    algo = module.algorithm
+    plan = algo.local_plan(module.cfg.client.epochs)
+    head = frozenset({"fc3.weight", "fc3.bias"})
+    assert plan.phases == ((2, head), (1, frozenset(algo.param_names) - head))
+    run(module.cfg, tmp_path, module=module)
+    assert not torch.equal(algo.client_params["fc3.weight"][0], algo.client_params["fc3.weight"][1])
+    assert "fc3.weight" not in algo.shared_names and "conv1.weight" in algo.shared_names

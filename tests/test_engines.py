@@ -8,9 +8,14 @@ from pfedla.client_vmap import train_clients_vmap
 from pfedla.run import run, setup
 from tests.helpers import assert_states_close, tiny_model
 
+HEAD = frozenset({"fc3.weight", "fc3.bias"})  # tiny_model's classifier
 
-@pytest.mark.parametrize("momentum, weight_decay, prox_mu", [(0.0, 0.0, 0.0), (0.9, 1e-3, 0.0), (0.9, 0.0, 0.5)])
-def test_vmap_engine_matches_loop_engine_with_unequal_sizes_and_batchnorm(momentum, weight_decay, prox_mu):
+
+@pytest.mark.parametrize("momentum, weight_decay, prox_mu, phases", [
+    (0.0, 0.0, 0.0, None), (0.9, 1e-3, 0.0, None), (0.9, 0.0, 0.5, None),
+    (0.9, 0.0, 0.0, ((1, HEAD), (1, None))),  # FedRep-like phases: clients change phase at different steps
+])
+def test_vmap_engine_matches_loop_engine_with_unequal_sizes_and_batchnorm(momentum, weight_decay, prox_mu, phases):
     model = tiny_model(batch_norm=True)
     gen = torch.Generator().manual_seed(0)
     sizes = [23, 8, 17]  # partial last batches of 3, none, 1... with batch size 5: 5 steps, 2 steps, 4 steps
@@ -18,7 +23,8 @@ def test_vmap_engine_matches_loop_engine_with_unequal_sizes_and_batchnorm(moment
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
     sent = [({n: p + 0.01 * c for n, p in params.items()}, buffers) for c in range(3)]
-    kw = dict(epochs=2, batch_size=5, lr=0.1, momentum=momentum, weight_decay=weight_decay, prox_mu=prox_mu)
+    kw = dict(epochs=2, batch_size=5, lr=0.1, momentum=momentum, weight_decay=weight_decay, prox_mu=prox_mu,
+              phases=phases)
     looped = [train_client(model, p, b, x, y, generator=client_generator(0, 1, c), **kw)
               for c, ((p, b), (x, y)) in enumerate(zip(sent, data))]
     vmapped = train_clients_vmap(model, sent, data, generators=[client_generator(0, 1, c) for c in range(3)], **kw)

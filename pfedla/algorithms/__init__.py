@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from pfedla.algorithms.base import Algorithm
-from pfedla.algorithms.fedavg import FedAvg, FedBN, FedPer, FedProx, LGFedAvg, Local
+from pfedla.algorithms.fedavg import FedAvg, FedBN, FedPer, FedProx, FedRep, LGFedAvg, Local
 from pfedla.algorithms.pfedhn import PFedHN
 from pfedla.algorithms.pfedla import PFedLA
 from pfedla.errors import ConfigError
@@ -17,6 +17,7 @@ ALGORITHMS = {
     "fedbn": FedBN,
     "fedper": FedPer,
     "fedprox": FedProx,
+    "fedrep": FedRep,
     "lgfedavg": LGFedAvg,
     "pfedhn": PFedHN,
     "local": Local,

@@ -26,11 +26,17 @@ from pfedla.algorithms.stacked import ClientModel, StackedTensors
 
 @dataclass(frozen=True)
 class LocalPlan:
-    """What a client does locally, as data both engines execute: ``epochs`` of SGD with the client.* settings
-    from the model it received, plus ``prox_mu``/2 ||w - w_received||^2 in the loss (FedProx; 0: none)."""
+    """What a client does locally, as data both engines execute: SGD with the client.* settings from the model
+    it received, in ``phases`` of (epochs, the parameter names trained then; None: all) one after another
+    (FedRep: the head, then the body), plus ``prox_mu``/2 ||w - w_received||^2 in the loss (FedProx; 0: none)."""
 
-    epochs: int
+    phases: tuple[tuple[int, frozenset[str] | None], ...]
     prox_mu: float = 0.0
+
+    @classmethod
+    def epochs(cls, epochs: int, prox_mu: float = 0.0) -> LocalPlan:
+        """``epochs`` of training every parameter."""
+        return cls(((epochs, None),), prox_mu)
 
 
 class Algorithm(nn.Module):
@@ -62,7 +68,7 @@ class Algorithm(nn.Module):
     def local_plan(self, epochs: int) -> LocalPlan:
         """What every client does locally (in a round, in its local adaptation, as a new client):
         ``epochs`` (client.epochs) of plain SGD by default."""
-        return LocalPlan(epochs)
+        return LocalPlan.epochs(epochs)
 
     # --- evaluation -------------------------------------------------------------------------------
     # Score (a) is the personalized model as the server produces it; score (b) is that model after the

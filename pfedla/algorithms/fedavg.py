@@ -3,7 +3,8 @@
 FedAvg (McMahan et al., 2017): everything shared; sample-weighted average of the round's trained
 models; evaluated as the global model. FedBN (Li et al., ICLR 2021): BatchNorm modules, selected
 by type, keep affine parameters and running statistics per client. FedPer (Arivazhagan et al., 2019):
-the last ``head_layers`` layers (the personalization layers) per client, the base averaged. LG-FedAvg
+the last ``head_layers`` layers (the personalization layers) per client, the base averaged; FedRep
+(Collins et al., 2021) the same split, trained head first, then body. LG-FedAvg
 (Liang et al., 2020): the other way round, local representation layers and a global head. Local:
 everything personal, nothing communicated. Each is a choice of ``personal_names``; bytes count only
 what is shared. A client never seen in training gets the shared part and the trained clients' mean of
@@ -114,7 +115,7 @@ class FedProx(FedAvg):
         self.mu = float(cfg.mu)
 
     def local_plan(self, epochs: int) -> LocalPlan:
-        return LocalPlan(epochs, prox_mu=self.mu)
+        return LocalPlan.epochs(epochs, prox_mu=self.mu)
 
 
 def head_tensors(model: nn.Module, head_layers: int) -> list[str]:
@@ -134,6 +135,21 @@ class FedPer(FedAvg):
 
     def personal_names(self, model: nn.Module) -> list[str]:
         return head_tensors(model, self.head_layers)
+
+
+class FedRep(FedPer):
+    """FedRep (Collins et al., ICML 2021): FedPer's split (a personal head, an averaged body) trained in phases,
+    ``head_epochs`` of the head alone, then ``body_epochs`` of the body alone; this plan replaces client.epochs."""
+
+    def __init__(self, model: nn.Module, num_clients: int, cfg):
+        super().__init__(model, num_clients, cfg)
+        head = set(self.personal_tensor_names)
+        self.head = frozenset(n for n in self.param_names if n in head)
+        self.body = frozenset(n for n in self.param_names if n not in head)
+        self.head_epochs, self.body_epochs = int(cfg.head_epochs), int(cfg.body_epochs)
+
+    def local_plan(self, epochs: int) -> LocalPlan:
+        return LocalPlan(((self.head_epochs, self.head), (self.body_epochs, self.body)))
 
 
 class LGFedAvg(FedPer):
