@@ -14,8 +14,10 @@ Dirichlet(0.3) label skew). A stated fraction of the data and rounds, so the gri
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -95,6 +97,7 @@ def cmd_render(args) -> None:
         if alpha:
             lines += ["What alpha learned (`grp in` / `out`: mean weight on one peer of the client's own rotation "
                       "group / of another group). " + alpha[0], *alpha[1:], ""]
+    lines += [*alpha_by_layer(), *heatmaps(args.out, args.label_skew_runs)]
     lines += ["## Cells", "", f"{len(expected) - len(missing)} of {len(expected)} cells finished."]
     if missing:
         lines += ["Not finished (`python benchmarks/feature_skew_fmnist.py run` runs or resumes them): "
@@ -104,6 +107,68 @@ def cmd_render(args) -> None:
         lines += ["", notes.read_text().rstrip()]
     (DOCS / "FEATURE_SKEW.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {DOCS / 'FEATURE_SKEW.md'} ({len(expected) - len(missing)}/{len(expected)} cells)")
+
+
+LABEL_SKEW = DOCS / "results" / "runs"  # the label-skew comparison's cells (benchmarks/results_fmnist.py)
+
+
+def _alpha_layers(summaries: list[dict]) -> dict[str, dict[str, float]]:
+    """Per layer, each alpha statistic averaged over the runs that have it."""
+    layers = summaries[0]["alpha_stats"]["layers"]
+    return {layer: {k: statistics.fmean(x["alpha_stats"]["layers"][layer][k] for x in summaries)
+                    for k in layers[layer] if all(x["alpha_stats"]["layers"][layer][k] is not None for x in summaries)}
+            for layer in layers}
+
+
+def _summaries(folder: Path, method: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{method}_s*/summary.json"))]
+
+
+def alpha_by_layer() -> list[str]:
+    """pFedLA's alpha per layer: within vs across rotation groups, next to its self-weight on label skew."""
+    columns, stats = [], []
+    for split in SPLITS:
+        runs = _summaries(RUNS / split, "pfedla")
+        if runs:
+            columns.append(f"{split} (seeds {len(runs)})")
+            stats.append(("groups", _alpha_layers(runs)))
+    for split in ("pathological2", "dirichlet0.3"):
+        runs = _summaries(LABEL_SKEW / split, "pfedla")
+        if runs:
+            columns.append(f"label skew {split} (seeds {len(runs)})")
+            stats.append(("labels", _alpha_layers(runs)))
+    if not stats:
+        return []
+    lines = ["## What pFedLA's alpha keeps within a group, per layer", "",
+             "Final-round alpha, averaged over clients and seeds. Rotation splits: self-weight / mean weight on one "
+             "peer of the client's own group / on one peer of another group / the total weight kept within the "
+             "group (self included). Label-skew splits (docs/RESULTS.md): self-weight / mean weight on one peer "
+             "with similar / dissimilar labels.", "",
+             "| layer | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+    for layer in stats[0][1]:
+        cells = []
+        for kind, by_layer in stats:
+            s = by_layer.get(layer, {})
+            keys = (("self", "same_group_peer", "other_group_peer", "same_group") if kind == "groups"
+                    else ("self", "similar_peer", "dissimilar_peer"))
+            cells.append(" / ".join(f"{s[k]:.3f}" if k in s else "–" for k in keys))
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def heatmaps(out: Path, label_skew_out: Path) -> list[str]:
+    """The seed-0 pFedLA heatmaps (clients ordered by group) next to a label-skew one, copied into docs."""
+    lines = []
+    sources = [(out / split / "pfedla_s0" / "heatmaps", f"feature_skew_alpha_{split}.png", split) for split in SPLITS]
+    grid = label_skew_out / "pathological2" / "pfedla_s0" / "heatmaps"
+    sources.append((grid, "feature_skew_alpha_label_skew_pathological2.png", "label skew: pathological2 (25%)"))
+    for folder, name, title in sources:
+        pictures = sorted(folder.glob("round_*_all.png")) if folder.is_dir() else []
+        if pictures:
+            shutil.copy2(pictures[-1], DOCS / "results" / name)
+        if (DOCS / "results" / name).is_file():
+            lines += [f"**{title}**, seed 0, last round:", "", f"![{title}](results/{name})", ""]
+    return (["## Heatmaps", ""] + lines) if lines else []
 
 
 def main() -> None:
@@ -117,6 +182,8 @@ def main() -> None:
     run.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     render = sub.add_parser("render", help="write docs/FEATURE_SKEW.md from the finished cells")
     render.add_argument("--out", type=Path, default=REPO / "multirun" / "feature_skew_fmnist")
+    render.add_argument("--label-skew-runs", type=Path, default=REPO / "multirun" / "results_fmnist",
+                        help="the comparison grid's output, for a label-skew heatmap")
     args = parser.parse_args()
     {"run": cmd_run, "render": cmd_render}[args.command](args)
 
