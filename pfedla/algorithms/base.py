@@ -52,6 +52,11 @@ class Algorithm(nn.Module):
         self.register_buffer("bytes_down", torch.zeros((), dtype=torch.int64))
         self.register_buffer("bytes_up", torch.zeros((), dtype=torch.int64))
 
+    @staticmethod
+    def check_config(cfg) -> None:
+        """Raise ConfigError (pfedla.errors.check/choice) for a bad value of this algorithm's options
+        (``cfg``: the ``algorithm`` node), before any data is loaded. None to check by default."""
+
     # --- the round seam ---------------------------------------------------------------------------
     def begin_round(self, sampled: list[int]) -> None:
         pass

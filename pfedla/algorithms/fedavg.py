@@ -18,7 +18,7 @@ from torch import nn
 
 from pfedla.algorithms.base import Algorithm, LocalPlan
 from pfedla.algorithms.stacked import ClientModel, StackedTensors, nbytes
-from pfedla.errors import ConfigError
+from pfedla.errors import ConfigError, check
 from pfedla.models.layers import layer_groups
 
 
@@ -110,6 +110,10 @@ class FedBN(FedAvg):
 class FedProx(FedAvg):
     """FedProx (Li et al., MLSys 2020): FedAvg whose clients add mu/2 ||w - w_global||^2 to their local loss."""
 
+    @staticmethod
+    def check_config(cfg) -> None:
+        check(cfg.mu >= 0, "algorithm.mu", cfg.mu, "must be >= 0 (0: FedAvg)", "0.01")
+
     def __init__(self, model: nn.Module, num_clients: int, cfg):
         super().__init__(model, num_clients, cfg)
         self.mu = float(cfg.mu)
@@ -129,6 +133,10 @@ def head_tensors(model: nn.Module, head_layers: int) -> list[str]:
 
 
 class FedPer(FedAvg):
+    @staticmethod
+    def check_config(cfg) -> None:
+        check(cfg.head_layers >= 0, "algorithm.head_layers", cfg.head_layers, "must be >= 0", "1")
+
     def __init__(self, model: nn.Module, num_clients: int, cfg):
         self.head_layers = cfg.head_layers  # read by personal_names during FedAvg's set-up
         super().__init__(model, num_clients, cfg)
@@ -140,6 +148,14 @@ class FedPer(FedAvg):
 class FedRep(FedPer):
     """FedRep (Collins et al., ICML 2021): FedPer's split (a personal head, an averaged body) trained in phases,
     ``head_epochs`` of the head alone, then ``body_epochs`` of the body alone; this plan replaces client.epochs."""
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        FedPer.check_config(cfg)
+        for key in ("head_epochs", "body_epochs"):
+            check(cfg[key] >= 0, f"algorithm.{key}", cfg[key], "must be >= 0", "1")
+        check(cfg.head_epochs + cfg.body_epochs >= 1, "algorithm.body_epochs", cfg.body_epochs,
+              "must leave at least one local epoch in all (head_epochs + body_epochs >= 1)", "1")
 
     def __init__(self, model: nn.Module, num_clients: int, cfg):
         super().__init__(model, num_clients, cfg)

@@ -20,9 +20,22 @@ from torch import nn
 from pfedla import optim
 from pfedla.algorithms.base import Algorithm
 from pfedla.algorithms.stacked import ClientModel, nbytes, tensor_key
+from pfedla.errors import check
 
 
 class PFedHN(Algorithm):
+    @staticmethod
+    def check_config(cfg) -> None:
+        check(cfg.hn_lr > 0, "algorithm.hn_lr", cfg.hn_lr, "must be > 0", "0.01")
+        check(0 <= cfg.hn_momentum < 1, "algorithm.hn_momentum", cfg.hn_momentum, "must be in [0, 1)", "0.9")
+        check(cfg.hn_weight_decay >= 0, "algorithm.hn_weight_decay", cfg.hn_weight_decay, "must be >= 0", "0.001")
+        clip = cfg.hn_max_grad_norm
+        check(clip is None or clip > 0, "algorithm.hn_max_grad_norm", clip, "must be > 0 or null (no clipping)", "50")
+        check(cfg.hidden_dim >= 1, "algorithm.hidden_dim", cfg.hidden_dim, "must be >= 1", "100")
+        check(cfg.hidden_layers >= 0, "algorithm.hidden_layers", cfg.hidden_layers, "must be >= 0", "3")
+        emb = cfg.embedding_dim
+        check(emb is None or emb >= 1, "algorithm.embedding_dim", emb, "must be >= 1 or null (1 + N/4)", "null")
+
     def __init__(self, model: nn.Module, num_clients: int, cfg):
         super().__init__(model, num_clients)
         embedding_dim = cfg.embedding_dim or int(1 + num_clients / 4)  # the public recipe's default

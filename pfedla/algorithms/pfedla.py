@@ -20,10 +20,10 @@ from torch import nn
 
 from pfedla.algorithms.alpha_stats import alpha_statistics
 from pfedla.algorithms.base import Algorithm
-from pfedla.algorithms.hypernetwork import LayerwiseHypernetworks
+from pfedla.algorithms.hypernetwork import HEAD_INITS, NORMALISATIONS, OPTIMIZERS, LayerwiseHypernetworks
 from pfedla.algorithms.stacked import ClientModel, StackedTensors, Tensors, nbytes
-from pfedla.errors import ConfigError
-from pfedla.models.layers import layer_groups
+from pfedla.errors import ConfigError, check, choice
+from pfedla.models.layers import GROUPINGS, layer_groups
 from pfedla.outputs import write_alpha
 
 
@@ -38,6 +38,22 @@ def aggregate(client_params: Tensors, alpha: torch.Tensor, layers: dict[str, lis
 
 
 class PFedLA(Algorithm):
+    @staticmethod
+    def check_config(cfg) -> None:
+        check(cfg.hn_lr > 0, "algorithm.hn_lr", cfg.hn_lr, "must be > 0", "0.005")
+        check(0 <= cfg.hn_momentum < 1, "algorithm.hn_momentum", cfg.hn_momentum, "must be in [0, 1)", "0.0")
+        for key in ("embedding_dim", "hidden_dim"):
+            check(cfg[key] >= 1, f"algorithm.{key}", cfg[key], "must be >= 1", "100")
+        check(cfg.hidden_layers >= 1, "algorithm.hidden_layers", cfg.hidden_layers, "must be >= 1", "3")
+        choice("algorithm.hn_optimizer", cfg.hn_optimizer, OPTIMIZERS)
+        choice("algorithm.normalisation", cfg.normalisation, NORMALISATIONS)
+        choice("algorithm.head_init", cfg.head_init, HEAD_INITS)
+        choice("algorithm.grouping", cfg.grouping, GROUPINGS)
+        if cfg.name == "heurpfedla":
+            check(cfg.k >= 1, "algorithm.k", cfg.k, "must be >= 1 for heurpfedla (k=0 is pfedla)", "2")
+        else:
+            check(cfg.k >= 0, "algorithm.k", cfg.k, "must be >= 0", "0")
+
     def __init__(self, model: nn.Module, num_clients: int, cfg):
         super().__init__(model, num_clients)
         self.layers = layer_groups(model, cfg.grouping)
