@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import numpy as np  # noqa: E402
 from results_fmnist import cell_dir, cell_state  # noqa: E402  (the same cell layout and states)
 
 from pfedla.report import (  # noqa: E402
@@ -39,6 +40,7 @@ from pfedla.report import (  # noqa: E402
     table_rows,
     unseen_markdown,
 )
+from pfedla.viz.heatmaps import plot_all_layers  # noqa: E402
 
 METHODS = ("pfedla", "heurpfedla", "fedavg", "fedbn", "pfedhn", "local")
 SEEDS = (0, 1, 2)
@@ -157,15 +159,21 @@ def alpha_by_layer() -> list[str]:
 
 
 def heatmaps(out: Path, label_skew_out: Path) -> list[str]:
-    """The seed-0 pFedLA heatmaps (clients ordered by group) next to a label-skew one, copied into docs."""
+    """The seed-0 pFedLA heatmaps, drawn from its alpha.npz with clients by partition id and ordered by group,
+    next to a label-skew one, into docs/results/."""
     lines = []
-    sources = [(out / split / "pfedla_s0" / "heatmaps", f"feature_skew_alpha_{split}.png", split) for split in SPLITS]
-    grid = label_skew_out / "pathological2" / "pfedla_s0" / "heatmaps"
-    sources.append((grid, "feature_skew_alpha_label_skew_pathological2.png", "label skew: pathological2 (25%)"))
-    for folder, name, title in sources:
-        pictures = sorted(folder.glob("round_*_all.png")) if folder.is_dir() else []
-        if pictures:
-            shutil.copy2(pictures[-1], DOCS / "results" / name)
+    sources = [(out / split / "pfedla_s0", f"feature_skew_alpha_{split}.png", split) for split in SPLITS]
+    sources.append((label_skew_out / "pathological2" / "pfedla_s0", "feature_skew_alpha_label_skew_pathological2.png",
+                    "label skew: pathological2 (25%)"))
+    for run_dir, name, title in sources:
+        if (run_dir / "alpha.npz").is_file() and (run_dir / "summary.json").is_file():
+            saved = np.load(run_dir / "alpha.npz")
+            summary = json.loads((run_dir / "summary.json").read_text())
+            ids = summary.get("clients") or list(range(saved["alpha"].shape[0]))
+            partition = json.loads((run_dir / "partition.json").read_text())
+            groups = None if partition.get("groups") is None else [partition["groups"][i] for i in ids]
+            plot_all_layers(saved["alpha"], [str(x) for x in saved["layers"]], summary["rounds"],
+                            DOCS / "results" / name, groups=groups, ids=ids)
         if (DOCS / "results" / name).is_file():
             lines += [f"**{title}**, seed 0, last round:", "", f"![{title}](results/{name})", ""]
     return (["## Heatmaps", ""] + lines) if lines else []
