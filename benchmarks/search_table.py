@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 from pfedla.report import _flatten  # noqa: E402
 
 SEARCHED = ("client.lr", "algorithm.hn_optimizer", "algorithm.hn_lr", "algorithm.head_init",
-            "algorithm.normalisation", "algorithm.k", "algorithm.embedding_dim")
+            "algorithm.normalisation", "algorithm.k", "algorithm.embedding_dim", "algorithm.mu")
 INTRO = REPO / "docs" / "results" / "tuning_intro.md"
 
 
@@ -89,7 +89,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="multirun/search (sweep dirs) or docs/results/search (JSON)")
     parser.add_argument("--algorithms", nargs="+",
-                        default=["pfedla", "heurpfedla", "pfedhn", "pfedhn_steps", "fedavg", "fedbn", "local"])
+                        default=["pfedla", "heurpfedla", "pfedhn", "pfedhn_steps", "fedavg", "fedbn", "local",
+                                 "fedper", "lgfedavg", "fedprox", "fedrep"])
     args = parser.parse_args()
     saved = REPO / "docs" / "results" / "search"
     saved.mkdir(parents=True, exist_ok=True)
