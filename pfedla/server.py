@@ -166,9 +166,7 @@ class FederatedModule(L.LightningModule):
         cl = self.cfg.client
         if not sampled:  # a rank with no client this round (fewer sampled clients than ranks)
             return []
-        plan = self.algorithm.local_plan(cl.epochs)
-        sgd = dict(epochs=0, phases=plan.phases, batch_size=cl.batch_size, lr=cl.lr, momentum=cl.momentum,
-                   weight_decay=cl.weight_decay, prox_mu=plan.prox_mu)
+        sgd = self.algorithm.local_plan(cl.epochs).training_args(cl)
         if cl.engine == "vmap":
             results = train_clients_vmap(
                 self.model, [(sent[i].params, sent[i].buffers) for i in sampled],

@@ -56,9 +56,7 @@ def evaluate_unseen(module, unseen: FederatedData) -> dict:
     cfg, algorithm = module.cfg, module.algorithm
     unseen = unseen.to(module.device, module.compute)
     cl, rounds = cfg.client, cfg.federation.unseen_rounds
-    plan = algorithm.local_plan(cl.epochs)
-    sgd = dict(epochs=0, phases=plan.phases, batch_size=cl.batch_size, lr=cl.lr, momentum=cl.momentum,
-               weight_decay=cl.weight_decay, compute=module.compute, prox_mu=plan.prox_mu)
+    sgd = {**algorithm.local_plan(cl.epochs).training_args(cl), "compute": module.compute}
     initial = {n: t.detach() for n, t in module.model.named_parameters()}, dict(module.model.named_buffers())
 
     def trainer_for(u: int, stream: int):

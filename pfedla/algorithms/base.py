@@ -38,6 +38,11 @@ class LocalPlan:
         """``epochs`` of training every parameter."""
         return cls(((epochs, None),), prox_mu)
 
+    def training_args(self, client_cfg) -> dict:
+        """The keyword arguments both engines take for this plan with the ``client.*`` settings."""
+        return dict(epochs=0, phases=self.phases, batch_size=client_cfg.batch_size, lr=client_cfg.lr,
+                    momentum=client_cfg.momentum, weight_decay=client_cfg.weight_decay, prox_mu=self.prox_mu)
+
 
 class Algorithm(nn.Module):
     def __init__(self, model: nn.Module, num_clients: int):
