@@ -15,6 +15,7 @@ from torch.func import functional_call
 
 from pfedla import optim
 from pfedla.compute import REFERENCE, Compute
+from pfedla.local_rules import epoch_phases, train_by_objectives
 
 Tensors = dict[str, torch.Tensor]
 # Batch-order streams: a round's local training, and the local adaptation scored at evaluation.
@@ -43,26 +44,36 @@ def train_client(
     compute: Compute = REFERENCE,
     prox_mu: float = 0.0,
     phases=None,
+    steps=(),
+    max_batches: int | None = None,
 ) -> tuple[Tensors, Tensors, torch.Tensor]:
     """Run ``epochs`` of minibatch SGD starting exactly from ``params``; return (params', buffers', mean loss).
     ``phases`` ((epochs, names trained or None for all), ...) replaces ``epochs`` with phases run one after
     another (pfedla.algorithms.base.LocalPlan). ``prox_mu`` > 0 adds ``prox_mu``/2 ||w - params||^2 to the
-    loss (FedProx): its gradient mu (w - params) joins each step's gradient.
+    loss (FedProx): its gradient mu (w - params) joins each step's gradient. ``steps`` (Objectives) replace the
+    cross-entropy (pfedla/local_rules.py); ``max_batches`` stops after that many batches.
 
     Inputs are not modified. Buffers (BatchNorm running statistics) are updated on copies. Conv weights
     train in ``compute``'s memory format (pfedla/compute.py; the images should already be in it), forward
     passes run at its precision.
     """
+    if steps:
+        return train_by_objectives(model, params, buffers, x, y, steps=steps, epochs=epochs, phases=phases,
+                                   batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                   generator=generator, compute=compute, max_batches=max_batches)
     params = {k: v.requires_grad_(True) for k, v in compute.cloned(params).items()}
     buffers = {k: v.detach().clone() for k, v in buffers.items()}
     velocity = {k: torch.zeros_like(v) for k, v in params.items()} if momentum else {}
     anchor = {k: v.detach().clone() for k, v in params.items()} if prox_mu else {}
     model.train()
-    losses = []
+    losses, done = [], 0
     for trained in epoch_phases(epochs, phases):
         trained = list(params) if trained is None else [n for n in params if n in trained]
         order = torch.randperm(len(y), generator=generator).to(y.device)
         for start in range(0, len(y), batch_size):
+            if max_batches is not None and done >= max_batches:
+                break
+            done += 1
             batch = order[start : start + batch_size]
             with compute.autocast(x.device.type):
                 logits = functional_call(model, {**params, **buffers}, (x[batch],))
@@ -77,13 +88,6 @@ def train_client(
     return {k: v.detach() for k, v in params.items()}, buffers, torch.stack(losses).mean()
 
 
-def epoch_phases(epochs: int, phases=None) -> list:
-    """The names trained in each epoch, in order (None: all): ``phases`` spelled out, or ``epochs`` of all."""
-    if phases is None:
-        return [None] * epochs
-    return [names for count, names in phases for _ in range(count)]
-
-
 @torch.inference_mode()
 def predict(model: nn.Module, params: Tensors, buffers: Tensors, x: torch.Tensor, batch_size: int = 256,
             compute: Compute = REFERENCE) -> torch.Tensor:
@@ -94,3 +98,17 @@ def predict(model: nn.Module, params: Tensors, buffers: Tensors, x: torch.Tensor
     with compute.autocast(x.device.type):
         return torch.cat([functional_call(model, state, (x[i : i + batch_size],)).argmax(1)
                           for i in range(0, len(x), batch_size)])
+
+
+@torch.inference_mode()
+def mean_loss(model: nn.Module, params: Tensors, buffers: Tensors, x: torch.Tensor, y: torch.Tensor,
+              compute: Compute = REFERENCE, batch_size: int = 256) -> torch.Tensor:
+    """The model's mean cross-entropy on (x, y) (eval mode), ``batch_size`` samples at a time."""
+    model.eval()
+    state = {**{k: compute.laid_out(v) for k, v in params.items()}, **buffers}
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for i in range(0, len(x), batch_size):
+        with compute.autocast(x.device.type):
+            logits = functional_call(model, state, (x[i : i + batch_size],))
+        total += F.cross_entropy(logits.float(), y[i : i + batch_size], reduction="sum").double()
+    return total / max(len(x), 1)

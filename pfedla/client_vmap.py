@@ -14,22 +14,23 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from pfedla import optim
-from pfedla.client import Tensors, epoch_phases
 from pfedla.compute import REFERENCE, Compute
+from pfedla.local_rules import Tensors, clamp, epoch_phases, objective_grad, split
 
 TrainResult = tuple[Tensors, Tensors, torch.Tensor]
 
 
-def batch_schedule(sizes: list[int], epochs: int, batch_size: int, generators: list[torch.Generator]):
+def batch_schedule(sizes: list[int], epochs: int, batch_size: int, generators: list[torch.Generator],
+                   max_batches: int | None = None):
     """Per client, the list of index batches the loop engine would draw (same generator calls), each with the
-    epoch it belongs to."""
+    epoch it belongs to (the first ``max_batches`` of them, if given)."""
     schedule = []
     for n, gen in zip(sizes, generators):
         batches = []
         for epoch in range(epochs):
             order = torch.randperm(n, generator=gen)
             batches += [(epoch, order[s : s + batch_size]) for s in range(0, n, batch_size)]
-        schedule.append(batches)
+        schedule.append(batches if max_batches is None else batches[:max_batches])
     return schedule
 
 
@@ -47,16 +48,19 @@ def train_clients_vmap(
     compute: Compute = REFERENCE,
     prox_mu: float = 0.0,
     phases=None,
+    steps=(),
+    max_batches: int | None = None,
 ) -> list[TrainResult]:
     """Train every client of ``sent`` (params, buffers) on its ``data`` (x, y); one result per client
-    (forward passes at ``compute``'s precision; its memory format is the default one here)."""
+    (forward passes at ``compute``'s precision; its memory format is the default one here). ``steps``: the
+    plan's objectives (pfedla/local_rules.py), vmapped over clients exactly as the loop engine calls them."""
     names = list(sent[0][0])
     params = {n: torch.stack([p[n] for p, _ in sent]).detach().clone() for n in names}
     buffers = {n: torch.stack([b[n] for _, b in sent]).detach().clone() for n in sent[0][1]}
     velocity = {n: torch.zeros_like(t) for n, t in params.items()} if momentum else {}
-    anchor = {n: t.clone() for n, t in params.items()} if prox_mu else {}  # FedProx: mu/2 ||w - received||^2
+    anchor = {n: t.clone() for n, t in params.items()} if prox_mu or steps else {}  # as received (FedProx, steps)
     trained_in = epoch_phases(epochs, phases)  # per epoch: the names trained (None: all), as in the loop engine
-    schedule = batch_schedule([len(y) for _, y in data], len(trained_in), batch_size, generators)
+    schedule = batch_schedule([len(y) for _, y in data], len(trained_in), batch_size, generators, max_batches)
     losses: list[list[torch.Tensor]] = [[] for _ in sent]
     model.train()
 
@@ -68,6 +72,7 @@ def train_clients_vmap(
         return loss, (loss.detach(), b)
 
     step = vmap(grad(loss_fn, has_aux=True), randomness="different")  # d loss / d params, per client
+    objective_steps = [vmap(objective_grad(o, model, compute), randomness="different") for o in steps]
 
     for t in range(max(len(s) for s in schedule)):
         groups: dict[tuple, list[int]] = {}  # (batch size, names trained): the clients that step together
@@ -79,6 +84,23 @@ def train_clients_vmap(
             idx = [schedule[c][t][1].to(data[c][1].device) for c in members]
             x = torch.stack([data[c][0][i] for c, i in zip(members, idx)])
             y = torch.stack([data[c][1][i] for c, i in zip(members, idx)])
+            if steps:  # each objective in order, on these clients' rows, as the loop engine runs them
+                for k, (objective, vstep) in enumerate(zip(steps, objective_steps)):
+                    trained, fixed = split({n: v[rows] for n, v in params.items()}, objective.names)
+                    received = {n: v[rows] for n, v in anchor.items()}
+                    grads, (loss, new_b) = vstep(trained, fixed, received, {n: v[rows] for n, v in buffers.items()},
+                                                 x, y)
+                    for n, g in grads.items():
+                        optim.sgd(params[n], g, lr=lr if objective.lr is None else objective.lr, momentum=momentum,
+                                  weight_decay=weight_decay, velocity=velocity.get(n), rows=rows)
+                    clamp(params, objective.bounds)  # whole rows: other clients' values are already in bounds
+                    with torch.no_grad():
+                        for n, value in new_b.items():
+                            buffers[n][rows] = value
+                    if k == 0:
+                        for j, c in enumerate(members):
+                            losses[c].append(loss[j].detach())
+                continue
             p = {n: v[rows] for n, v in params.items()}
             b = {n: v[rows] for n, v in buffers.items()}
             grads, (loss, new_b) = step(p, b, x, y)

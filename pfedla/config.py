@@ -98,62 +98,6 @@ class ModelConfig:
 
 
 @dataclass
-class PFedLAConfig:
-    name: str = MISSING
-    embedding_dim: int = MISSING
-    hidden_dim: int = MISSING
-    hidden_layers: int = MISSING
-    hn_lr: float = MISSING
-    hn_momentum: float = MISSING
-    hn_optimizer: str = MISSING  # sgd | adam (per-client state either way)
-    normalisation: str = MISSING  # relu | softmax
-    head_init: str = MISSING  # uniform | random
-    grouping: str = MISSING  # module | tensor | block
-    k: int = MISSING  # HeurpFedLA: layers kept local (one-hot on self) per client per round; 0 = pFedLA
-
-
-@dataclass
-class PFedHNConfig:
-    name: str = MISSING
-    embedding_dim: Optional[int] = None  # None: 1 + num_clients / 4, as in the public recipe
-    hidden_dim: int = MISSING
-    hidden_layers: int = MISSING
-    hn_lr: float = MISSING
-    hn_momentum: float = MISSING
-    hn_weight_decay: float = MISSING
-    hn_max_grad_norm: Optional[float] = None  # each client's hypernetwork gradient clipped to this norm; None: off
-
-
-@dataclass
-class AveragingConfig:
-    """fedavg, fedbn, local: no keys beyond the name."""
-
-    name: str = MISSING
-
-
-@dataclass
-class PersonalHeadConfig:
-    """fedper (personal head), lgfedavg (personal body, global head)."""
-
-    name: str = MISSING
-    head_layers: int = MISSING  # the model's last layers that form the head
-
-
-@dataclass
-class FedRepConfig:
-    name: str = MISSING
-    head_layers: int = MISSING  # the model's last layers that form the (personal) head
-    head_epochs: int = MISSING  # local epochs of the head alone, first
-    body_epochs: int = MISSING  # then local epochs of the body alone
-
-
-@dataclass
-class FedProxConfig:
-    name: str = MISSING
-    mu: float = MISSING  # weight of the proximal term mu/2 ||w - w_global||^2
-
-
-@dataclass
 class LoggerConfig:
     name: str = MISSING
     # wandb only
@@ -192,12 +136,6 @@ def register_configs() -> None:
     cs.store(group="dataset", name="schema", node=DatasetConfig)
     cs.store(group="partition", name="schema", node=PartitionConfig)
     cs.store(group="model", name="schema", node=ModelConfig)
-    cs.store(group="algorithm", name="schema_pfedla", node=PFedLAConfig)
-    cs.store(group="algorithm", name="schema_pfedhn", node=PFedHNConfig)
-    cs.store(group="algorithm", name="schema_averaging", node=AveragingConfig)
-    cs.store(group="algorithm", name="schema_personal_head", node=PersonalHeadConfig)
-    cs.store(group="algorithm", name="schema_fedprox", node=FedProxConfig)
-    cs.store(group="algorithm", name="schema_fedrep", node=FedRepConfig)
     cs.store(group="logger", name="schema", node=LoggerConfig)
 
 

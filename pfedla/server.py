@@ -20,9 +20,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from pfedla.algorithms.base import Algorithm
+from pfedla.algorithms.base import Algorithm, LocalPlan
 from pfedla.algorithms.stacked import ClientModel
-from pfedla.client import STREAM_ADAPT_BATCHES, STREAM_CLIENT_BATCHES, client_generator, predict, train_client
+from pfedla.client import (
+    STREAM_ADAPT_BATCHES,
+    STREAM_CLIENT_BATCHES,
+    client_generator,
+    mean_loss,
+    predict,
+    train_client,
+)
 from pfedla.client_vmap import predict_clients_vmap, train_clients_vmap
 from pfedla.compute import Compute, choose_compute
 from pfedla.datasets import FederatedData
@@ -140,10 +147,13 @@ class FederatedModule(L.LightningModule):
             sent = {i: self.algorithm.model_for(i) for i in sampled}  # all from the start-of-round state
             sizes = [self.data.train_sizes[i] for i in sampled]
             mine = self.ranks.share(sampled, sizes)  # every client when in one process
+            plan = self.algorithm.local_plan(self.cfg.client.epochs)
         with timer("client"):
-            trained = self._train_clients(mine, sent)
+            trained = self._train_clients(mine, sent, plan)
         with timer("gather"):  # identity in one process; with K ranks, every rank gets every result
-            results = self.ranks.gather_clients(sampled, sizes, trained, sent[sampled[0]])
+            first = sent[sampled[0]]
+            results = self.ranks.gather_clients(sampled, sizes, trained,
+                                                first if plan.prepare is None else plan.prepare.uploaded(first))
         with timer("server"):
             finite = torch.stack([_all_finite(*result) for result in results]).tolist()  # one sync per round
             for i, size, (params, buffers, loss), ok in zip(sampled, sizes, results, finite):
@@ -160,13 +170,21 @@ class FederatedModule(L.LightningModule):
         self.rounds_done = self.round
         self.timings.append({"round": self.round, "clients": len(sampled), **timer.seconds})
 
-    def _train_clients(self, sampled: list[int], sent: dict[int, ClientModel], stream: int = STREAM_CLIENT_BATCHES,
-                       ) -> list:
-        """Each client trains (client.*) starting exactly from ``sent[i]``; returns (params, buffers, loss)."""
+    def _train_clients(self, sampled: list[int], sent: dict[int, ClientModel], plan: LocalPlan,
+                       stream: int = STREAM_CLIENT_BATCHES) -> list:
+        """Each client runs ``plan`` (with client.*) starting exactly from ``sent[i]``; returns (params, buffers,
+        loss), with what the plan's ``prepare`` adds to the upload in params."""
         cl = self.cfg.client
         if not sampled:  # a rank with no client this round (fewer sampled clients than ranks)
             return []
-        sgd = self.algorithm.local_plan(cl.epochs).training_args(cl)
+        added: dict[int, dict] = {i: {} for i in sampled}
+        if plan.prepare is not None:  # the client's own work on its validation data, before it trains
+            sent = dict(sent)
+            for i in sampled:
+                val_x, val_y = self.data.val_x[i], self.data.val_y[i]
+                score = lambda m, x=val_x, y=val_y: mean_loss(self.model, m.params, m.buffers, x, y, self.compute)
+                sent[i], added[i] = plan.prepare(sent[i], score)
+        sgd = plan.training_args(cl)
         if cl.engine == "vmap":
             results = train_clients_vmap(
                 self.model, [(sent[i].params, sent[i].buffers) for i in sampled],
@@ -183,7 +201,7 @@ class FederatedModule(L.LightningModule):
                     generator=client_generator(self.cfg.seed, self.round, i, stream),
                     compute=self.compute, **sgd,
                 ))
-        return results
+        return [({**params, **added[i]}, buffers, loss) for i, (params, buffers, loss) in zip(sampled, results)]
 
     def _reject(self, i: int) -> None:
         """A NaN/Inf update never reaches server state; the client counts as not having reported."""
@@ -231,7 +249,8 @@ class FederatedModule(L.LightningModule):
             scores = {"personalized": self.score(self.data, clients, models)}
         if adapt and self.algorithm.adapts:
             with timer("adapt"):
-                trained = self._train_clients(clients, dict(zip(clients, models)), STREAM_ADAPT_BATCHES)
+                trained = self._train_clients(clients, dict(zip(clients, models)),
+                                              self.algorithm.adapt_plan(self.cfg.client.epochs), STREAM_ADAPT_BATCHES)
             with timer("eval"):
                 scores["adapted"] = self.score(self.data, clients, [ClientModel(p, b) for p, b, _ in trained])
         # clone(): score()'s results are inference tensors, which in-place collectives must not touch

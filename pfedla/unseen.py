@@ -56,7 +56,7 @@ def evaluate_unseen(module, unseen: FederatedData) -> dict:
     cfg, algorithm = module.cfg, module.algorithm
     unseen = unseen.to(module.device, module.compute)
     cl, rounds = cfg.client, cfg.federation.unseen_rounds
-    sgd = {**algorithm.local_plan(cl.epochs).training_args(cl), "compute": module.compute}
+    sgd = {**algorithm.adapt_plan(cl.epochs).training_args(cl), "compute": module.compute}
     initial = {n: t.detach() for n, t in module.model.named_parameters()}, dict(module.model.named_buffers())
 
     def trainer_for(u: int, stream: int):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from pfedla.algorithms import ALGORITHMS
+from pfedla.algorithms import Algorithm, algorithm_class
 from pfedla.compute import MEMORY_FORMATS, PRECISIONS
 from pfedla.datasets.feature_skew import FEATURES, MAX_GROUPS
 from pfedla.datasets.partition import QUANTITY_LAWS
@@ -93,6 +93,9 @@ def validate_config(cfg) -> None:
     choice("model", cfg.model.name, MODEL_NAMES)
 
     algo = cfg.algorithm
-    choice("algorithm", algo.name, tuple(ALGORITHMS))
-    ALGORITHMS[algo.name].check_config(algo)  # each algorithm checks its own options, next to its class
+    algorithm = algorithm_class(algo)
+    algorithm.check_config(algo)  # each algorithm checks its own options, next to its class
+    if fed.unseen_fraction > 0:
+        check(algorithm.personalize_new_client is not Algorithm.personalize_new_client, "federation.unseen_fraction",
+              fed.unseen_fraction, f"needs a recipe for new clients, which algorithm={algo.name} does not have", "0")
 

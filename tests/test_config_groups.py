@@ -43,3 +43,16 @@ def test_every_search_composes_with_its_sweeper():
             cfg = compose(config_name="config", overrides=[f"hparams_search={option}"], return_hydra_config=True)
             assert cfg.hydra.sweeper.study_name == option and cfg.hydra.sweeper.params, option
             validate_config(cfg)
+
+
+def test_a_checkpoint_from_before_target_resumes_and_a_changed_target_is_refused():
+    from pfedla.checkpointing import check_resume_compatible
+    from pfedla.errors import ConfigError
+
+    saved = {"algorithm": {"name": "fedprox", "mu": 0.01}}  # what a checkpoint from before _target_ holds
+    today = {"algorithm": {"_target_": "pfedla.algorithms.fedavg.FedProx", "name": "fedprox", "mu": 0.01}}
+    check_resume_compatible(saved, today)
+    with pytest.raises(ConfigError, match="algorithm.name: 'fedprox' -> 'fedavg'"):
+        check_resume_compatible(saved, {"algorithm": {**today["algorithm"], "name": "fedavg"}})
+    with pytest.raises(ConfigError, match="algorithm._target_"):
+        check_resume_compatible(today, {"algorithm": {**today["algorithm"], "_target_": "pfedla.algorithms.x.Y"}})

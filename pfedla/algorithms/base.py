@@ -16,32 +16,102 @@ are applied in ``end_round``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 from torch import nn
 
 from pfedla.algorithms.stacked import ClientModel, StackedTensors
 
 
+@dataclass
+class Options:
+    """The ``algorithm`` config node every algorithm's options extend: the class that is built (``_target_``,
+    hydra.utils' dotted path) and the name its runs are reported under."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+
+
+def options(schema: str):
+    """Register an Options dataclass as ``conf/algorithm``'s ``schema`` (an algorithm's yaml names it in its
+    defaults list): the option types live next to the class that reads them."""
+
+    def register(cls):
+        ConfigStore.instance().store(group="algorithm", name=schema, node=cls)
+        return cls
+
+    return register
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One update of a client's training state on a batch (pfedla/local_rules.py): SGD (client.* momentum and
+    weight decay, lr ``lr`` or client.lr) on the parameters ``names``, by the gradient of ``loss``.
+
+    ``loss(params, received, buffers, x, y, forward) -> (loss, buffers')``: ``params`` every tensor of the state
+    (the prefixed copies of multi-model methods included), ``received`` the state as the client received it
+    this round (constants), ``forward(params, buffers, x, prefix)`` the model with the tensors named
+    ``prefix`` + its names, returning (logits, those buffers updated). The loss must be a function of the
+    ``names`` only through ``params``; anything else it reads is a constant (``.detach()``). ``bounds``
+    ({name: (low, high)}) clamps those tensors after each step (APFL's mixing weight stays in [0, 1])."""
+
+    loss: Callable
+    names: frozenset[str]
+    lr: float | None = None
+    bounds: dict | None = None
+
+
 @dataclass(frozen=True)
 class LocalPlan:
-    """What a client does locally, as data both engines execute: SGD with the client.* settings from the model
-    it received, in ``phases`` of (epochs, the parameter names trained then; None: all) one after another
-    (FedRep: the head, then the body), plus ``prox_mu``/2 ||w - w_received||^2 in the loss (FedProx; 0: none)."""
+    """What a client does locally, as data both engines execute.
+
+    By default SGD with the client.* settings on the cross-entropy of the model it received, in ``phases`` of
+    (epochs, the parameter names trained then; None: all) one after another (FedRep: the head, then the
+    body), plus ``prox_mu``/2 ||w - w_received||^2 in the loss (FedProx; 0: none). ``steps`` replaces that
+    loss: every batch runs these objectives in order (several models per client, learned mixing weights,
+    inner problems: Ditto, APFL, pFedMe, Per-FedAvg). ``prepare`` runs before training, with the client's
+    validation data (FedFomo scores the models it received). ``lr`` replaces client.lr, ``max_batches``
+    stops after that many batches (Per-FedAvg's one-step adaptation)."""
 
     phases: tuple[tuple[int, frozenset[str] | None], ...]
     prox_mu: float = 0.0
+    steps: tuple[Objective, ...] = ()
+    lr: float | None = None
+    max_batches: int | None = None
+    prepare: Prepare | None = None
+
+    def __post_init__(self):
+        if self.steps and (self.prox_mu or any(names is not None for _, names in self.phases)):
+            raise ValueError("a LocalPlan with steps trains what each Objective names: put a proximal term or a "
+                             "subset of parameters into the objectives, not into prox_mu or phases")
 
     @classmethod
-    def epochs(cls, epochs: int, prox_mu: float = 0.0) -> LocalPlan:
+    def epochs(cls, epochs: int, prox_mu: float = 0.0, **fields) -> LocalPlan:
         """``epochs`` of training every parameter."""
-        return cls(((epochs, None),), prox_mu)
+        return cls(((epochs, None),), prox_mu, **fields)
 
     def training_args(self, client_cfg) -> dict:
         """The keyword arguments both engines take for this plan with the ``client.*`` settings."""
-        return dict(epochs=0, phases=self.phases, batch_size=client_cfg.batch_size, lr=client_cfg.lr,
-                    momentum=client_cfg.momentum, weight_decay=client_cfg.weight_decay, prox_mu=self.prox_mu)
+        return dict(epochs=0, phases=self.phases, batch_size=client_cfg.batch_size,
+                    lr=client_cfg.lr if self.lr is None else self.lr, momentum=client_cfg.momentum,
+                    weight_decay=client_cfg.weight_decay, prox_mu=self.prox_mu, steps=self.steps,
+                    max_batches=self.max_batches)
+
+
+class Prepare(Protocol):
+    """A client's work before it trains, on its own validation data (FedFomo)."""
+
+    def __call__(self, received: ClientModel, val_loss: Callable) -> tuple[ClientModel, dict]:
+        """(the model the client trains from, tensors added to its upload); ``val_loss(model)``: the mean
+        cross-entropy of a ClientModel on the client's validation split (eval mode)."""
+
+    def uploaded(self, received: ClientModel) -> ClientModel:
+        """What the client's result holds (names, shapes, dtypes), for gathering it across processes."""
 
 
 class Algorithm(nn.Module):
@@ -79,6 +149,11 @@ class Algorithm(nn.Module):
         """What every client does locally (in a round, in its local adaptation, as a new client):
         ``epochs`` (client.epochs) of plain SGD by default."""
         return LocalPlan.epochs(epochs)
+
+    def adapt_plan(self, epochs: int) -> LocalPlan:
+        """The local adaptation of a scored model (score (b), and clients never seen in training): one model,
+        so by default the round's plan; methods whose round trains several models adapt the scored one by SGD."""
+        return self.local_plan(epochs)
 
     # --- evaluation -------------------------------------------------------------------------------
     # Score (a) is the personalized model as the server produces it; score (b) is that model after the

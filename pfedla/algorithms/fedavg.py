@@ -13,13 +13,44 @@ the personal part (``personalize_new_client``); its score (b) adapts that locall
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from omegaconf import MISSING
 from torch import nn
 
-from pfedla.algorithms.base import Algorithm, LocalPlan
+from pfedla.algorithms.base import Algorithm, LocalPlan, Options, options
 from pfedla.algorithms.stacked import ClientModel, StackedTensors, nbytes
 from pfedla.errors import ConfigError, check
 from pfedla.models.layers import layer_groups
+
+
+@options("schema_averaging")
+@dataclass
+class AveragingOptions(Options):
+    """fedavg, fedbn, local: no keys beyond the name."""
+
+
+@options("schema_personal_head")
+@dataclass
+class PersonalHeadOptions(Options):
+    """fedper (personal head), lgfedavg (personal body, global head)."""
+
+    head_layers: int = MISSING  # the model's last layers that form the head
+
+
+@options("schema_fedrep")
+@dataclass
+class FedRepOptions(Options):
+    head_layers: int = MISSING  # the model's last layers that form the (personal) head
+    head_epochs: int = MISSING  # local epochs of the head alone, first
+    body_epochs: int = MISSING  # then local epochs of the body alone
+
+
+@options("schema_fedprox")
+@dataclass
+class FedProxOptions(Options):
+    mu: float = MISSING  # weight of the proximal term mu/2 ||w - w_global||^2
 
 
 class FedAvg(Algorithm):

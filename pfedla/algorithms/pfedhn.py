@@ -14,13 +14,29 @@ BatchNorm statistics, if any, stay each client's own.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
+from omegaconf import MISSING
 from torch import nn
 
 from pfedla import optim
-from pfedla.algorithms.base import Algorithm
+from pfedla.algorithms.base import Algorithm, Options, options
 from pfedla.algorithms.stacked import ClientModel, nbytes, tensor_key
 from pfedla.errors import check
+
+
+@options("schema_pfedhn")
+@dataclass
+class PFedHNOptions(Options):
+    embedding_dim: Optional[int] = None  # None: 1 + num_clients / 4, as in the public recipe
+    hidden_dim: int = MISSING
+    hidden_layers: int = MISSING
+    hn_lr: float = MISSING
+    hn_momentum: float = MISSING
+    hn_weight_decay: float = MISSING
+    hn_max_grad_norm: Optional[float] = None  # each client's hypernetwork gradient clipped to this norm; None: off
 
 
 class PFedHN(Algorithm):

@@ -12,19 +12,36 @@ neither sent nor uploaded, and (through ``torch.where``) their heads get no grad
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 from torch import nn
 
 from pfedla.algorithms.alpha_stats import alpha_statistics
-from pfedla.algorithms.base import Algorithm
+from pfedla.algorithms.base import Algorithm, Options, options
 from pfedla.algorithms.hypernetwork import HEAD_INITS, NORMALISATIONS, OPTIMIZERS, LayerwiseHypernetworks
 from pfedla.algorithms.stacked import ClientModel, StackedTensors, Tensors, nbytes
 from pfedla.errors import ConfigError, check, choice
 from pfedla.models.layers import GROUPINGS, layer_groups
 from pfedla.outputs import write_alpha
+
+
+@options("schema_pfedla")
+@dataclass
+class PFedLAOptions(Options):
+    embedding_dim: int = MISSING
+    hidden_dim: int = MISSING
+    hidden_layers: int = MISSING
+    hn_lr: float = MISSING
+    hn_momentum: float = MISSING
+    hn_optimizer: str = MISSING  # sgd | adam (per-client state either way)
+    normalisation: str = MISSING  # relu | softmax
+    head_init: str = MISSING  # uniform | random
+    grouping: str = MISSING  # module | tensor | block
+    k: int = MISSING  # HeurpFedLA: layers kept local (one-hot on self) per client per round; 0 = pFedLA
 
 
 def aggregate(client_params: Tensors, alpha: torch.Tensor, layers: dict[str, list[str]]) -> Tensors:

@@ -1,0 +1,82 @@
+"""Ditto (Li et al., "Ditto: Fair and Robust Federated Learning Through Personalization", ICML 2021).
+
+Two models per client: the global model w, trained and averaged exactly as FedAvg's, and a personal
+model v_i that never leaves the client, trained on the client's loss plus lambda/2 ||v_i - w^t||^2, the
+pull towards the global model w^t the client received this round. Both train on the same batches of
+the round (client.epochs, client.lr; the paper's Algorithm 1 takes its own local steps for each; here the
+personal model shares the global model's batch order). The personal model is the one scored; score (b)
+adapts it by plain local SGD. The client's state travels to the engines as one dict: the global model
+under its own names, the personal one under ``personal/`` (pfedla/local_rules.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import MISSING
+from torch import nn
+
+from pfedla.algorithms.base import LocalPlan, Objective, Options, options
+from pfedla.algorithms.fedavg import FedAvg
+from pfedla.algorithms.stacked import ClientModel
+from pfedla.errors import check
+from pfedla.local_rules import cross_entropy
+
+
+@options("schema_ditto")
+@dataclass
+class DittoOptions(Options):
+    lam: float = MISSING  # the personal model's pull lambda/2 ||v - w||^2 towards the received global model
+
+
+PERSONAL = "personal/"
+
+
+def prefixed(model: ClientModel, prefix: str) -> ClientModel:
+    """``model``'s tensors under ``prefix`` + their names (a second model in a client's training state)."""
+    return ClientModel({prefix + n: t for n, t in model.params.items()},
+                       {prefix + n: t for n, t in model.buffers.items()})
+
+
+def unprefixed(params: dict, buffers: dict, prefix: str, param_names, buffer_names) -> ClientModel:
+    """The model stored under ``prefix`` in a client's training state, under the model's own names."""
+    return ClientModel({n: params[prefix + n] for n in param_names}, {n: buffers[prefix + n] for n in buffer_names})
+
+
+class Ditto(FedAvg):
+    @staticmethod
+    def check_config(cfg) -> None:
+        check(cfg.lam >= 0, "algorithm.lam", cfg.lam, "must be >= 0 (0: the personal model is Local's)", "0.1")
+
+    def __init__(self, model: nn.Module, num_clients: int, cfg):
+        super().__init__(model, num_clients, cfg)  # client_params/client_buffers: each client's personal model
+        self.lam = float(cfg.lam)
+
+    def model_for(self, i: int) -> ClientModel:
+        sent = super().model_for(i)  # the global model (counted as FedAvg's download)
+        personal = prefixed(self.own_model(i), PERSONAL)  # never communicated: it lives on the client
+        return ClientModel({**sent.params, **personal.params}, {**sent.buffers, **personal.buffers})
+
+    def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
+        super().receive(i, sent, trained, num_samples)  # the global part, averaged as FedAvg's
+        self._trained[i] = unprefixed(trained.params, trained.buffers, PERSONAL, self.param_names, self.buffer_names)
+
+    def personalized_model(self, i: int) -> ClientModel:
+        return self.own_model(i)
+
+    def local_plan(self, epochs: int) -> LocalPlan:
+        lam, names = self.lam, self.param_names
+
+        def personal_loss(params, received, buffers, x, y, forward):
+            logits, new_buffers = forward(params, buffers, x, PERSONAL)
+            pull = sum(((params[PERSONAL + n] - received[n]) ** 2).sum() for n in names)
+            return torch.nn.functional.cross_entropy(logits, y) + lam / 2 * pull, new_buffers
+
+        return LocalPlan.epochs(epochs, steps=(
+            Objective(cross_entropy, frozenset(names)),
+            Objective(personal_loss, frozenset(PERSONAL + n for n in names)),
+        ))
+
+    def adapt_plan(self, epochs: int) -> LocalPlan:
+        return LocalPlan.epochs(epochs)
