@@ -141,9 +141,11 @@ def _mean_alpha_stats(stats: list[dict]) -> dict | None:
 SCORES_EXPLAINED = (
     "Accuracy in %, mean ± std over seeds, unweighted mean over clients, on each client's test split. "
     "**(a)** is the personalized model as the server produces it (pFedLA: the aggregate theta_bar_i; "
-    "pFedHN: the generated model; FedAvg: the global model; FedBN: the global model with the client's "
-    "BatchNorm; Local: its own model). **(b)** is that model after the client's local adaptation "
-    "(`client.epochs` of local SGD on its train split, on a copy). \"best val\": test accuracy at the "
+    "pFedHN: the generated model; FedAvg, FedProx, Per-FedAvg: the global model; FedBN, FedPer, FedRep, "
+    "LG-FedAvg: the global part with the client's personal part; Ditto, pFedMe: the personal model; APFL: "
+    "alpha v + (1 - alpha) w; FedFomo, Local: the client's own model). **(b)** is that model after the client's "
+    "local adaptation (`client.epochs` of local SGD on its train split, on a copy; Per-FedAvg: one SGD step of "
+    "lr alpha on one batch). \"best val\": test accuracy at the "
     "round whose *validation* accuracy was best (the test split chooses nothing). The headline is (a) "
     "at best val. Local has one score: its (b) is its (a)."
 )
@@ -255,8 +257,13 @@ CURVES = (("val/acc_mean", "(a) validation"), ("test/acc_mean", "(a) test"),
           ("test/adapted_acc_mean", "(b) after local adaptation, test"))
 
 
-def plot_curves(groups: dict[str, list[Job]], path: Path) -> None:
+def draw_curves(groups: dict[str, list[Job]]):
+    """The curves figure: one colour per algorithm in every panel (a method without score (b), such as Local,
+    is absent from the last panel but keeps its colour elsewhere), one legend with every algorithm."""
     fig, axes = plt.subplots(1, len(CURVES), figsize=(15, 4.6), sharey=True)
+    palette = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
+    colours = {label: palette(k % palette.N) for k, label in enumerate(groups)}
+    legend: dict[str, object] = {}
     for ax, (key, title) in zip(axes, CURVES):
         for label, jobs in groups.items():
             curves = [c for c in (_read_curve(j.path / "metrics.csv", key) for j in jobs) if c]
@@ -265,16 +272,23 @@ def plot_curves(groups: dict[str, list[Job]], path: Path) -> None:
             rounds = sorted(set.intersection(*(set(c) for c in curves)))
             values = np.array([[c[r] for r in rounds] for c in curves]) * 100
             mean, std = values.mean(0), values.std(0)
-            ax.plot(rounds, mean, label=f"{label} (n={len(curves)})", marker="o" if len(rounds) < 15 else None,
-                    markersize=3)
-            ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
+            (line,) = ax.plot(rounds, mean, label=f"{label} (n={len(curves)})", color=colours[label],
+                              marker="o" if len(rounds) < 15 else None, markersize=3)
+            ax.fill_between(rounds, mean - std, mean + std, alpha=0.2, color=colours[label])
+            legend.setdefault(label, line)
         ax.set_title(title)
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy, mean over clients (%)")
-    axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[-1].legend(list(legend.values()), [line.get_label() for line in legend.values()], fontsize=8,
+                    loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle("Accuracy vs round (band: ± std over seeds)")
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(groups: dict[str, list[Job]], path: Path) -> None:
+    fig = draw_curves(groups)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -53,3 +53,23 @@ def test_compare_experiment_sweeps_every_algorithm_over_three_seeds():
 
     swept = next(line for line in text.splitlines() if line.strip().startswith("algorithm:")).split(":")[1].strip()
     assert sorted(swept.split(",")) == options("algorithm") and "seed: 0,1,2" in text  # every algorithm, no other
+
+
+def test_curves_keep_one_colour_per_algorithm_when_one_has_no_score_b(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from pfedla.report import Job, draw_curves
+
+    header = "round,val/acc_mean,test/acc_mean,test/adapted_acc_mean\n"
+    groups = {}
+    for name, adapted in (("fedavg", "0.7"), ("local", ""), ("pfedla", "0.8")):  # Local: no (b), as in a run
+        path = tmp_path / name
+        path.mkdir()
+        (path / "metrics.csv").write_text(header + f"1,0.5,0.5,{adapted}\n2,0.6,0.6,{adapted}\n")
+        groups[name] = [Job(path=path, summary={}, error=None)]
+    fig = draw_curves(groups)
+    colours = [{line.get_label().split()[0]: line.get_color() for line in ax.get_lines()} for ax in fig.axes[:3]]
+    assert set(colours[0]) == {"fedavg", "local", "pfedla"} and set(colours[2]) == {"fedavg", "pfedla"}
+    assert colours[2]["pfedla"] == colours[0]["pfedla"] != colours[0]["local"]
+    assert [t.get_text().split()[0] for t in fig.axes[2].get_legend().get_texts()] == ["fedavg", "local", "pfedla"]
+    plt.close(fig)
