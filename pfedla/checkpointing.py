@@ -65,7 +65,7 @@ def load_checkpoint(path: str | Path, map_location=None) -> dict:
 ADDED_KEYS = {
     "partition.feature": "none", "partition.groups": 4, "partition.group_of": None,
     "partition.feature_level": None, "partition.quantity": "none", "partition.quantity_scale": 1.0,
-    "federation.unseen_fraction": 0.0,
+    "federation.unseen_fraction": 0.0, "federation.unseen_rounds": 10,
 }
 
 

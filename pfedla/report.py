@@ -23,9 +23,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pfedla.algorithms.alpha_stats import one_line  # noqa: E402
+from pfedla.checkpointing import with_added_keys  # noqa: E402
 from pfedla.fairness import spread  # noqa: E402
 
-IGNORED_KEYS = {"seed", "resume", "dataset.root"}
+IGNORED_KEYS = {"seed", "resume", "dataset.root", "algorithm._target_"}  # _target_: the class algorithm.name names
 IGNORED_PREFIXES = ("logger.", "trainer.", "checkpoint.", "viz.")  # how a job ran, not what it ran
 
 
@@ -37,7 +38,9 @@ class Job:
 
     @property
     def config(self) -> dict:
-        return _flatten(self.summary["config"]) if self.summary else {}
+        """The run's config, flattened; keys added since it ran read as their values from before they existed
+        (pfedla.checkpointing.ADDED_KEYS), so an older run groups with a newer one of the same experiment."""
+        return _flatten(with_added_keys(self.summary["config"])) if self.summary else {}
 
 
 def find_jobs(sweep_dir: Path) -> list[Job]:

@@ -73,3 +73,19 @@ def test_curves_keep_one_colour_per_algorithm_when_one_has_no_score_b(tmp_path):
     assert colours[2]["pfedla"] == colours[0]["pfedla"] != colours[0]["local"]
     assert [t.get_text().split()[0] for t in fig.axes[2].get_legend().get_texts()] == ["fedavg", "local", "pfedla"]
     plt.close(fig)
+
+
+def test_a_run_from_before_a_key_existed_groups_with_todays_runs_of_the_same_experiment(tmp_path):
+    from pfedla.report import Job, group_jobs
+
+    def job(name, config):
+        return Job(path=tmp_path / name, summary={"config": config, "final": {"round": 1}}, error=None)
+
+    old = {"algorithm": {"name": "fedbn"}, "partition": {"name": "dirichlet", "alpha": 0.3}, "seed": 0}
+    today = {"algorithm": {"name": "fedbn", "_target_": "pfedla.algorithms.fedavg.FedBN"}, "seed": 1,
+             "partition": {"name": "dirichlet", "alpha": 0.3, "feature": "none", "groups": 4, "group_of": None,
+                           "feature_level": None, "quantity": "none", "quantity_scale": 1.0}}
+    other = {**today, "partition": {**today["partition"], "quantity": "zipf"}, "seed": 2}
+    groups = group_jobs([job("old", old), job("today", today), job("other", other)])
+    assert {label: [j.path.name for j in jobs] for label, jobs in groups.items()} == {
+        "fedbn partition.quantity=none": ["old", "today"], "fedbn partition.quantity=zipf": ["other"]}
