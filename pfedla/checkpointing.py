@@ -85,10 +85,11 @@ def with_added_keys(config: dict) -> dict:
 def check_resume_compatible(saved: dict, current: dict) -> None:
     """Refuse to continue a run under a config that changes the federation; name every differing key."""
     saved = with_added_keys(saved)
-    algorithm = saved.get("algorithm")
-    if isinstance(algorithm, dict) and "_target_" not in algorithm:
-        # from before algorithms were built from _target_: algorithm.name chose the class (still compared)
-        algorithm["_target_"] = _select(current, "algorithm._target_")
+    for group in ("algorithm", "model"):
+        node = saved.get(group)
+        if isinstance(node, dict) and "_target_" not in node:
+            # from before they were built from _target_: their name chose the class (the name is still compared)
+            node["_target_"] = _select(current, f"{group}._target_")
     differing = []
     for key in FEDERATION_KEYS:
         before, after = _select(saved, key), _select(current, key)

@@ -91,6 +91,7 @@ class PartitionConfig:
 
 @dataclass
 class ModelConfig:
+    _target_: str = MISSING  # the nn.Module class (pfedla/models/build.py)
     name: str = MISSING
     channels: list[int] = MISSING
     hidden: list[int] = MISSING

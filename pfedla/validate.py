@@ -14,7 +14,7 @@ from pfedla.datasets.feature_skew import FEATURES, MAX_GROUPS
 from pfedla.datasets.partition import QUANTITY_LAWS
 from pfedla.datasets.sources import DATASET_NAMES
 from pfedla.errors import check, choice
-from pfedla.models import MODEL_NAMES
+from pfedla.models import model_class
 from pfedla.unseen import num_unseen
 from pfedla.viz.wandb_logger import MODES
 
@@ -90,7 +90,7 @@ def validate_config(cfg) -> None:
     choice("partition.quantity", part.quantity, QUANTITY_LAWS)
     check(part.quantity_scale > 0, "partition.quantity_scale", part.quantity_scale, "must be > 0", "1.0")
 
-    choice("model", cfg.model.name, MODEL_NAMES)
+    model_class(cfg.model)
 
     algo = cfg.algorithm
     algorithm = algorithm_class(algo)

@@ -49,10 +49,33 @@ def test_a_checkpoint_from_before_target_resumes_and_a_changed_target_is_refused
     from pfedla.checkpointing import check_resume_compatible
     from pfedla.errors import ConfigError
 
-    saved = {"algorithm": {"name": "fedprox", "mu": 0.01}}  # what a checkpoint from before _target_ holds
-    today = {"algorithm": {"_target_": "pfedla.algorithms.fedavg.FedProx", "name": "fedprox", "mu": 0.01}}
+    saved = {"algorithm": {"name": "fedprox", "mu": 0.01}, "model": {"name": "cnn"}}  # from before _target_
+    today = {"algorithm": {"_target_": "pfedla.algorithms.fedavg.FedProx", "name": "fedprox", "mu": 0.01},
+             "model": {"_target_": "pfedla.models.cnn.CNN", "name": "cnn"}}
     check_resume_compatible(saved, today)
     with pytest.raises(ConfigError, match="algorithm.name: 'fedprox' -> 'fedavg'"):
-        check_resume_compatible(saved, {"algorithm": {**today["algorithm"], "name": "fedavg"}})
+        check_resume_compatible(saved, {**today, "algorithm": {**today["algorithm"], "name": "fedavg"}})
     with pytest.raises(ConfigError, match="algorithm._target_"):
-        check_resume_compatible(today, {"algorithm": {**today["algorithm"], "_target_": "pfedla.algorithms.x.Y"}})
+        moved = {**today["algorithm"], "_target_": "pfedla.algorithms.x.Y"}
+        check_resume_compatible(today, {**today, "algorithm": moved})
+
+
+def test_models_are_built_from_target_with_the_datasets_shape_and_errors_stay_clear():
+    import torch
+
+    from pfedla.errors import ConfigError
+    from pfedla.models import build_model
+    from pfedla.models.cnn import CNN
+    from pfedla.validate import validate_config
+
+    cfg = compose_config(SYNTHETIC + ["model=cnn_bn"])
+    torch.manual_seed(3)
+    built = build_model(cfg.model, (1, 16, 16), 5)
+    torch.manual_seed(3)
+    direct = CNN((1, 16, 16), 5, channels=(16, 32), hidden=(120, 84), batch_norm=True)
+    assert type(built) is CNN and built.state_dict().keys() == direct.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), direct.state_dict().values()))
+    with pytest.raises(ConfigError, match=r"^model: input 8x8 is too small"):  # not wrapped by hydra
+        build_model(cfg.model, (1, 8, 8), 5)
+    with pytest.raises(ConfigError, match=r"model._target_='pfedla.models.nothing.X' \(model=cnn_bn\)"):
+        validate_config(compose_config(SYNTHETIC + ["model=cnn_bn", "model._target_=pfedla.models.nothing.X"]))

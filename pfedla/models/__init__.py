@@ -1,4 +1,4 @@
-from pfedla.models.cnn import MODEL_NAMES, build_model
+from pfedla.models.build import build_model, model_class
 from pfedla.models.layers import layer_groups
 
-__all__ = ["MODEL_NAMES", "build_model", "layer_groups"]
+__all__ = ["build_model", "layer_groups", "model_class"]

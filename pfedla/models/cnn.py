@@ -37,13 +37,3 @@ class CNN(nn.Module):
         x = torch.relu(self.fc1(x.flatten(1)))
         x = torch.relu(self.fc2(x))
         return self.fc3(x)
-
-
-MODEL_NAMES = ("cnn", "cnn_bn")
-
-
-def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The architecture every client shares (``cfg`` is the ``model`` config node)."""
-    if cfg.name not in MODEL_NAMES:
-        raise ConfigError(f"model={cfg.name} is unknown; valid: {', '.join(MODEL_NAMES)} (e.g. model=cnn)")
-    return CNN(tuple(input_shape), num_classes, tuple(cfg.channels), tuple(cfg.hidden), bool(cfg.batch_norm))
