@@ -28,6 +28,16 @@ def _assert_models_close(got: list[ClientModel], expected: list[ClientModel]) ->
         assert_states_close({**a.params, **a.buffers}, {**b.params, **b.buffers}, rtol=1e-4, atol=1e-5)
 
 
+def _sent_apart(algo, prefix: str) -> ClientModel:
+    """Client 0's send, with the model under ``prefix`` moved away from the global one (as after some rounds)."""
+    algo.begin_round([0])
+    sent = algo.model_for(0)
+    with torch.no_grad():
+        for n in algo.param_names:
+            sent.params[prefix + n] += 0.3 * torch.randn_like(sent.params[prefix + n])
+    return sent
+
+
 def _run(synthetic_cfg, tmp_path, name, *extra):
     module = setup(synthetic_cfg(*extra))
     summary = run(module.cfg, tmp_path / name, module=module)
@@ -61,11 +71,7 @@ def test_apfl_learns_its_mixing_weight_by_the_gradient_of_the_mixed_models_loss(
 
     model = tiny_model()
     algo = APFL(model, 2, OmegaConf.create(dict(alpha=0.5, learn_alpha=True)))
-    algo.begin_round([0])
-    sent = algo.model_for(0)
-    with torch.no_grad():  # a local model apart from the global one
-        for n in algo.param_names:
-            sent.params[LOCAL + n] += 0.3 * torch.randn_like(sent.params[LOCAL + n])
+    sent = _sent_apart(algo, LOCAL)
     x, y = toy_batch(12)
     got, _, _ = train_client(model, sent.params, sent.buffers, x, y, generator=torch.Generator().manual_seed(0),
                              **algo.local_plan(1).training_args(CLIENT))
@@ -121,11 +127,7 @@ def test_ditto_pulls_the_personal_model_towards_the_global_model_it_received():
 
     model = tiny_model()
     algo = Ditto(model, 1, OmegaConf.create(dict(lam=0.5)))
-    algo.begin_round([0])
-    sent = algo.model_for(0)
-    with torch.no_grad():  # a personal model apart from the global one
-        for n in algo.param_names:
-            sent.params[P + n] += 0.3 * torch.randn_like(sent.params[P + n])
+    sent = _sent_apart(algo, P)
     x, y = toy_batch(12)
     got, _, _ = train_client(model, sent.params, sent.buffers, x, y, generator=torch.Generator().manual_seed(0),
                              **algo.local_plan(1).training_args(OmegaConf.merge(CLIENT, {"batch_size": 6})))

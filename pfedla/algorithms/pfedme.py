@@ -22,7 +22,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from pfedla.algorithms.base import LocalPlan, Objective, Options, options
-from pfedla.algorithms.ditto import prefixed, unprefixed
+from pfedla.algorithms.ditto import PERSONAL, prefixed, unprefixed
 from pfedla.algorithms.fedavg import FedAvg
 from pfedla.algorithms.stacked import ClientModel
 from pfedla.errors import check
@@ -37,7 +37,6 @@ class PFedMeOptions(Options):
     beta: float = MISSING  # the server's step towards the clients' average (1: FedAvg's)
 
 
-PERSONAL = "personal/"
 
 
 class PFedMe(FedAvg):
