@@ -93,22 +93,25 @@ def predict(model: nn.Module, params: Tensors, buffers: Tensors, x: torch.Tensor
             compute: Compute = REFERENCE) -> torch.Tensor:
     """Class predictions of the model (eval mode: BatchNorm uses the running statistics), ``batch_size``
     samples at a time: on a CPU a few hundred stay in cache where thousands do not (docs/PERFORMANCE.md)."""
-    model.eval()
-    state = {**{k: compute.laid_out(v) for k, v in params.items()}, **buffers}
-    with compute.autocast(x.device.type):
-        return torch.cat([functional_call(model, state, (x[i : i + batch_size],)).argmax(1)
-                          for i in range(0, len(x), batch_size)])
+    return torch.cat([logits.argmax(1) for _, logits in _logits_in_batches(model, params, buffers, x, batch_size,
+                                                                            compute)])
 
 
 @torch.inference_mode()
 def mean_loss(model: nn.Module, params: Tensors, buffers: Tensors, x: torch.Tensor, y: torch.Tensor,
               compute: Compute = REFERENCE, batch_size: int = 256) -> torch.Tensor:
     """The model's mean cross-entropy on (x, y) (eval mode), ``batch_size`` samples at a time."""
-    model.eval()
-    state = {**{k: compute.laid_out(v) for k, v in params.items()}, **buffers}
     total = torch.zeros((), dtype=torch.float64, device=x.device)
-    for i in range(0, len(x), batch_size):
-        with compute.autocast(x.device.type):
-            logits = functional_call(model, state, (x[i : i + batch_size],))
+    for i, logits in _logits_in_batches(model, params, buffers, x, batch_size, compute):
         total += F.cross_entropy(logits.float(), y[i : i + batch_size], reduction="sum").double()
     return total / max(len(x), 1)
+
+
+def _logits_in_batches(model: nn.Module, params: Tensors, buffers: Tensors, x: torch.Tensor, batch_size: int,
+                       compute: Compute):
+    """(start, logits) of each ``batch_size`` slice of x, in eval mode, in ``compute``'s layout and autocast."""
+    model.eval()
+    state = {**{k: compute.laid_out(v) for k, v in params.items()}, **buffers}
+    for i in range(0, len(x), batch_size):
+        with compute.autocast(x.device.type):
+            yield i, functional_call(model, state, (x[i : i + batch_size],))
