@@ -2,7 +2,7 @@
 
 Lightning gives the loop, progress bar, loggers and checkpoints; the round itself is plain tensor
 work: sample clients, send ``algorithm.model_for(i)``, train with ``client_trainer`` starting from
-exactly that, ``algorithm.receive``, then ``algorithm.end_round``. Resume is clean because every
+exactly that, then hand every finite result to ``algorithm.receive_round`` in one call. Resume is clean because every
 round boundary is an epoch boundary and all randomness is a function of (seed, round, client).
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from pfedla.algorithms.base import Algorithm, LocalPlan
+from pfedla.algorithms.base import Algorithm, LocalPlan, Report
 from pfedla.algorithms.stacked import ClientModel
 from pfedla.client import (
     STREAM_ADAPT_BATCHES,
@@ -156,13 +156,14 @@ class FederatedModule(L.LightningModule):
                                                 first if plan.prepare is None else plan.prepare.uploaded(first))
         with timer("server"):
             finite = torch.stack([_all_finite(*result) for result in results]).tolist()  # one sync per round
+            reports = []
             for i, size, (params, buffers, loss), ok in zip(sampled, sizes, results, finite):
                 if not ok:
                     self._reject(i)
                     continue
-                self.algorithm.receive(i, sent[i], ClientModel(params, buffers), size)
+                reports.append(Report(i, sent[i], ClientModel(params, buffers), size))
                 self._round_losses.append(loss)
-            self.algorithm.end_round()
+            self.algorithm.receive_round(reports)
         last = self.round == fed.rounds
         adapt = fed.adapt_every > 0 and (self.round % fed.adapt_every == 0 or last)
         if adapt or last or self.round % fed.eval_every == 0:

@@ -13,6 +13,7 @@ import torch
 
 from pfedla.errors import ConfigError
 from pfedla.run import run, setup
+from pfedla.sampling import sample_clients
 from tests.conftest import REPO
 
 CLI_SYNTHETIC = ["+experiment=smoke", "federation.num_clients=4", "client.lr=0.05", "trainer.progress_bar=false",
@@ -144,8 +145,18 @@ def test_a_nan_update_is_rejected_and_server_state_stays_finite(synthetic_cfg, t
         return params, buffers, loss
 
     module.client_trainer = poisoned
+    rounds, receive_round = [], module.algorithm.receive_round  # the server hands each round over in one call
+
+    def recording(reports):
+        rounds.append([r.client for r in reports])
+        assert all(r.num_samples == module.data.train_sizes[r.client] for r in reports)
+        receive_round(reports)
+
+    module.algorithm.receive_round = recording
     summary = run(cfg, tmp_path, module=module)
     assert summary["rejected_updates"] == [[1, 1]]
+    sampled = [sample_clients(cfg.seed, t, 4, cfg.federation.participation) for t in (1, 2)]
+    assert rounds == [[i for i in sampled[0] if i != 1], sampled[1]] and 1 in sampled[0]
     state = module.algorithm.state_dict()
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
     # A model with NaN weights predicts one class (~10% here); after adaptation the models learn well beyond it.

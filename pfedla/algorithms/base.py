@@ -7,11 +7,12 @@ One round, driven by ``pfedla.server.FederatedModule``::
     for i in sampled:
         sent = model_for(i)                     # what the server sends client i
         trained = <client i trains from sent>
-        receive(i, sent, trained, num_samples)  # what the server does with client i's result
-    end_round()                                 # round-level work (averaging, hypernetwork steps)
+    receive_round(reports)                      # every finite result in one call; by default:
+        receive(i, sent, trained, num_samples)  #   what the server does with each client's result,
+        end_round()                             #   then round-level work (averaging, hypernetwork steps)
 
 All sends in a round use the start-of-round state (clients train in parallel); state changes
-are applied in ``end_round``.
+are applied when the round is received.
 """
 
 from __future__ import annotations
@@ -114,6 +115,16 @@ class Prepare(Protocol):
         """What the client's result holds (names, shapes, dtypes), for gathering it across processes."""
 
 
+@dataclass(frozen=True)
+class Report:
+    """One client's result of a round, as the server hands it to ``Algorithm.receive_round``."""
+
+    client: int
+    sent: ClientModel  # what the server sent it (model_for)
+    trained: ClientModel  # what it uploaded: its trained state, plus what its plan's prepare added
+    num_samples: int  # its train split's size
+
+
 class Algorithm(nn.Module):
     def __init__(self, model: nn.Module, num_clients: int):
         super().__init__()
@@ -144,6 +155,14 @@ class Algorithm(nn.Module):
 
     def end_round(self) -> None:
         pass
+
+    def receive_round(self, reports: list[Report]) -> None:
+        """Every finite result of the round, in one call (sampled order; rejected clients left out), after all
+        clients trained. By default: ``receive`` each, then ``end_round``; a method that aggregates the round
+        as a whole may override this instead."""
+        for r in reports:
+            self.receive(r.client, r.sent, r.trained, r.num_samples)
+        self.end_round()
 
     def local_plan(self, epochs: int) -> LocalPlan:
         """What every client does locally (in a round, in its local adaptation, as a new client):
