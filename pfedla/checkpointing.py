@@ -24,8 +24,8 @@ from pfedla.outputs import atomic_write_bytes
 FEDERATION_KEYS = (
     "seed", "federation.num_clients", "federation.participation", "federation.unseen_fraction", "client", "partition",
     "model", "algorithm",
-    "dataset.name", "dataset.fraction", "dataset.num_classes", "dataset.samples_per_class", "dataset.image_size",
-    "dataset.noise", "dataset.split",
+    "dataset._target_", "dataset.name", "dataset.fraction", "dataset.num_classes", "dataset.samples_per_class",
+    "dataset.image_size", "dataset.noise", "dataset.split",
 )
 
 
@@ -85,7 +85,7 @@ def with_added_keys(config: dict) -> dict:
 def check_resume_compatible(saved: dict, current: dict) -> None:
     """Refuse to continue a run under a config that changes the federation; name every differing key."""
     saved = with_added_keys(saved)
-    for group in ("algorithm", "model"):
+    for group in ("algorithm", "model", "dataset", "partition"):
         node = saved.get(group)
         if isinstance(node, dict) and "_target_" not in node:
             # from before they were built from _target_: their name chose the class (the name is still compared)

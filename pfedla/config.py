@@ -59,11 +59,12 @@ class CheckpointConfig:
 
 @dataclass
 class DatasetConfig:
+    _target_: str = MISSING  # the pfedla.datasets.sources.Source class; it takes the keys below it names
     name: str = MISSING
-    root: str = MISSING
     fraction: float = MISSING  # seeded stratified subset of the pooled data, in (0, 1]
-    download: bool = MISSING
     # option-specific keys: set in that option's YAML, None elsewhere
+    root: Optional[str] = None  # torchvision datasets
+    download: Optional[bool] = None  # torchvision datasets
     num_classes: Optional[int] = None  # synthetic
     samples_per_class: Optional[int] = None  # synthetic
     image_size: Optional[int] = None  # synthetic
@@ -73,6 +74,7 @@ class DatasetConfig:
 
 @dataclass
 class PartitionConfig:
+    _target_: str = MISSING  # the pfedla.datasets.partition.LabelSkew class; it takes the keys below it names
     name: str = MISSING
     test_fraction: float = MISSING  # of each client's share
     val_fraction: float = MISSING  # of each client's share minus its test split

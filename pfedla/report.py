@@ -26,7 +26,7 @@ from pfedla.algorithms.alpha_stats import one_line  # noqa: E402
 from pfedla.checkpointing import with_added_keys  # noqa: E402
 from pfedla.fairness import spread  # noqa: E402
 
-IGNORED_KEYS = {"seed", "resume", "dataset.root", "algorithm._target_"}  # _target_: the class algorithm.name names
+IGNORED_KEYS = {"seed", "resume", "dataset.root"}
 IGNORED_PREFIXES = ("logger.", "trainer.", "checkpoint.", "viz.")  # how a job ran, not what it ran
 
 
@@ -67,6 +67,7 @@ def group_jobs(jobs: list[Job]) -> dict[str, list[Job]]:
         # Label rows by the keys that vary among this algorithm's jobs (other algorithms' keys,
         # e.g. a swept pFedLA learning rate, say nothing about FedAvg's rows).
         keys = sorted({k for j in jobs_of_algorithm for k in j.config} - IGNORED_KEYS - {"algorithm.name"})
+        keys = [k for k in keys if not k.endswith("._target_")]  # the class its group's name names
         varying = [k for k in keys if not k.startswith(IGNORED_PREFIXES)
                    and len({repr(j.config.get(k)) for j in jobs_of_algorithm}) > 1]
         for job in jobs_of_algorithm:

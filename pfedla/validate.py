@@ -11,14 +11,12 @@ import torch
 from pfedla.algorithms import Algorithm, algorithm_class
 from pfedla.compute import MEMORY_FORMATS, PRECISIONS
 from pfedla.datasets.feature_skew import FEATURES, MAX_GROUPS
-from pfedla.datasets.partition import QUANTITY_LAWS
-from pfedla.datasets.sources import DATASET_NAMES
+from pfedla.datasets.partition import QUANTITY_LAWS, build_label_skew
+from pfedla.datasets.sources import build_source
 from pfedla.errors import check, choice
 from pfedla.models import model_class
 from pfedla.unseen import num_unseen
 from pfedla.viz.wandb_logger import MODES
-
-PARTITIONS = ("dirichlet", "pathological", "iid")
 
 
 def validate_config(cfg) -> None:
@@ -64,20 +62,15 @@ def validate_config(cfg) -> None:
         choice("logger.mode", cfg.logger.mode, MODES)
 
     ds = cfg.dataset
-    choice("dataset", ds.name, DATASET_NAMES)
+    build_source(ds)  # each dataset and label partition checks its own options, next to its class
     check(0 < ds.fraction <= 1, "dataset.fraction", ds.fraction, "must be in (0, 1]", "0.1")
 
     part = cfg.partition
-    choice("partition", part.name, PARTITIONS)
+    build_label_skew(part)
     check(0 < part.test_fraction < 1, "partition.test_fraction", part.test_fraction, "must be in (0, 1)", "0.25")
     check(0 < part.val_fraction < 1, "partition.val_fraction", part.val_fraction, "must be in (0, 1)", "0.1")
     check(part.min_samples >= 3, "partition.min_samples", part.min_samples,
            "must be >= 3 (one train, one validation, one test sample)", "10")
-    if part.name == "dirichlet":
-        check(part.alpha is not None and part.alpha > 0, "partition.alpha", part.alpha, "must be > 0", "0.5")
-    if part.name == "pathological":
-        k = part.classes_per_client
-        check(k is not None and k >= 1, "partition.classes_per_client", k, "must be >= 1", "2")
     choice("partition.feature", part.feature, FEATURES)
     if part.feature != "none":
         most = min(MAX_GROUPS.get(part.feature, cfg.federation.num_clients), cfg.federation.num_clients)

@@ -1,8 +1,16 @@
 """Every option of every config group composes, validates, and (where it builds objects) builds them."""
 
+from dataclasses import dataclass
+
+import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
+from pfedla.datasets.federated import build_federated_data
+from pfedla.datasets.partition import LabelSkew, build_label_skew
+from pfedla.datasets.sources import PooledData, Source, build_source
+from pfedla.errors import ConfigError
 from pfedla.run import CONF_DIR, setup
 from pfedla.validate import validate_config
 from tests.conftest import SYNTHETIC, compose_config
@@ -28,6 +36,15 @@ def test_every_model_and_partition_builds(group):
         assert module.cfg[group].name == option
 
 
+@pytest.mark.parametrize("group, build, base", [("dataset", build_source, Source),
+                                                ("partition", build_label_skew, LabelSkew)])
+def test_every_dataset_and_partition_is_built_from_its_target(group, build, base):
+    for option in options(group):
+        cfg = compose_config(SYNTHETIC + [f"{group}={option}"])
+        built = build(cfg[group])  # no data loaded
+        assert isinstance(built, base) and f"{type(built).__module__}.{type(built).__name__}" == cfg[group]._target_
+
+
 @pytest.mark.parametrize("group, prefix", [("dataset", ""), ("logger", ""), ("experiment", "+")])
 def test_every_dataset_logger_and_experiment_composes_and_validates(group, prefix):
     for option in options(group):
@@ -46,13 +63,19 @@ def test_every_search_composes_with_its_sweeper():
 
 
 def test_a_checkpoint_from_before_target_resumes_and_a_changed_target_is_refused():
-    from pfedla.checkpointing import check_resume_compatible
-    from pfedla.errors import ConfigError
+    from pfedla.checkpointing import check_resume_compatible, with_added_keys
 
-    saved = {"algorithm": {"name": "fedprox", "mu": 0.01}, "model": {"name": "cnn"}}  # from before _target_
-    today = {"algorithm": {"_target_": "pfedla.algorithms.fedavg.FedProx", "name": "fedprox", "mu": 0.01},
-             "model": {"_target_": "pfedla.models.cnn.CNN", "name": "cnn"}}
+    saved = {"algorithm": {"name": "fedprox", "mu": 0.01}, "model": {"name": "cnn"},  # from before _target_
+             "dataset": {"name": "fmnist"}, "partition": {"name": "dirichlet", "alpha": 0.3}}
+    today = with_added_keys({  # today's keys the saved run predates, at the values it ran with
+        "algorithm": {"_target_": "pfedla.algorithms.fedavg.FedProx", "name": "fedprox", "mu": 0.01},
+        "model": {"_target_": "pfedla.models.cnn.CNN", "name": "cnn"},
+        "dataset": {"_target_": "pfedla.datasets.sources.FashionMNIST", "name": "fmnist"},
+        "partition": {"_target_": "pfedla.datasets.partition.Dirichlet", "name": "dirichlet", "alpha": 0.3}})
     check_resume_compatible(saved, today)
+    for group in ("dataset", "partition"):
+        with pytest.raises(ConfigError, match=f"{group}._target_"):
+            check_resume_compatible(today, {**today, group: {**today[group], "_target_": "tests.elsewhere.X"}})
     with pytest.raises(ConfigError, match="algorithm.name: 'fedprox' -> 'fedavg'"):
         check_resume_compatible(saved, {**today, "algorithm": {**today["algorithm"], "name": "fedavg"}})
     with pytest.raises(ConfigError, match="algorithm._target_"):
@@ -79,3 +102,50 @@ def test_models_are_built_from_target_with_the_datasets_shape_and_errors_stay_cl
         build_model(cfg.model, (1, 8, 8), 5)
     with pytest.raises(ConfigError, match=r"model._target_='pfedla.models.nothing.X' \(model=cnn_bn\)"):
         validate_config(compose_config(SYNTHETIC + ["model=cnn_bn", "model._target_=pfedla.models.nothing.X"]))
+
+
+@dataclass
+class Stripes(Source):
+    """A dataset defined here, not in pfedla: image i is constant i / n, label i % classes."""
+
+    name: str
+    classes: int = 3
+    size: int = 60
+
+    def load(self, seed: int) -> PooledData:
+        images = (torch.arange(self.size, dtype=torch.float32) / self.size).view(-1, 1, 1, 1).expand(-1, 1, 16, 16)
+        return PooledData(images.clone(), torch.arange(self.size) % self.classes, self.classes)
+
+
+@dataclass(frozen=True)
+class RoundRobin(LabelSkew):
+    """Sample j goes to client (j + offset) % N: the partition a test can predict."""
+
+    offset: int = 0
+
+    def __call__(self, labels, num_clients, rng, weights):
+        return [np.flatnonzero((np.arange(len(labels)) + self.offset) % num_clients == i) for i in range(num_clients)]
+
+
+def test_a_dataset_and_a_partition_defined_outside_pfedla_are_built_from_target_alone():
+    cfg = compose_config(SYNTHETIC + ["dataset._target_=tests.test_config_groups.Stripes", "dataset.name=stripes",
+                                      "dataset.num_classes=null", "dataset.samples_per_class=null",
+                                      "dataset.image_size=null", "dataset.noise=null",
+                                      "partition._target_=tests.test_config_groups.RoundRobin", "partition.alpha=null",
+                                      "partition.max_tries=null", "partition.min_samples=3"])
+    data = build_federated_data(cfg)
+    assert data.num_classes == 3 and data.num_clients == 4
+    for client in range(4):  # every image of client i is one of i/60, (i+4)/60, ...: the round-robin share
+        pool = torch.cat([data.train_x[client], data.val_x[client], data.test_x[client]])[:, 0, 0, 0] * 60
+        assert sorted(pool.round().long().tolist()) == list(range(client, 60, 4))
+
+
+def test_an_option_the_chosen_class_does_not_take_is_refused_and_a_bad_target_named():
+    with pytest.raises(ConfigError, match=r"partition.alpha=0.3 is not an option of partition=pathological "
+                                          r"\(Pathological takes classes_per_client\)"):
+        build_label_skew(compose_config(SYNTHETIC + ["partition=pathological", "partition.alpha=0.3"]).partition)
+    with pytest.raises(ConfigError, match=r"dataset._target_='pfedla.nowhere.X' \(dataset=synthetic\) does not name "
+                                          r"a Source class; give its dotted path"):
+        validate_config(compose_config(SYNTHETIC + ["dataset._target_=pfedla.nowhere.X"]))
+    with pytest.raises(ConfigError, match=r"^partition.alpha must be > 0 \(got 0.0\)"):  # the class checks its own
+        build_label_skew(compose_config(SYNTHETIC + ["partition.alpha=0"]).partition)

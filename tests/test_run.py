@@ -118,6 +118,9 @@ def test_a_typo_in_a_key_fails_at_composition_naming_the_key():
         ("partition=pathological partition.classes_per_client=11", "partition.classes_per_client"),
         ("algorithm=heurpfedla algorithm.k=5", "algorithm.k"),
         ("dataset.fraction=0", "dataset.fraction"),
+        # an option given to a choice that does not take it (pfedla/targets.py)
+        ("partition=iid partition.alpha=0.3", "partition.alpha=0.3 is not an option of partition=iid"),
+        ("dataset.split=letters", "dataset.split='letters' is not an option of dataset=synthetic"),
         # feature / quantity skew (pfedla/datasets/feature_skew.py)
         ("partition.feature=colour", "partition.feature=colour needs colour images"),
         ("partition.feature=rotation partition.groups=5", "partition.groups"),

@@ -10,11 +10,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from hydra.utils import get_class
 from torch import nn
 
 from pfedla.algorithms.base import Algorithm
-from pfedla.errors import ConfigError
+from pfedla.targets import target_class
 
 for _module in pkgutil.iter_modules(__path__):  # registers every module's options schema
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -22,15 +21,7 @@ for _module in pkgutil.iter_modules(__path__):  # registers every module's optio
 
 def algorithm_class(cfg) -> type[Algorithm]:
     """The class ``cfg`` (the ``algorithm`` node) names in ``_target_``."""
-    target = cfg.get("_target_")
-    try:
-        cls = get_class(target) if target else None
-    except Exception:  # hydra raises a bare ImportError/ValueError wrapped in its own types
-        cls = None
-    if cls is None or not issubclass(cls, Algorithm):
-        raise ConfigError(f"algorithm._target_={target!r} (algorithm={cfg.get('name')}) is not an Algorithm class; "
-                          "give its dotted path, e.g. algorithm._target_=pfedla.algorithms.fedavg.FedAvg")
-    return cls
+    return target_class(cfg, "algorithm", Algorithm, "pfedla.algorithms.fedavg.FedAvg")
 
 
 def build_algorithm(cfg, model: nn.Module, num_clients: int) -> Algorithm:

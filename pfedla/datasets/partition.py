@@ -6,9 +6,12 @@ seed gives the same partition, whatever algorithm runs on it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from pfedla.errors import ConfigError
+from pfedla.errors import ConfigError, check
+from pfedla.targets import build
 
 # Independent random streams derived from the run seed, so changing one use never shifts another.
 # (4 is pfedla.client's batch order, 6 its evaluation-time adaptation.)
@@ -159,13 +162,71 @@ def split_train_test(
     return rest, held_out
 
 
+class LabelSkew:
+    """How labels are dealt to clients. Each option of ``conf/partition/`` names one subclass in ``_target_``; its
+    constructor takes that yaml's keys it names, and checks them. The other keys (the splits, ``min_samples``,
+    feature and quantity skew) are the federation's (pfedla/datasets/federated.py)."""
+
+    def __call__(self, labels: np.ndarray, num_clients: int, rng: np.random.Generator,
+                 weights: np.ndarray | None) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def check_feasible(self, num_classes: int, source: str) -> None:
+        """Rules that need the dataset (raised after loading, before partitioning)."""
+
+
+@dataclass(frozen=True)
+class IID(LabelSkew):
+    def __call__(self, labels, num_clients, rng, weights):
+        return iid_partition(labels, num_clients, rng, weights)
+
+
+@dataclass(frozen=True)
+class Dirichlet(LabelSkew):
+    alpha: float
+    min_samples: int
+    max_tries: int = 100
+
+    def __post_init__(self):
+        check(self.alpha is not None and self.alpha > 0, "partition.alpha", self.alpha, "must be > 0", "0.5")
+        tries = self.max_tries
+        check(tries is not None and tries >= 1, "partition.max_tries", tries, "must be >= 1", "100")
+
+    def __call__(self, labels, num_clients, rng, weights):
+        return dirichlet_partition(labels, num_clients, self.alpha, self.min_samples, rng, self.max_tries, weights)
+
+
+@dataclass(frozen=True)
+class Pathological(LabelSkew):
+    classes_per_client: int
+
+    def __post_init__(self):
+        k = self.classes_per_client
+        check(k is not None and k >= 1, "partition.classes_per_client", k, "must be >= 1", "2")
+
+    def __call__(self, labels, num_clients, rng, weights):
+        return pathological_partition(labels, num_clients, self.classes_per_client, rng, weights)
+
+    def check_feasible(self, num_classes, source):
+        if self.classes_per_client > num_classes:
+            raise ConfigError(
+                f"partition.classes_per_client must be <= the {num_classes} classes of {source} "
+                f"(got {self.classes_per_client}); try partition.classes_per_client={min(2, num_classes)}"
+            )
+
+
+FRAMEWORK_KEYS = frozenset({"test_fraction", "val_fraction", "min_samples", "feature", "groups", "group_of",
+                            "feature_level", "quantity", "quantity_scale"})
+
+
+def build_label_skew(cfg) -> LabelSkew:
+    """The label partition ``cfg`` (the ``partition`` node) names, with its options checked."""
+    return build(cfg, "partition", LabelSkew, "pfedla.datasets.partition.Dirichlet", FRAMEWORK_KEYS)
+
+
 def check_feasible(cfg, num_clients: int, num_classes: int, num_samples: int, source: str) -> None:
     """Rules that need the dataset's size; raised after loading, before partitioning or training."""
-    if cfg.name == "pathological" and cfg.classes_per_client > num_classes:
-        raise ConfigError(
-            f"partition.classes_per_client must be <= the {num_classes} classes of {source} "
-            f"(got {cfg.classes_per_client}); try partition.classes_per_client={min(2, num_classes)}"
-        )
+    build_label_skew(cfg).check_feasible(num_classes, source)
     if num_samples < num_clients * cfg.min_samples:
         raise ConfigError(
             f"federation.num_clients={num_clients} x partition.min_samples={cfg.min_samples} needs "
@@ -175,17 +236,11 @@ def check_feasible(cfg, num_clients: int, num_classes: int, num_samples: int, so
 
 
 def partition(labels: np.ndarray, num_clients: int, cfg, seed: int) -> list[np.ndarray]:
-    """Dispatch on ``cfg.name`` (the ``partition`` config node), with ``cfg.quantity``'s client sizes."""
+    """Each client's indices into ``labels``: the label skew ``cfg`` (the ``partition`` node) names, with
+    ``cfg.quantity``'s client sizes."""
     rng = rng_for(seed, STREAM_PARTITION)
     weights = client_weights(num_clients, cfg.quantity, cfg.quantity_scale, rng_for(seed, STREAM_QUANTITY))
-    if cfg.name == "iid":
-        clients = iid_partition(labels, num_clients, rng, weights)
-    elif cfg.name == "dirichlet":
-        clients = dirichlet_partition(labels, num_clients, cfg.alpha, cfg.min_samples, rng, cfg.max_tries, weights)
-    elif cfg.name == "pathological":
-        clients = pathological_partition(labels, num_clients, cfg.classes_per_client, rng, weights)
-    else:
-        raise ConfigError(f"partition={cfg.name} is unknown; valid: dirichlet, pathological, iid")
+    clients = build_label_skew(cfg)(labels, num_clients, rng, weights)
     smallest = min(range(num_clients), key=lambda i: len(clients[i]))
     if len(clients[smallest]) < cfg.min_samples:
         raise ConfigError(

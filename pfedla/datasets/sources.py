@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pfedla.errors import ConfigError, DatasetMissingError
+from pfedla.errors import DatasetMissingError
+from pfedla.targets import build
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = (
@@ -23,16 +24,6 @@ FASHION_MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-
-# name -> (torchvision class name, folder torchvision keeps it in under root)
-TORCHVISION_DATASETS = {
-    "fmnist": ("FashionMNIST", "FashionMNIST"),
-    "mnist": ("MNIST", "MNIST"),
-    "emnist": ("EMNIST", "EMNIST"),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py"),
-    "cifar100": ("CIFAR100", "cifar-100-python"),
-}
-DATASET_NAMES = (*TORCHVISION_DATASETS, "synthetic")
 
 
 @dataclass
@@ -46,17 +37,27 @@ class PooledData:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
 
+class Source:
+    """A dataset: ``load(seed)`` gives the whole pool. Each option of ``conf/dataset/`` names one subclass in
+    ``_target_``; its constructor takes that yaml's keys (``dataset.fraction`` is the federation's: pfedla.targets)."""
+
+    name: str
+
+    def load(self, seed: int) -> PooledData:
+        raise NotImplementedError
+
+
+FRAMEWORK_KEYS = frozenset({"fraction"})  # the seeded subset, taken by pfedla/datasets/federated.py
+
+
+def build_source(cfg) -> Source:
+    """The dataset ``cfg`` (the ``dataset`` node) names, checked but not loaded."""
+    return build(cfg, "dataset", Source, "pfedla.datasets.sources.FashionMNIST", FRAMEWORK_KEYS)
+
+
 def load_pooled(cfg, seed: int) -> PooledData:
     """Load ``cfg`` (the ``dataset`` config node) as one pooled, normalised tensor pair."""
-    if cfg.name == "synthetic":
-        return synthetic(cfg.num_classes, cfg.samples_per_class, cfg.image_size, cfg.noise, seed)
-    if cfg.name not in TORCHVISION_DATASETS:
-        raise ConfigError(
-            f"dataset={cfg.name} is not a known dataset; valid: {', '.join(DATASET_NAMES)} "
-            "(e.g. dataset=fmnist)"
-        )
-    images, labels = _load_torchvision(cfg)
-    return PooledData(standardise(images), labels, int(labels.max()) + 1)
+    return build_source(cfg).load(seed)
 
 
 def standardise(images: torch.Tensor) -> torch.Tensor:
@@ -67,13 +68,123 @@ def standardise(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
+@dataclass
+class Synthetic(Source):
+    """Each class is a fixed random image (prototype); samples are prototype + Gaussian noise. No files."""
+
+    name: str = "synthetic"
+    num_classes: int = 10
+    samples_per_class: int = 100
+    image_size: int = 16
+    noise: float = 1.0
+
+    def load(self, seed: int) -> PooledData:
+        return synthetic(self.num_classes, self.samples_per_class, self.image_size, self.noise, seed)
+
+
 def synthetic(num_classes: int, samples_per_class: int, image_size: int, noise: float, seed: int) -> PooledData:
-    """Each class is a fixed random image (prototype); samples are prototype + Gaussian noise."""
     gen = torch.Generator().manual_seed(10_007 + seed)
     prototypes = torch.randn(num_classes, 1, image_size, image_size, generator=gen)
     labels = torch.arange(num_classes).repeat_interleave(samples_per_class)
     images = prototypes[labels] + noise * torch.randn(len(labels), 1, image_size, image_size, generator=gen)
     return PooledData(standardise(images), labels, num_classes)
+
+
+@dataclass
+class Torchvision(Source):
+    """A torchvision dataset, train and test pooled, found under ``root`` (downloaded there if ``download``)."""
+
+    name: str
+    root: str
+    download: bool = False
+    torchvision_class = ""  # the torchvision.datasets class
+    folder = ""  # the folder torchvision keeps it in under root
+
+    def load(self, seed: int) -> PooledData:
+        images, labels = self._load()
+        return PooledData(standardise(images), labels, int(labels.max()) + 1)
+
+    def prepare(self, root: Path) -> None:
+        """Put the files in place before torchvision looks for them (nothing for most datasets)."""
+
+    def arguments(self) -> dict:
+        """Extra keyword arguments of the torchvision class."""
+        return {}
+
+    def as_nchw_uint8(self, data) -> torch.Tensor:
+        data = torch.as_tensor(np.asarray(data))
+        if data.ndim == 3:  # MNIST family: [n, H, W]
+            return data.unsqueeze(1).contiguous()
+        return data.permute(0, 3, 1, 2).contiguous()  # CIFAR: [n, H, W, C]
+
+    def missing_fixes(self, path: Path) -> list[str]:
+        return [f"run online with dataset.download=true so torchvision downloads it into {self.root}"]
+
+    def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        import torchvision.datasets as tvd
+
+        root = Path(self.root)
+        self.prepare(root)
+        cls = getattr(tvd, self.torchvision_class)
+        parts = []
+        try:
+            for train in (True, False):
+                parts.append(cls(str(root), train=train, download=self.download, **self.arguments()))
+        except Exception as err:  # torchvision raises RuntimeError (missing) or URLError/OSError (offline)
+            path = root / self.folder
+            raise DatasetMissingError(
+                f"dataset={self.name}: no data at {path} (dataset.root={self.root}) and it could not be fetched "
+                f"({type(err).__name__}: {str(err)[:200]}). Fix: " + "; or ".join(self.missing_fixes(path)) + "."
+            ) from err
+        images = [self.as_nchw_uint8(ds.data) for ds in parts]
+        labels = [torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64) for ds in parts]
+        return torch.cat(images), torch.cat(labels)
+
+
+@dataclass
+class FashionMNIST(Torchvision):
+    """Fashion-MNIST; without internet, from Debian's ``dataset-fashion-mnist`` package (``make data``)."""
+
+    torchvision_class = folder = "FashionMNIST"
+
+    def prepare(self, root: Path) -> None:
+        prepare_fashion_mnist_from_debian(root)
+
+    def missing_fixes(self, path: Path) -> list[str]:
+        return [
+            "install Debian's package (`sudo apt-get install dataset-fashion-mnist`, or `make data`), "
+            f"which pfedla unpacks from {DEBIAN_FASHION_MNIST} into {path}/raw",
+            *super().missing_fixes(path),
+        ]
+
+
+@dataclass
+class MNIST(Torchvision):
+    torchvision_class = folder = "MNIST"
+
+
+@dataclass
+class EMNIST(Torchvision):
+    """EMNIST in one of torchvision's splits (balanced, byclass, letters, digits, ...)."""
+
+    split: str = "balanced"
+    torchvision_class = folder = "EMNIST"
+
+    def arguments(self) -> dict:
+        return {"split": self.split}
+
+    def as_nchw_uint8(self, data) -> torch.Tensor:
+        return super().as_nchw_uint8(data).transpose(2, 3).contiguous()  # EMNIST images are stored transposed
+
+
+@dataclass
+class CIFAR10(Torchvision):
+    torchvision_class, folder = "CIFAR10", "cifar-10-batches-py"
+
+
+@dataclass
+class CIFAR100(Torchvision):
+    torchvision_class, folder = "CIFAR100", "cifar-100-python"
 
 
 def prepare_fashion_mnist_from_debian(root: str | Path) -> bool:
@@ -97,47 +208,3 @@ def prepare_fashion_mnist_from_debian(root: str | Path) -> bool:
             shutil.copyfileobj(src, dst)
         partial.rename(target)  # atomic: a half-written file never looks complete
     return True
-
-
-def _load_torchvision(cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    import torchvision.datasets as tvd
-
-    cls_name, folder = TORCHVISION_DATASETS[cfg.name]
-    root = Path(cfg.root)
-    if cfg.name == "fmnist":
-        prepare_fashion_mnist_from_debian(root)
-    cls = getattr(tvd, cls_name)
-    extra = {"split": cfg.split} if cfg.name == "emnist" else {}
-    parts = []
-    try:
-        for train in (True, False):
-            parts.append(cls(str(root), train=train, download=cfg.download, **extra))
-    except Exception as err:  # torchvision raises RuntimeError (missing) or URLError/OSError (offline)
-        raise DatasetMissingError(_missing_message(cfg, root / folder, err)) from err
-    images = [_as_nchw_uint8(ds.data, cfg.name) for ds in parts]
-    labels = [torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64) for ds in parts]
-    return torch.cat(images), torch.cat(labels)
-
-
-def _as_nchw_uint8(data, name: str) -> torch.Tensor:
-    data = torch.as_tensor(np.asarray(data))
-    if data.ndim == 3:  # MNIST family: [n, H, W]
-        data = data.unsqueeze(1)
-        if name == "emnist":  # EMNIST images are stored transposed
-            data = data.transpose(2, 3)
-        return data.contiguous()
-    return data.permute(0, 3, 1, 2).contiguous()  # CIFAR: [n, H, W, C]
-
-
-def _missing_message(cfg, path: Path, err: Exception) -> str:
-    fixes = [f"run online with dataset.download=true so torchvision downloads it into {cfg.root}"]
-    if cfg.name == "fmnist":
-        fixes.insert(
-            0,
-            "install Debian's package (`sudo apt-get install dataset-fashion-mnist`, or `make data`), "
-            f"which pfedla unpacks from {DEBIAN_FASHION_MNIST} into {path}/raw",
-        )
-    return (
-        f"dataset={cfg.name}: no data at {path} (dataset.root={cfg.root}) and it could not be fetched "
-        f"({type(err).__name__}: {str(err)[:200]}). Fix: " + "; or ".join(fixes) + "."
-    )

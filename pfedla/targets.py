@@ -1,0 +1,50 @@
+"""Objects built from a config node's ``_target_``: the one way models, datasets, partitions and algorithms are located.
+
+``target_class`` finds the class a node names and checks its kind, before any data loads. ``build`` calls it with
+the node's keys that its constructor names (``hydra.utils.instantiate``). The other keys of a group belong to the
+framework (``dataset.fraction``, ``partition.test_fraction``, ...); a key that neither the class nor the framework
+reads, set to anything but null, is refused, so an option given to the wrong choice is not silently ignored.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
+
+from pfedla.errors import ConfigError
+
+
+def target_class(node, group: str, base: type, example: str) -> type:
+    """The class ``node`` (the ``group`` config node) names in ``_target_``; a subclass of ``base``."""
+    target = node.get("_target_")
+    try:
+        cls = get_class(target) if target else None
+    except Exception:  # hydra raises a bare ImportError/ValueError wrapped in its own types
+        cls = None
+    if not isinstance(cls, type) or not issubclass(cls, base):
+        raise ConfigError(f"{group}._target_={target!r} ({group}={node.get('name')}) does not name a {base.__name__} "
+                          f"class; give its dotted path, e.g. {group}._target_={example}")
+    return cls
+
+
+def build(node, group: str, base: type, example: str, framework_keys: frozenset[str] = frozenset(), **supplied):
+    """An instance of ``node``'s ``_target_`` class, given the node's keys its constructor names plus ``supplied``
+    (what the run adds, e.g. the dataset's input shape). ``name`` and ``framework_keys`` are read elsewhere."""
+    cls = target_class(node, group, base, example)
+    taken = set(inspect.signature(cls).parameters) - set(supplied)
+    values = OmegaConf.to_container(node, resolve=True)
+    stray = [k for k, v in values.items()
+             if k not in taken and k not in framework_keys and k not in ("_target_", "name") and v is not None]
+    if stray:
+        raise ConfigError(f"{group}.{stray[0]}={values[stray[0]]!r} is not an option of {group}={node.get('name')} "
+                          f"({cls.__name__} takes {', '.join(sorted(taken)) or 'none'}); remove it or choose another "
+                          f"{group}")
+    arguments = OmegaConf.create({"_target_": node["_target_"], **{k: v for k, v in values.items() if k in taken}})
+    try:
+        return instantiate(arguments, **supplied, _convert_="all")
+    except Exception as err:  # hydra wraps what the constructor raises; a ConfigError stays one clear line
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
