@@ -33,8 +33,12 @@ def build(node, group: str, base: type, example: str, framework_keys: frozenset[
     """An instance of ``node``'s ``_target_`` class, given the node's keys its constructor names plus ``supplied``
     (what the run adds, e.g. the dataset's input shape). ``name`` and ``framework_keys`` are read elsewhere."""
     cls = target_class(node, group, base, example)
-    taken = set(inspect.signature(cls).parameters) - set(supplied)
     values = OmegaConf.to_container(node, resolve=True)
+    parameters = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):  # takes every key it is given
+        taken = set(values) - set(framework_keys) - {"_target_", "name"} - set(supplied)
+    else:
+        taken = set(parameters) - set(supplied)
     stray = [k for k, v in values.items()
              if k not in taken and k not in framework_keys and k not in ("_target_", "name") and v is not None]
     if stray:

@@ -149,3 +149,24 @@ def test_an_option_the_chosen_class_does_not_take_is_refused_and_a_bad_target_na
         validate_config(compose_config(SYNTHETIC + ["dataset._target_=pfedla.nowhere.X"]))
     with pytest.raises(ConfigError, match=r"^partition.alpha must be > 0 \(got 0.0\)"):  # the class checks its own
         build_label_skew(compose_config(SYNTHETIC + ["partition.alpha=0"]).partition)
+
+
+class Linear(torch.nn.Module):
+    """A model defined here that takes its options as **kwargs: it gets every key of the model node but name."""
+
+    def __init__(self, input_shape, num_classes, **options):
+        super().__init__()
+        self.options = options
+        self.fc = torch.nn.Linear(int(np.prod(input_shape)), num_classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def test_a_model_that_takes_keyword_options_gets_every_key_of_its_node():
+    from pfedla.models import build_model
+
+    cfg = compose_config(SYNTHETIC + ["model._target_=tests.test_config_groups.Linear"])
+    built = build_model(cfg.model, (1, 4, 4), 3)
+    assert built.options == {"channels": list(cfg.model.channels), "hidden": list(cfg.model.hidden),
+                             "batch_norm": cfg.model.batch_norm} and built.fc.in_features == 16
