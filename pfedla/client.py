@@ -114,4 +114,5 @@ def _logits_in_batches(model: nn.Module, params: Tensors, buffers: Tensors, x: t
     state = {**{k: compute.laid_out(v) for k, v in params.items()}, **buffers}
     for i in range(0, len(x), batch_size):
         with compute.autocast(x.device.type):
-            yield i, functional_call(model, state, (x[i : i + batch_size],))
+            logits = functional_call(model, state, (x[i : i + batch_size],))
+        yield i, logits

@@ -26,7 +26,7 @@ from pfedla.algorithms.alpha_stats import one_line  # noqa: E402
 from pfedla.checkpointing import with_added_keys  # noqa: E402
 from pfedla.fairness import spread  # noqa: E402
 
-IGNORED_KEYS = {"seed", "resume", "dataset.root"}
+IGNORED_KEYS = {"seed", "resume", "dataset.root", "dataset.download"}  # where the data was, not what it was
 IGNORED_PREFIXES = ("logger.", "trainer.", "checkpoint.", "viz.")  # how a job ran, not what it ran
 
 

@@ -1,9 +1,11 @@
 """Objects built from a config node's ``_target_``: the one way models, datasets, partitions and algorithms are located.
 
 ``target_class`` finds the class a node names and checks its kind, before any data loads. ``build`` calls it with
-the node's keys that its constructor names (``hydra.utils.instantiate``). The other keys of a group belong to the
-framework (``dataset.fraction``, ``partition.test_fraction``, ...); a key that neither the class nor the framework
-reads, set to anything but null, is refused, so an option given to the wrong choice is not silently ignored.
+the node's keys that its constructor names (``hydra.utils.instantiate``; a null key is unset, so the constructor's
+default applies). The other keys of a group belong to the framework (``dataset.fraction``,
+``partition.test_fraction``, ...); a key that neither the class nor the framework reads, set to anything but null,
+is refused, so an option given to the wrong choice is not silently ignored. A class that takes ``**kwargs`` gets
+every key but ``name`` and the framework's.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ def target_class(node, group: str, base: type, example: str) -> type:
     except Exception:  # hydra raises a bare ImportError/ValueError wrapped in its own types
         cls = None
     if not isinstance(cls, type) or not issubclass(cls, base):
-        raise ConfigError(f"{group}._target_={target!r} ({group}={node.get('name')}) does not name a {base.__name__} "
-                          f"class; give its dotted path, e.g. {group}._target_={example}")
+        raise ConfigError(f"{group}._target_={target!r} ({group}={node.get('name')}) does not name a subclass of "
+                          f"{base.__name__}; give its dotted path, e.g. {group}._target_={example}")
     return cls
 
 
@@ -33,18 +35,21 @@ def build(node, group: str, base: type, example: str, framework_keys: frozenset[
     """An instance of ``node``'s ``_target_`` class, given the node's keys its constructor names plus ``supplied``
     (what the run adds, e.g. the dataset's input shape). ``name`` and ``framework_keys`` are read elsewhere."""
     cls = target_class(node, group, base, example)
-    values = OmegaConf.to_container(node, resolve=True)
+    values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}  # null: unset
     parameters = inspect.signature(cls).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):  # takes every key it is given
-        taken = set(values) - set(framework_keys) - {"_target_", "name"} - set(supplied)
-    else:
-        taken = set(parameters) - set(supplied)
-    stray = [k for k, v in values.items()
-             if k not in taken and k not in framework_keys and k not in ("_target_", "name") and v is not None]
+    named = {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - set(supplied)
+    own = set(values) - set(framework_keys) - {"_target_", "name"}  # the keys only this choice can read
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    taken = (named | own) - set(supplied) if takes_any else named
+    stray = sorted(own - taken)
     if stray:
         raise ConfigError(f"{group}.{stray[0]}={values[stray[0]]!r} is not an option of {group}={node.get('name')} "
-                          f"({cls.__name__} takes {', '.join(sorted(taken)) or 'none'}); remove it or choose another "
+                          f"({cls.__name__} takes {', '.join(sorted(named)) or 'none'}); remove it or choose another "
                           f"{group}")
+    required = [n for n in sorted(named - set(values)) if parameters[n].default is inspect.Parameter.empty]
+    if required:
+        raise ConfigError(f"{group}.{required[0]} must be set for {group}={node.get('name')} ({cls.__name__}); set "
+                          f"it in conf/{group}/ or on the command line")
     arguments = OmegaConf.create({"_target_": node["_target_"], **{k: v for k, v in values.items() if k in taken}})
     try:
         return instantiate(arguments, **supplied, _convert_="all")

@@ -52,6 +52,17 @@ def test_every_dataset_logger_and_experiment_composes_and_validates(group, prefi
         validate_config(cfg)  # no data loaded: these may name datasets this machine does not hold
 
 
+@pytest.mark.parametrize("partition", options("partition"))
+def test_every_experiment_and_search_takes_every_partition(partition):
+    """No experiment or search sets a key of one partition only (it would be refused under the others)."""
+    for option in options("experiment"):
+        validate_config(compose_config([f"+experiment={option}", f"partition={partition}"]))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for option in set(options("hparams_search")) - {"proxy"}:
+            validate_config(compose(config_name="config", overrides=[f"hparams_search={option}",
+                                                                     f"partition={partition}"]))
+
+
 def test_every_search_composes_with_its_sweeper():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for option in options("hparams_search"):
@@ -145,10 +156,12 @@ def test_an_option_the_chosen_class_does_not_take_is_refused_and_a_bad_target_na
                                           r"\(Pathological takes classes_per_client\)"):
         build_label_skew(compose_config(SYNTHETIC + ["partition=pathological", "partition.alpha=0.3"]).partition)
     with pytest.raises(ConfigError, match=r"dataset._target_='pfedla.nowhere.X' \(dataset=synthetic\) does not name "
-                                          r"a Source class; give its dotted path"):
+                                          r"a subclass of Source; give its dotted path"):
         validate_config(compose_config(SYNTHETIC + ["dataset._target_=pfedla.nowhere.X"]))
     with pytest.raises(ConfigError, match=r"^partition.alpha must be > 0 \(got 0.0\)"):  # the class checks its own
         build_label_skew(compose_config(SYNTHETIC + ["partition.alpha=0"]).partition)
+    with pytest.raises(ConfigError, match=r"^partition.alpha must be set for partition=dirichlet \(Dirichlet\)"):
+        build_label_skew(compose_config(SYNTHETIC + ["partition.alpha=null"]).partition)
 
 
 class Linear(torch.nn.Module):

@@ -164,8 +164,8 @@ def split_train_test(
 
 class LabelSkew:
     """How labels are dealt to clients. Each option of ``conf/partition/`` names one subclass in ``_target_``; its
-    constructor takes that yaml's keys it names, and checks them. The other keys (the splits, ``min_samples``,
-    feature and quantity skew) are the federation's (pfedla/datasets/federated.py)."""
+    constructor takes that yaml's keys it names, and checks them. The federation reads the other keys (the splits,
+    feature and quantity skew) and ``min_samples`` (pfedla/datasets/federated.py), which Dirichlet takes too."""
 
     def __call__(self, labels: np.ndarray, num_clients: int, rng: np.random.Generator,
                  weights: np.ndarray | None) -> list[np.ndarray]:
