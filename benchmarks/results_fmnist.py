@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -128,12 +129,59 @@ def _verdict(rows: list[dict], key: str, score: str) -> str:
     else:
         strength = f"within twice the larger seed std ({spread:.2f}): not a clear difference"
     rank = 1 + sum(1 for s in others if s[1][0] > pfedla[1][0])
+    rows_by_label = {r["label"]: r for r in rows}
+    paired = _paired(rows_by_label["pfedla"], rows_by_label[best[0]], key)
     if round(abs(diff), 2) == 0:
         return (f"- {score}: pFedLA is level with the best other method, {best[0]} (to 0.01 points; {strength}); "
-                f"they share rank {rank} of {len(scored)}.")
+                f"they share rank {rank} of {len(scored)}.{paired}")
     word = "ahead of" if diff > 0 else "behind"
     return (f"- {score}: pFedLA is {word} the best other method, {best[0]}, by {abs(diff):.2f} points "
-            f"({strength}); it ranks {rank} of {len(scored)}.")
+            f"({strength}); it ranks {rank} of {len(scored)}.{paired}")
+
+
+def _against_local(rows: list[dict]) -> str:
+    """pFedLA's (a) against Local's: does aggregating peers' layers beat not collaborating at all?"""
+    by_label = {r["label"]: r for r in rows}
+    if "pfedla" not in by_label or "local" not in by_label or not by_label["pfedla"]["best"]:
+        return "- (a) against Local: not enough finished runs to compare."
+    diff = 100 * (by_label["pfedla"]["best"][0] - by_label["local"]["best"][0])
+    return (f"- (a) against Local (no collaboration): pFedLA {'+' if diff >= 0 else '-'}{abs(diff):.2f} points."
+            + _paired(by_label["pfedla"], by_label["local"], "best"))
+
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[list[float], float, float, float] | None:
+    """Per-seed differences a - b in points over the seeds both have, their mean, std and the paired t statistic
+    (None under two common seeds). A seed fixes the partition every method shares, so the seed-to-seed spread
+    of the partition cancels in the difference."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    diffs = [100 * (a[s] - b[s]) for s in seeds]
+    mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
+    return diffs, mean, std, (mean / (std / len(diffs) ** 0.5) if std > 0 else float("inf") * (mean or 1))
+
+
+def _paired(pfedla: dict, other: dict, key: str) -> str:
+    """The verdict's paired reading: pFedLA minus the other method, seed by seed, and its paired t-test."""
+    def values(row):
+        if key == "best_adapted" and row["label"] == "local":
+            return row["by_seed"]["best"]  # Local's (b) is its (a)
+        return row["by_seed"][key]
+
+    found = paired_difference(values(pfedla), values(other))
+    if found is None:
+        return ""
+    diffs, mean, std, t = found
+    critical = T_975.get(len(diffs) - 1)
+    judged = ("" if critical is None else
+              f"; {'significant' if abs(t) > critical else 'not significant'} at 5% (two-sided paired t-test, "
+              f"|t| {abs(t):.2f} vs {critical})")
+    seeds = ", ".join(f"{d:+.2f}" for d in diffs)
+    return (f" Seed by seed (the seeds both have; a seed's partition is the same for both): {seeds} points, "
+            f"mean {mean:+.2f} ± {std:.2f}{judged}.")
 
 
 def cmd_render(args) -> None:
@@ -160,7 +208,8 @@ def cmd_render(args) -> None:
             lines += ["What alpha learned. " + alpha[0], *alpha[1:], ""]
         lines += ["Verdict (computed from the table):",
                   _verdict(rows, "best", "(a) at best validation"),
-                  _verdict(rows, "best_adapted", "(b) at best validation"), ""]
+                  _verdict(rows, "best_adapted", "(b) at best validation"),
+                  _against_local(rows), ""]
         figure = DOCS / "results" / f"curves_{split}.png"
         plot_curves(groups, figure)
         lines += [f"![{split} curves](results/{figure.name})", ""]

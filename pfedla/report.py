@@ -106,6 +106,9 @@ def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
             "by_group": _mean_by_group(s),
             "spread": _mean_spread(s, "best", "client_acc"),
             "spread_adapted": _mean_spread(s, "best_adapted", "adapted_client_acc"),
+            "by_seed": {which: {j.config.get("seed"): j.summary[which][key] for j in jobs
+                                if j.summary.get(which) and key in j.summary[which]}
+                        for which, key in (("best", "test/acc_mean"), ("best_adapted", "test/adapted_acc_mean"))},
         })
     return rows
 

@@ -1,4 +1,5 @@
 import statistics
+import sys
 
 import pytest
 
@@ -89,3 +90,18 @@ def test_a_run_from_before_a_key_existed_groups_with_todays_runs_of_the_same_exp
     groups = group_jobs([job("old", old), job("today", today), job("other", other)])
     assert {label: [j.path.name for j in jobs] for label, jobs in groups.items()} == {
         "fedbn partition.quantity=none": ["old", "today"], "fedbn partition.quantity=zipf": ["other"]}
+
+
+def test_the_results_verdict_pairs_methods_seed_by_seed():
+    sys.path.insert(0, str(REPO / "benchmarks"))  # the results script is not a package
+    from results_fmnist import _paired, paired_difference
+
+    # seeds 0..2 in both, seed 3 only in a: differences 2, 1, 3 points; mean 2, std 1, t = 2 / (1 / sqrt 3)
+    diffs, mean, std, t = paired_difference({0: 0.90, 1: 0.80, 2: 0.85, 3: 0.5}, {0: 0.88, 1: 0.79, 2: 0.82})
+    assert diffs == pytest.approx([2, 1, 3]) and mean == pytest.approx(2) and std == pytest.approx(1)
+    assert t == pytest.approx(2 * 3 ** 0.5)
+    assert paired_difference({0: 0.9}, {0: 0.8, 1: 0.7}) is None  # one common seed: nothing to pair
+    row = lambda label, best, adapted: {"label": label, "by_seed": {"best": best, "best_adapted": adapted}}  # noqa: E731
+    line = _paired(row("pfedla", {0: 0.1, 1: 0.1, 2: 0.1}, {0: 0.9, 1: 0.8, 2: 0.85}),
+                   row("local", {0: 0.88, 1: 0.79, 2: 0.82}, {}), "best_adapted")  # Local's (b) is its (a)
+    assert "+2.00, +1.00, +3.00 points, mean +2.00 ± 1.00" in line and "not significant" in line  # 3.46 < 4.303
