@@ -139,14 +139,14 @@ def _verdict(rows: list[dict], key: str, score: str) -> str:
             f"({strength}); it ranks {rank} of {len(scored)}.{paired}")
 
 
-def _against_local(rows: list[dict]) -> str:
-    """pFedLA's (a) against Local's: does aggregating peers' layers beat not collaborating at all?"""
+def _against(rows: list[dict], label: str, key: str, title: str) -> str:
+    """pFedLA against one named method on one score (Local on (a): does aggregating peers' layers beat not
+    collaborating? FedAvg on (b): does it beat fine-tuning a global model?)."""
     by_label = {r["label"]: r for r in rows}
-    if "pfedla" not in by_label or "local" not in by_label or not by_label["pfedla"]["best"]:
-        return "- (a) against Local: not enough finished runs to compare."
-    diff = 100 * (by_label["pfedla"]["best"][0] - by_label["local"]["best"][0])
-    return (f"- (a) against Local (no collaboration): pFedLA {'+' if diff >= 0 else '-'}{abs(diff):.2f} points."
-            + _paired(by_label["pfedla"], by_label["local"], "best"))
+    if "pfedla" not in by_label or label not in by_label or not by_label["pfedla"][key] or not by_label[label][key]:
+        return f"- {title}: not enough finished runs to compare."
+    diff = 100 * (by_label["pfedla"][key][0] - by_label[label][key][0])
+    return f"- {title}: pFedLA {diff:+.2f} points." + _paired(by_label["pfedla"], by_label[label], key)
 
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t
@@ -209,7 +209,8 @@ def cmd_render(args) -> None:
         lines += ["Verdict (computed from the table):",
                   _verdict(rows, "best", "(a) at best validation"),
                   _verdict(rows, "best_adapted", "(b) at best validation"),
-                  _against_local(rows), ""]
+                  _against(rows, "local", "best", "(a) against Local (no collaboration)"),
+                  _against(rows, "fedavg", "best_adapted", "(b) against FedAvg (its global model fine-tuned)"), ""]
         figure = DOCS / "results" / f"curves_{split}.png"
         plot_curves(groups, figure)
         lines += [f"![{split} curves](results/{figure.name})", ""]

@@ -94,7 +94,7 @@ def test_a_run_from_before_a_key_existed_groups_with_todays_runs_of_the_same_exp
 
 def test_the_results_verdict_pairs_methods_seed_by_seed():
     sys.path.insert(0, str(REPO / "benchmarks"))  # the results script is not a package
-    from results_fmnist import _paired, paired_difference
+    from results_fmnist import _against, _paired, paired_difference
 
     # seeds 0..2 in both, seed 3 only in a: differences 2, 1, 3 points; mean 2, std 1, t = 2 / (1 / sqrt 3)
     diffs, mean, std, t = paired_difference({0: 0.90, 1: 0.80, 2: 0.85, 3: 0.5}, {0: 0.88, 1: 0.79, 2: 0.82})
@@ -105,3 +105,11 @@ def test_the_results_verdict_pairs_methods_seed_by_seed():
     line = _paired(row("pfedla", {0: 0.1, 1: 0.1, 2: 0.1}, {0: 0.9, 1: 0.8, 2: 0.85}),
                    row("local", {0: 0.88, 1: 0.79, 2: 0.82}, {}), "best_adapted")  # Local's (b) is its (a)
     assert "+2.00, +1.00, +3.00 points, mean +2.00 ± 1.00" in line and "not significant" in line  # 3.46 < 4.303
+    # differences 1, 1, 1.1 points: mean 1.0333, std 0.0577, t = 1.0333 / (0.0577 / sqrt 3) = 31.0
+    a, b = {0: 0.90, 1: 0.80, 2: 0.85}, {0: 0.89, 1: 0.79, 2: 0.839}
+    seeds = lambda by: {"best": {}, "best_adapted": by}  # noqa: E731
+    rows = [{"label": "pfedla", "best": None, "best_adapted": (0.85, 0.05), "by_seed": seeds(a)},
+            {"label": "fedavg", "best": None, "best_adapted": (0.8397, 0.05), "by_seed": seeds(b)}]
+    line = _against(rows, "fedavg", "best_adapted", "(b) against FedAvg")
+    assert line.startswith("- (b) against FedAvg: pFedLA +1.03 points.") and "|t| 31.00 vs 4.303" in line
+    assert "; significant" in line and "not enough" in _against(rows, "local", "best", "(a) against Local")
