@@ -15,6 +15,8 @@ alone (``render --runs docs/results/runs``), and lists every cell that is missin
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import shutil
 import statistics
@@ -50,7 +52,7 @@ SPLITS = {
 ROUNDS, ADAPT_EVERY = 50, 10
 COMMON = [
     "dataset=fmnist", "model=cnn_bn", "federation.num_clients=20", "federation.participation=1.0",
-    "federation.eval_every=1", f"federation.adapt_every={ADAPT_EVERY}", f"federation.rounds={ROUNDS}",
+    "federation.eval_every=1", f"federation.adapt_every={ADAPT_EVERY}",
     "logger=csv", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.progress_bar=false", "checkpoint.every=5",
     f"viz.every={ROUNDS}",
 ]
@@ -61,19 +63,23 @@ def cell_dir(out: Path, split: str, method: str, seed: int) -> Path:
     return out / split / f"{method}_s{seed}"
 
 
-def cell_state(path: Path) -> str:
-    """done (a summary of every round) | partial (a checkpoint to resume) | new."""
+def cell_state(path: Path, rounds: int = ROUNDS) -> str:
+    """done (a summary of at least ``rounds`` rounds) | partial (a checkpoint to resume, or to extend to more
+    rounds) | new."""
     summary = path / "summary.json"
-    if summary.is_file() and '"stopped_by_signal"' not in summary.read_text():
-        return "done"
+    if summary.is_file() and '"stopped_by_signal"' not in (text := summary.read_text()):
+        if json.loads(text).get("rounds", 0) >= rounds:
+            return "done"
     return "partial" if (path / "checkpoints" / "last.ckpt").is_file() else "new"
 
 
-def run_cell(out: Path, split: str, method: str, seed: int, threads: int) -> tuple[str, float, int]:
+def run_cell(out: Path, split: str, method: str, seed: int, threads: int,
+             rounds: int = ROUNDS) -> tuple[str, float, int]:
     path = cell_dir(out, split, method, seed)
     overrides, fraction = SPLITS[split]
-    args = [*COMMON, *overrides, f"dataset.fraction={fraction}", f"algorithm={method}", f"seed={seed}"]
-    args.append(f"resume={path}" if cell_state(path) == "partial" else f"hydra.run.dir={path}")
+    args = [*COMMON, *overrides, f"dataset.fraction={fraction}", f"algorithm={method}", f"seed={seed}",
+            f"federation.rounds={rounds}"]
+    args.append(f"resume={path}" if cell_state(path, rounds) == "partial" else f"hydra.run.dir={path}")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
     started = time.perf_counter()
     path.mkdir(parents=True, exist_ok=True)
@@ -85,11 +91,11 @@ def run_cell(out: Path, split: str, method: str, seed: int, threads: int) -> tup
 
 def cmd_run(args) -> None:
     cells = [(split, method, seed) for seed in args.seeds for split in args.splits for method in args.methods
-             if cell_state(cell_dir(args.out, split, method, seed)) != "done"]
+             if cell_state(cell_dir(args.out, split, method, seed), args.rounds) != "done"]
     print(f"{len(cells)} cells to run with {args.workers} workers", flush=True)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     with ThreadPoolExecutor(args.workers) as pool:
-        for name, seconds, code in pool.map(lambda c: run_cell(args.out, *c, threads), cells):
+        for name, seconds, code in pool.map(lambda c: run_cell(args.out, *c, threads, args.rounds), cells):
             print(f"{name}: exit {code} after {seconds:.0f} s", flush=True)
 
 
@@ -137,6 +143,42 @@ def _verdict(rows: list[dict], key: str, score: str) -> str:
     word = "ahead of" if diff > 0 else "behind"
     return (f"- {score}: pFedLA is {word} the best other method, {best[0]}, by {abs(diff):.2f} points "
             f"({strength}); it ranks {rank} of {len(scored)}.{paired}")
+
+
+RISING = 0.5  # points of validation accuracy gained late in a run above which a curve is "still rising"
+
+
+def late_gain(val_by_round: dict[int, float]) -> float | None:
+    """Points gained on validation late in a run: the mean of its last 5 rounds minus the mean of the 5 rounds
+    ten before them (None for a run too short to have both)."""
+    last = max(val_by_round)
+    recent = [val_by_round[r] for r in range(last - 4, last + 1) if r in val_by_round]
+    earlier = [val_by_round[r] for r in range(last - 14, last - 9) if r in val_by_round]
+    if not recent or not earlier:
+        return None
+    return 100 * (statistics.fmean(recent) - statistics.fmean(earlier))
+
+
+def _val_curve(job) -> dict[int, float]:
+    with open(job.path / "metrics.csv") as f:
+        return {int(r["round"]): float(r["val/acc_mean"]) for r in csv.DictReader(f) if r.get("val/acc_mean")}
+
+
+def rising_markdown(groups: dict) -> list[str]:
+    """Whether each method's validation curve (score (a)) has flattened by its last round, over seeds."""
+    gains = {}
+    for label, jobs in groups.items():
+        found = [g for g in (late_gain(_val_curve(j)) for j in jobs) if g is not None]
+        if found:
+            gains[label] = statistics.fmean(found)
+    if not gains:
+        return []
+    rising = [label for label, g in gains.items() if round(g, 2) > RISING]  # as printed
+    verdict = (f" Above {RISING} points, not flat yet: {', '.join(rising)} (`run --rounds N --methods ...` extends "
+               "their cells exactly from the last checkpoint)." if rising else f" Every curve is flat (< {RISING}).")
+    return ["Has every curve flattened? Validation accuracy (a), the mean of a run's last 5 rounds minus the mean of "
+            "the 5 rounds ten before them, in points, mean over seeds: "
+            + ", ".join(f"{label} {g:+.2f}" for label, g in gains.items()) + "." + verdict]
 
 
 def _against(rows: list[dict], label: str, key: str, title: str) -> str:
@@ -203,6 +245,7 @@ def cmd_render(args) -> None:
             continue
         spread = spread_markdown(rows)
         lines += [*table_markdown(rows), "", *spread, ""]
+        lines += [*rising_markdown(groups), ""]
         alpha = alpha_markdown(rows)
         if alpha:
             lines += ["What alpha learned. " + alpha[0], *alpha[1:], ""]
@@ -241,6 +284,8 @@ def main() -> None:
     run.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
     run.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     run.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    run.add_argument("--rounds", type=int, default=ROUNDS,
+                     help="rounds per cell; more than a finished cell has extends it from its checkpoint (exact)")
     render = sub.add_parser("render", help="write docs/RESULTS.md from the finished cells")
     render.add_argument("--out", type=Path, default=REPO / "multirun" / "results_fmnist")
     render.add_argument("--runs", type=Path, default=DOCS / "results" / "runs",

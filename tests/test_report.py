@@ -113,3 +113,23 @@ def test_the_results_verdict_pairs_methods_seed_by_seed():
     line = _against(rows, "fedavg", "best_adapted", "(b) against FedAvg")
     assert line.startswith("- (b) against FedAvg: pFedLA +1.03 points.") and "|t| 31.00 vs 4.303" in line
     assert "; significant" in line and "not enough" in _against(rows, "local", "best", "(a) against Local")
+
+
+def test_the_results_page_says_which_validation_curves_still_rise(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from results_fmnist import late_gain, rising_markdown
+
+    # val = round / 100: the last 5 rounds (16-20) average 0.18, the 5 ten before (6-10) 0.08: 10 points
+    assert late_gain({r: r / 100 for r in range(1, 21)}) == pytest.approx(10)
+    assert late_gain({r: 0.9 for r in range(1, 21)}) == pytest.approx(0)
+    assert late_gain({r: r / 100 for r in range(1, 11)}) is None  # too short to have both windows
+
+    class Job:  # what rising_markdown reads of a report Job: its run dir's metrics.csv
+        def __init__(self, name, slope):
+            self.path = tmp_path / name
+            self.path.mkdir()
+            rows = "".join(f"{r},{0.5 + slope * r}\n" for r in range(1, 21))
+            (self.path / "metrics.csv").write_text("round,val/acc_mean\n" + rows)
+
+    line = rising_markdown({"flat": [Job("f0", 0.0), Job("f1", 0.0004)], "rising": [Job("r0", 0.002)]})[0]
+    assert "flat +0.20, rising +2.00." in line and "not flat yet: rising (" in line
