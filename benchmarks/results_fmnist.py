@@ -150,7 +150,9 @@ RISING = 0.5  # points of validation accuracy gained late in a run above which a
 
 def late_gain(val_by_round: dict[int, float]) -> float | None:
     """Points gained on validation late in a run: the mean of its last 5 rounds minus the mean of the 5 rounds
-    ten before them (None for a run too short to have both)."""
+    ten before them (None for a run too short to have both, or with no such curve)."""
+    if not val_by_round:
+        return None
     last = max(val_by_round)
     recent = [val_by_round[r] for r in range(last - 4, last + 1) if r in val_by_round]
     earlier = [val_by_round[r] for r in range(last - 14, last - 9) if r in val_by_round]
@@ -159,16 +161,17 @@ def late_gain(val_by_round: dict[int, float]) -> float | None:
     return 100 * (statistics.fmean(recent) - statistics.fmean(earlier))
 
 
-def _val_curve(job) -> dict[int, float]:
+def _val_curve(job, key: str) -> dict[int, float]:
     with open(job.path / "metrics.csv") as f:
-        return {int(r["round"]): float(r["val/acc_mean"]) for r in csv.DictReader(f) if r.get("val/acc_mean")}
+        return {int(r["round"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
 
 
-def rising_markdown(groups: dict) -> list[str]:
-    """Whether each method's validation curve (score (a)) has flattened by its last round, over seeds."""
+def rising_markdown(groups: dict, key: str = "val/acc_mean", score: str = "(a)") -> list[str]:
+    """Whether each method's validation curve of one score has flattened by its last round, over seeds (score (b),
+    computed every 10 rounds: its last value against the one 10 rounds before)."""
     gains = {}
     for label, jobs in groups.items():
-        found = [g for g in (late_gain(_val_curve(j)) for j in jobs) if g is not None]
+        found = [g for g in (late_gain(_val_curve(j, key)) for j in jobs) if g is not None]
         if found:
             gains[label] = statistics.fmean(found)
     if not gains:
@@ -176,8 +179,8 @@ def rising_markdown(groups: dict) -> list[str]:
     rising = [label for label, g in gains.items() if round(g, 2) > RISING]  # as printed
     verdict = (f" Above {RISING} points, not flat yet: {', '.join(rising)} (`run --rounds N --methods ...` extends "
                "their cells exactly from the last checkpoint)." if rising else f" Every curve is flat (< {RISING}).")
-    return ["Has every curve flattened? Validation accuracy (a), the mean of a run's last 5 rounds minus the mean of "
-            "the 5 rounds ten before them, in points, mean over seeds: "
+    return [f"Has every curve flattened? Validation accuracy {score}, the mean of a run's last 5 rounds minus the "
+            "mean of the 5 rounds ten before them (of those evaluated), in points, mean over seeds: "
             + ", ".join(f"{label} {g:+.2f}" for label, g in gains.items()) + "." + verdict]
 
 
@@ -245,7 +248,7 @@ def cmd_render(args) -> None:
             continue
         spread = spread_markdown(rows)
         lines += [*table_markdown(rows), "", *spread, ""]
-        lines += [*rising_markdown(groups), ""]
+        lines += [*rising_markdown(groups), "", *rising_markdown(groups, "val/adapted_acc_mean", "(b)"), ""]
         alpha = alpha_markdown(rows)
         if alpha:
             lines += ["What alpha learned. " + alpha[0], *alpha[1:], ""]

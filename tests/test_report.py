@@ -133,3 +133,4 @@ def test_the_results_page_says_which_validation_curves_still_rise(tmp_path):
 
     line = rising_markdown({"flat": [Job("f0", 0.0), Job("f1", 0.0004)], "rising": [Job("r0", 0.002)]})[0]
     assert "flat +0.20, rising +2.00." in line and "not flat yet: rising (" in line
+    assert rising_markdown({"flat": [Job("b0", 0.0)]}, "val/adapted_acc_mean", "(b)") == []  # no such column
