@@ -188,9 +188,8 @@ class Dirichlet(LabelSkew):
     max_tries: int = 100
 
     def __post_init__(self):
-        check(self.alpha is not None and self.alpha > 0, "partition.alpha", self.alpha, "must be > 0", "0.5")
-        tries = self.max_tries
-        check(tries is not None and tries >= 1, "partition.max_tries", tries, "must be >= 1", "100")
+        check(self.alpha > 0, "partition.alpha", self.alpha, "must be > 0", "0.5")  # null: refused by build
+        check(self.max_tries >= 1, "partition.max_tries", self.max_tries, "must be >= 1", "100")
 
     def __call__(self, labels, num_clients, rng, weights):
         return dirichlet_partition(labels, num_clients, self.alpha, self.min_samples, rng, self.max_tries, weights)
@@ -202,7 +201,7 @@ class Pathological(LabelSkew):
 
     def __post_init__(self):
         k = self.classes_per_client
-        check(k is not None and k >= 1, "partition.classes_per_client", k, "must be >= 1", "2")
+        check(k >= 1, "partition.classes_per_client", k, "must be >= 1", "2")
 
     def __call__(self, labels, num_clients, rng, weights):
         return pathological_partition(labels, num_clients, self.classes_per_client, rng, weights)
