@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import shutil
 import statistics
@@ -206,7 +207,11 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[list[fl
         return None
     diffs = [100 * (a[s] - b[s]) for s in seeds]
     mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
-    return diffs, mean, std, (mean / (std / len(diffs) ** 0.5) if std > 0 else float("inf") * (mean or 1))
+    if std > 0:
+        t = mean / (std / len(diffs) ** 0.5)
+    else:  # every seed the same difference: infinitely sure of it, unless it is none
+        t = math.copysign(math.inf, mean) if mean else 0.0
+    return diffs, mean, std, t
 
 
 def _paired(pfedla: dict, other: dict, key: str) -> str:
