@@ -134,3 +134,28 @@ def test_the_results_page_says_which_validation_curves_still_rise(tmp_path):
     line = rising_markdown({"flat": [Job("f0", 0.0), Job("f1", 0.0004)], "rising": [Job("r0", 0.002)]})[0]
     assert "flat +0.20, rising +2.00." in line and "not flat yet: rising (" in line
     assert rising_markdown({"flat": [Job("b0", 0.0)]}, "val/adapted_acc_mean", "(b)") == []  # no such column
+
+
+def test_the_results_page_copies_a_cell_only_when_its_summary_and_curve_agree(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from results_fmnist import _copy_finished, _rounds
+
+    def cell(root, name, said, logged, split="dirichlet0.1"):
+        path = root / split / name
+        path.mkdir(parents=True)
+        (path / "summary.json").write_text(f'{{"rounds": {said}, "final": {{}}}}')
+        (path / "metrics.csv").write_text("round,val/acc_mean\n" + "".join(f"{r},0.5\n" for r in range(1, logged + 1)))
+        return path
+
+    out, runs = tmp_path / "grid", tmp_path / "runs"
+    cell(out, "pfedla_s0", 100, 100)   # finished at 100: copied over the 50-round cell already there
+    cell(runs, "pfedla_s0", 50, 50)
+    cell(out, "fedavg_s0", 50, 63)     # being extended: the 50-round summary beside 63 rounds of curve
+    cell(out, "local_s1", 50, 50)      # shorter than the 100-round cell already there: kept out
+    cell(runs, "local_s1", 100, 100)
+    cell(out, "notacell_s0", 100, 100)
+    _copy_finished(out, runs)
+    assert _rounds(runs / "dirichlet0.1" / "pfedla_s0") == (100, 100)
+    assert not (runs / "dirichlet0.1" / "fedavg_s0").exists()
+    assert _rounds(runs / "dirichlet0.1" / "local_s1") == (100, 100)
+    assert not (runs / "dirichlet0.1" / "notacell_s0").exists()
