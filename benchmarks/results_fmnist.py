@@ -5,11 +5,15 @@ Fashion-MNIST, then the page itself, regenerated from the runs.
     python benchmarks/results_fmnist.py render                     # docs/RESULTS.md from what has finished
 
 ``run`` is resumable: a cell with a complete summary.json is skipped, a cell with a checkpoint resumes
-from it (exactly), anything else starts. Cells go seed by seed (all splits and methods of seed 0 first),
-so a cut grid still compares every method. Every method runs at its tuned values (conf/tuned/, chosen
-on validation by ``hparams_search``; docs/TUNING.md). ``render`` copies each finished cell's
-summary.json and metrics.csv under docs/results/runs/, so the page can be rebuilt from the repository
-alone (``render --runs docs/results/runs``), and lists every cell that is missing or unfinished.
+from it (exactly), anything else starts; a cell the repository already holds at the protocol's rounds
+(docs/results/runs or docs/results/pending) is skipped too, so a grid cut by a machine that went away
+goes on elsewhere, losing only its unfinished cells. Cells go seed by seed (all splits and methods of seed
+0 first), so a cut grid still compares every method. Every method runs at its tuned values (conf/tuned/,
+chosen on validation by ``hparams_search``; docs/TUNING.md). ``render`` copies each finished cell's
+summary.json and metrics.csv into the repository: under docs/results/pending/ until every cell of its
+split has finished, then all of that split's cells together under docs/results/runs/, which the tables
+are made of, so a split's table never mixes rounds and the page can be rebuilt from the repository alone
+(``render --runs docs/results/runs``). It lists every cell that is missing, waiting or short of rounds.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ COMMON = [
     f"viz.every={VIZ_EVERY}",
 ]
 DOCS = REPO / "docs"
+RUNS, PENDING = DOCS / "results" / "runs", DOCS / "results" / "pending"  # the tables' runs; finished cells waiting
 
 
 def cell_dir(out: Path, split: str, method: str, seed: int) -> Path:
@@ -92,9 +97,20 @@ def run_cell(out: Path, split: str, method: str, seed: int, threads: int,
     return f"{split}/{method}_s{seed}", time.perf_counter() - started, code
 
 
+def recorded(split: str, method: str, seed: int, rounds: int) -> bool:
+    """Whether the repository already holds this cell at ``rounds`` or more (docs/results/runs or pending/): a
+    new machine's grid then skips it, though its run dir, on the machine that ran it, is gone."""
+    return any(_rounds(cell_dir(where, split, method, seed))[0] >= rounds for where in (RUNS, PENDING))
+
+
+def cells_to_run(out: Path, splits, methods, seeds, rounds: int) -> list[tuple[str, str, int]]:
+    return [(split, method, seed) for seed in seeds for split in splits for method in methods
+            if cell_state(cell_dir(out, split, method, seed), rounds) != "done"
+            and not recorded(split, method, seed, rounds)]
+
+
 def cmd_run(args) -> None:
-    cells = [(split, method, seed) for seed in args.seeds for split in args.splits for method in args.methods
-             if cell_state(cell_dir(args.out, split, method, seed), args.rounds) != "done"]
+    cells = cells_to_run(args.out, args.splits, args.methods, args.seeds, args.rounds)
     print(f"{len(cells)} cells to run with {args.workers} workers", flush=True)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     with ThreadPoolExecutor(args.workers) as pool:
@@ -113,23 +129,31 @@ def _rounds(path: Path) -> tuple[int, int]:
     return said, logged
 
 
-def _copy_finished(out: Path, runs: Path) -> None:
-    """Every finished cell of the grid into ``runs`` (other run dirs beside them, e.g. kept for the record, are not
-    cells). A cell is copied only when its summary.json and metrics.csv describe the same rounds (a cell being
-    extended has the old, shorter summary beside a longer metrics.csv), and never over a cell of more rounds."""
-    cells = {f"{m}_s{s}" for m in METHODS for s in SEEDS}
-    for summary in out.glob("*/*/summary.json"):
-        if summary.parent.parent.name not in SPLITS or summary.parent.name not in cells:
-            continue
-        said, logged = _rounds(summary.parent)
-        if cell_state(summary.parent, rounds=1) != "done" or said != logged:
-            continue
-        target = runs / summary.parent.relative_to(out)
-        if _rounds(target)[0] > said:
-            continue
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("summary.json", "metrics.csv"):
-            shutil.copy2(summary.parent / name, target / name)
+def _finished(path: Path, rounds: int) -> bool:
+    """A run dir that finished at least ``rounds`` rounds, its summary.json and metrics.csv describing the same
+    rounds (a cell being extended has the old, shorter summary beside a longer metrics.csv)."""
+    said, logged = _rounds(path)
+    return said >= rounds and said == logged and cell_state(path, rounds) == "done"
+
+
+def _copy_finished(out: Path, runs: Path, pending: Path) -> None:
+    """The grid's cells that finished the protocol's rounds, into the repository. A split's cells replace its
+    tables (``runs``) together, once all of its cells have finished; until then the finished ones wait in
+    ``pending`` (committed, so a grid on a new machine skips them, and the page lists them), and the tables
+    keep the runs they had."""
+    for split in SPLITS:
+        cells = [f"{m}_s{s}" for s in SEEDS for m in METHODS]
+        for cell in cells:
+            if _finished(out / split / cell, ROUNDS) and not _finished(pending / split / cell, ROUNDS):
+                (pending / split / cell).mkdir(parents=True, exist_ok=True)
+                for name in ("summary.json", "metrics.csv"):
+                    shutil.copy2(out / split / cell / name, pending / split / cell / name)
+        if all(_finished(pending / split / cell, ROUNDS) for cell in cells):
+            for cell in cells:
+                (runs / split / cell).mkdir(parents=True, exist_ok=True)
+                for name in ("summary.json", "metrics.csv"):
+                    shutil.copy2(pending / split / cell / name, runs / split / cell / name)
+            shutil.rmtree(pending / split)
 
 
 def _verdict(rows: list[dict], key: str, score: str) -> str:
@@ -254,11 +278,12 @@ def _paired(pfedla: dict, other: dict, key: str) -> str:
 
 def cmd_render(args) -> None:
     runs = args.runs
-    if args.out.is_dir() and runs == DOCS / "results" / "runs":
-        _copy_finished(args.out, runs)
+    if args.out.is_dir() and runs == RUNS:
+        _copy_finished(args.out, runs, PENDING)
     lines = [(DOCS / "results" / "results_intro.md").read_text().rstrip(), "", SCORES_EXPLAINED, ""]
     expected = [(split, m, s) for split in SPLITS for s in SEEDS for m in METHODS]
     rounds_of = {c: _rounds(cell_dir(runs, *c))[0] for c in expected}
+    waiting = {c for c in expected if rounds_of[c] < ROUNDS and _finished(cell_dir(PENDING, *c), ROUNDS)}
     missing = [c for c in expected if rounds_of[c] < ROUNDS]
     total = 0.0
     for split, (overrides, fraction) in SPLITS.items():
@@ -287,28 +312,31 @@ def cmd_render(args) -> None:
         figure = DOCS / "results" / f"curves_{split}.png"
         plot_curves(groups, figure)
         lines += [f"![{split} curves](results/{figure.name})", ""]
+    done = len(expected) - len(missing) + len(waiting)
     lines += ["## Cells of the grid", "",
-              f"{len(expected) - len(missing)} of {len(expected)} cells finished at the protocol's {ROUNDS} rounds "
-              f"({total / 3600:.1f} h of run time in all, for the runs shown)."]
+              f"{done} of {len(expected)} cells finished at the protocol's {ROUNDS} rounds "
+              f"({total / 3600:.1f} h of run time in all, for the runs in the tables)."]
     if missing:
-        lines += [f"Not at {ROUNDS} rounds yet (to be run with `python benchmarks/results_fmnist.py run`; it resumes "
-                  "from a checkpoint where one is left; the tables above show what has finished, at the rounds "
-                  "it has):", ""]
+        lines += [f"Short of {ROUNDS} rounds (`python benchmarks/results_fmnist.py run` runs what is missing, resuming "
+                  "from a checkpoint where its machine left one); a split's tables change only when all of its "
+                  f"cells have {ROUNDS} rounds, so until then they show the rounds named in their heading:", ""]
         for split in SPLITS:
-            by_rounds: dict[int, list[str]] = {}
+            by_state: dict[str, list[str]] = {}
             for s_, m, s in missing:
                 if s_ == split:
-                    by_rounds.setdefault(rounds_of[split, m, s], []).append(f"{m}_s{s}")
-            parts = [("not run" if r == 0 else f"at {r} rounds") + ": "
-                     + (f"all {len(cells)} cells" if len(cells) == len(METHODS) * len(SEEDS) else ", ".join(cells))
-                     for r, cells in sorted(by_rounds.items())]
+                    had = rounds_of[split, m, s]
+                    state = ("finished, waiting in docs/results/pending/" if (split, m, s) in waiting else
+                             "not run" if had == 0 else f"in the tables at {had} rounds")
+                    by_state.setdefault(state, []).append(f"{m}_s{s}")
+            parts = [f"{state}: " + (f"all {len(cells)} cells" if len(cells) == len(METHODS) * len(SEEDS)
+                                     else ", ".join(cells)) for state, cells in by_state.items()]
             if parts:
                 lines.append(f"- {split}: " + "; ".join(parts))
     notes = DOCS / "results" / "results_notes.md"
     if notes.is_file():
         lines += ["", notes.read_text().rstrip()]
     (DOCS / "RESULTS.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {DOCS / 'RESULTS.md'} ({len(expected) - len(missing)}/{len(expected)} cells)")
+    print(f"wrote {DOCS / 'RESULTS.md'} ({done}/{len(expected)} cells at {ROUNDS} rounds)")
 
 
 def main() -> None:
@@ -326,7 +354,7 @@ def main() -> None:
                      help="rounds per cell; more than a finished cell has extends it from its checkpoint (exact)")
     render = sub.add_parser("render", help="write docs/RESULTS.md from the finished cells")
     render.add_argument("--out", type=Path, default=REPO / "multirun" / "results_fmnist")
-    render.add_argument("--runs", type=Path, default=DOCS / "results" / "runs",
+    render.add_argument("--runs", type=Path, default=RUNS,
                         help="where finished cells are read from (copied there from --out first)")
     args = parser.parse_args()
     {"run": cmd_run, "render": cmd_render}[args.command](args)

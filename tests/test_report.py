@@ -136,26 +136,41 @@ def test_the_results_page_says_which_validation_curves_still_rise(tmp_path):
     assert rising_markdown({"flat": [Job("b0", 0.0)]}, "val/adapted_acc_mean", "(b)") == []  # no such column
 
 
-def test_the_results_page_copies_a_cell_only_when_its_summary_and_curve_agree(tmp_path):
+def test_the_results_page_replaces_a_split_only_when_all_its_cells_finished_and_a_new_machine_skips_them(
+        tmp_path, monkeypatch):
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from results_fmnist import _copy_finished, _rounds
+    import results_fmnist
+    from results_fmnist import METHODS, ROUNDS, SEEDS, _copy_finished, _rounds, cells_to_run
 
-    def cell(root, name, said, logged, split="dirichlet0.1"):
+    def cell(root, split, name, said, logged):
         path = root / split / name
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, exist_ok=True)
         (path / "summary.json").write_text(f'{{"rounds": {said}, "final": {{}}}}')
         (path / "metrics.csv").write_text("round,val/acc_mean\n" + "".join(f"{r},0.5\n" for r in range(1, logged + 1)))
-        return path
 
-    out, runs = tmp_path / "grid", tmp_path / "runs"
-    cell(out, "pfedla_s0", 100, 100)   # finished at 100: copied over the 50-round cell already there
-    cell(runs, "pfedla_s0", 50, 50)
-    cell(out, "fedavg_s0", 50, 63)     # being extended: the 50-round summary beside 63 rounds of curve
-    cell(out, "local_s1", 50, 50)      # shorter than the 100-round cell already there: kept out
-    cell(runs, "local_s1", 100, 100)
-    cell(out, "notacell_s0", 100, 100)
-    _copy_finished(out, runs)
-    assert _rounds(runs / "dirichlet0.1" / "pfedla_s0") == (100, 100)
-    assert not (runs / "dirichlet0.1" / "fedavg_s0").exists()
-    assert _rounds(runs / "dirichlet0.1" / "local_s1") == (100, 100)
-    assert not (runs / "dirichlet0.1" / "notacell_s0").exists()
+    out, runs, pending = tmp_path / "grid", tmp_path / "runs", tmp_path / "pending"
+    names = [f"{m}_s{s}" for s in SEEDS for m in METHODS]
+    for name in names:  # the tables hold every cell of both splits at 50 rounds
+        for split in ("dirichlet0.1", "pathological2"):
+            cell(runs, split, name, 50, 50)
+    cell(out, "dirichlet0.1", "pfedla_s0", ROUNDS, ROUNDS)  # one cell of this split has finished
+    cell(out, "dirichlet0.1", "fedavg_s0", 50, 63)          # one is being extended: old summary, longer curve
+    for name in names:                                      # every cell of this split has finished
+        cell(out, "pathological2", name, ROUNDS, ROUNDS)
+    cell(out, "dirichlet0.1", "notacell_s0", ROUNDS, ROUNDS)
+    _copy_finished(out, runs, pending)
+
+    assert _rounds(pending / "dirichlet0.1" / "pfedla_s0") == (ROUNDS, ROUNDS)  # waits for its split
+    assert _rounds(runs / "dirichlet0.1" / "pfedla_s0") == (50, 50)             # the table keeps its runs
+    assert not (pending / "dirichlet0.1" / "fedavg_s0").exists()
+    assert not (pending / "dirichlet0.1" / "notacell_s0").exists()
+    assert all(_rounds(runs / "pathological2" / name) == (ROUNDS, ROUNDS) for name in names)
+    assert not (pending / "pathological2").exists()
+
+    # a new machine (no grid output): cells the repository holds at the protocol's rounds are not run again
+    monkeypatch.setattr(results_fmnist, "RUNS", runs)
+    monkeypatch.setattr(results_fmnist, "PENDING", pending)
+    todo = cells_to_run(tmp_path / "fresh", ["dirichlet0.1", "pathological2"], METHODS, SEEDS, ROUNDS)
+    assert len(todo) == len(names) - 1 and ("dirichlet0.1", "pfedla", 0) not in todo
+    assert all(split == "dirichlet0.1" for split, _, _ in todo)
+    assert len(cells_to_run(tmp_path / "fresh", ["pathological2"], METHODS, SEEDS, ROUNDS + 1)) == len(names)
