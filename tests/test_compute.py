@@ -52,14 +52,24 @@ def test_channels_last_training_and_prediction_equal_the_nchw_reference(batch_no
     x, y = torch.randn(37, 1, 16, 16, generator=gen), torch.randint(0, 3, (37,), generator=gen)
     params = {n: p.detach() + 0.05 for n, p in model.named_parameters()}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
-    kw = dict(epochs=2, batch_size=8, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    # A well-conditioned run: at lr 0.1 with BatchNorm, 37 noise images train so unstably that a rounding
+    # difference between two float32 kernels grows to 1e-2 in 2 epochs (seen on an AVX-512 AMD EPYC, where the
+    # NCHW run, not the channels_last one, strayed from the float64 run). Here both stay within 1e-6 of it.
+    kw = dict(epochs=2, batch_size=8, lr=0.05, momentum=0.9, weight_decay=1e-3)
     ref = train_client(model, params, buffers, x, y, generator=client_generator(0, 1, 0), **kw)
     fast = train_client(model, params, buffers, x.to(memory_format=CL), y, generator=client_generator(0, 1, 0),
                         compute=Compute(CL), **kw)
+    exact = train_client(model.double(), {n: v.double() for n, v in params.items()},  # the math, in float64
+                         {n: v.double() if v.is_floating_point() else v for n, v in buffers.items()}, x.double(), y,
+                         generator=client_generator(0, 1, 0), **kw)
+    model.float()
     assert is_channels_last(fast[0]["conv2.weight"]) and not is_channels_last(ref[0]["conv2.weight"])
     for part in (0, 1):
         for name in ref[part]:
             torch.testing.assert_close(fast[part][name], ref[part][name], rtol=1e-4, atol=1e-5, msg=name)
+            for trained in (fast, ref):
+                want = exact[part][name]
+                torch.testing.assert_close(trained[part][name].to(want.dtype), want, rtol=1e-4, atol=1e-5, msg=name)
     torch.testing.assert_close(fast[2], ref[2], rtol=1e-5, atol=1e-6)
     p, b = ref[0], ref[1]
     logits = torch.func.functional_call(model.eval(), {**p, **b}, (x,))
