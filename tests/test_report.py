@@ -1,6 +1,7 @@
 import statistics
 import sys
 
+import numpy as np
 import pytest
 
 from pfedla.report import report
@@ -117,23 +118,41 @@ def test_the_results_verdict_pairs_methods_seed_by_seed():
 
 def test_the_results_page_says_which_validation_curves_still_rise(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from results_fmnist import late_gain, rising_markdown
+    from results_fmnist import late_slope, rising_markdown
 
-    # val = round / 100: the last 5 rounds (16-20) average 0.18, the 5 ten before (6-10) 0.08: 10 points
-    assert late_gain({r: r / 100 for r in range(1, 21)}) == pytest.approx(10)
-    assert late_gain({r: 0.9 for r in range(1, 21)}) == pytest.approx(0)
-    assert late_gain({r: r / 100 for r in range(1, 11)}) is None  # too short to have both windows
+    # val = round / 100: one point a round, 10 points per 10 rounds; a constant curve: 0
+    assert late_slope({r: r / 100 for r in range(1, 41)}) == pytest.approx(10)
+    assert late_slope({r: 0.9 for r in range(1, 41)}) == pytest.approx(0)
+    assert late_slope({10: 0.5, 20: 0.6}) is None  # two evaluations: no slope to fit
+    # a noisy curve: the fit over its last 30 rounds equals numpy's least squares over those rounds
+    noisy = {r: 0.8 + 0.0005 * r + (0.05 if r % 7 == 0 else 0) - (0.04 if r % 5 == 0 else 0) for r in range(1, 61)}
+    window = sorted(r for r in noisy if r > 30)
+    want = 1000 * np.polyfit(window, [noisy[r] for r in window], 1)[0]
+    assert late_slope(noisy) == pytest.approx(want) and late_slope(noisy, window=60) != pytest.approx(want)
+    # score (b), every 10 rounds: the fit goes through the evaluations in the window (rounds 80, 90, 100)
+    assert late_slope({r: 0.9 + r / 1000 for r in range(10, 101, 10)}) == pytest.approx(1)
 
     class Job:  # what rising_markdown reads of a report Job: its run dir's metrics.csv
         def __init__(self, name, slope):
             self.path = tmp_path / name
             self.path.mkdir()
-            rows = "".join(f"{r},{0.5 + slope * r}\n" for r in range(1, 21))
+            rows = "".join(f"{r},{0.5 + slope * r}\n" for r in range(1, 41))
             (self.path / "metrics.csv").write_text("round,val/acc_mean\n" + rows)
 
     line = rising_markdown({"flat": [Job("f0", 0.0), Job("f1", 0.0004)], "rising": [Job("r0", 0.002)]})[0]
-    assert "flat +0.20, rising +2.00." in line and "not flat yet: rising (" in line
+    assert "flat +0.20, rising +2.00." in line and "still rising: rising (" in line
     assert rising_markdown({"flat": [Job("b0", 0.0)]}, "val/adapted_acc_mean", "(b)") == []  # no such column
+
+    class Adapted(Job):  # score (b), every 10 rounds: rising up to round 70, flat after
+        def __init__(self, name):
+            self.path = tmp_path / name
+            self.path.mkdir()
+            rows = "".join(f"{r},{min(r, 70) / 100}\n" for r in range(10, 101, 10))
+            (self.path / "metrics.csv").write_text("round,val/adapted_acc_mean\n" + rows)
+
+    line = rising_markdown({"m": [Adapted("a0")]}, "val/adapted_acc_mean", "(b)")[0]
+    fitted = 1000 * np.polyfit([60, 70, 80, 90, 100], [0.6, 0.7, 0.7, 0.7, 0.7], 1)[0]  # over its last 50 rounds
+    assert "last 50 rounds" in line and f"m +{fitted:.2f}." in line and fitted > 0.5  # over 30 rounds: 0
 
 
 def test_the_results_page_replaces_a_split_only_when_all_its_cells_finished_and_a_new_machine_skips_them(
