@@ -136,23 +136,26 @@ def _finished(path: Path, rounds: int) -> bool:
     return said >= rounds and said == logged and cell_state(path, rounds) == "done"
 
 
+def _copy_cell(source: Path, target: Path) -> None:
+    """What the repository keeps of a run dir: its summary.json and metrics.csv."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("summary.json", "metrics.csv"):
+        shutil.copy2(source / name, target / name)
+
+
 def _copy_finished(out: Path, runs: Path, pending: Path) -> None:
     """The grid's cells that finished the protocol's rounds, into the repository. A split's cells replace its
     tables (``runs``) together, once all of its cells have finished; until then the finished ones wait in
     ``pending`` (committed, so a grid on a new machine skips them, and the page lists them), and the tables
     keep the runs they had."""
+    cells = [f"{m}_s{s}" for s in SEEDS for m in METHODS]
     for split in SPLITS:
-        cells = [f"{m}_s{s}" for s in SEEDS for m in METHODS]
         for cell in cells:
             if _finished(out / split / cell, ROUNDS) and not _finished(pending / split / cell, ROUNDS):
-                (pending / split / cell).mkdir(parents=True, exist_ok=True)
-                for name in ("summary.json", "metrics.csv"):
-                    shutil.copy2(out / split / cell / name, pending / split / cell / name)
+                _copy_cell(out / split / cell, pending / split / cell)
         if all(_finished(pending / split / cell, ROUNDS) for cell in cells):
             for cell in cells:
-                (runs / split / cell).mkdir(parents=True, exist_ok=True)
-                for name in ("summary.json", "metrics.csv"):
-                    shutil.copy2(pending / split / cell / name, runs / split / cell / name)
+                _copy_cell(pending / split / cell, runs / split / cell)
             shutil.rmtree(pending / split)
 
 
