@@ -14,6 +14,13 @@ summary.json and metrics.csv into the repository: under docs/results/pending/ un
 split has finished, then all of that split's cells together under docs/results/runs/, which the tables
 are made of, so a split's table never mixes rounds and the page can be rebuilt from the repository alone
 (``render --runs docs/results/runs``). It lists every cell that is missing, waiting or short of rounds.
+
+    python benchmarks/results_fmnist.py extend --rounds 200 --splits pathological2 --methods fedbn
+
+``extend`` runs on past the protocol's rounds the cells whose curves still rise at its end: it copies each
+finished cell (checkpoint included) into its own output folder and resumes it there to ``--rounds`` (exact:
+rounds 1-100 are the tables' run). ``render`` keeps them apart from the tables, under docs/results/extended/,
+and writes under each split what the extra rounds changed, both scores chosen by validation as everywhere.
 """
 
 from __future__ import annotations
@@ -65,6 +72,8 @@ COMMON = [
 ]
 DOCS = REPO / "docs"
 RUNS, PENDING = DOCS / "results" / "runs", DOCS / "results" / "pending"  # the tables' runs; finished cells waiting
+EXTENDED = DOCS / "results" / "extended"  # cells run past ROUNDS: beside the tables, never in them
+EXTENDED_OUT = REPO / "multirun" / "results_fmnist_extended"
 
 
 def cell_dir(out: Path, split: str, method: str, seed: int) -> Path:
@@ -100,13 +109,33 @@ def run_cell(out: Path, split: str, method: str, seed: int, threads: int,
 def recorded(split: str, method: str, seed: int, rounds: int) -> bool:
     """Whether the repository already holds this cell at ``rounds`` or more (docs/results/runs or pending/): a
     new machine's grid then skips it, though its run dir, on the machine that ran it, is gone."""
-    return any(_rounds(cell_dir(where, split, method, seed))[0] >= rounds for where in (RUNS, PENDING))
+    return any(_rounds(cell_dir(where, split, method, seed))[0] >= rounds for where in (RUNS, PENDING, EXTENDED))
 
 
 def cells_to_run(out: Path, splits, methods, seeds, rounds: int) -> list[tuple[str, str, int]]:
     return [(split, method, seed) for seed in seeds for split in splits for method in methods
             if cell_state(cell_dir(out, split, method, seed), rounds) != "done"
             and not recorded(split, method, seed, rounds)]
+
+
+def cmd_extend(args) -> None:
+    """Copy each named cell, finished at the protocol's rounds, from the grid's output into ``--extended-out``
+    (once), then run those copies on to ``--rounds`` there; the grid's own cells stay as they are."""
+    if args.rounds <= ROUNDS:
+        raise SystemExit(f"--rounds {args.rounds}: extend runs cells past the protocol's {ROUNDS} rounds; pass more")
+    for split in args.splits:
+        for method in args.methods:
+            for seed in args.seeds:
+                source = cell_dir(args.out, split, method, seed)
+                target = cell_dir(args.extended_out, split, method, seed)
+                if target.exists():
+                    continue
+                if not _finished(source, ROUNDS) or not (source / "checkpoints" / "last.ckpt").is_file():
+                    raise SystemExit(f"{source}: no finished {ROUNDS}-round cell with a checkpoint to extend; "
+                                     "run it first with `run`")
+                shutil.copytree(source, target)
+    args.out = args.extended_out
+    cmd_run(args)
 
 
 def cmd_run(args) -> None:
@@ -157,6 +186,84 @@ def _copy_finished(out: Path, runs: Path, pending: Path) -> None:
             for cell in cells:
                 _copy_cell(pending / split / cell, runs / split / cell)
             shutil.rmtree(pending / split)
+
+
+def _copy_extended(out: Path, extended: Path) -> None:
+    """Extended cells that finished more than the protocol's rounds, into the repository (a longer run replaces
+    a shorter one)."""
+    for split in SPLITS:
+        if not (out / split).is_dir():
+            continue
+        for source in sorted((out / split).iterdir()):
+            said = _rounds(source)[0]
+            if said > ROUNDS and _finished(source, said) and said > _rounds(extended / split / source.name)[0]:
+                _copy_cell(source, extended / split / source.name)
+
+
+def best_by_validation(rows: list[dict], prefix: str = "", upto: int | None = None) -> tuple[int, float] | None:
+    """(round, test accuracy) at the round with the best validation accuracy of one score among rounds up to
+    ``upto`` (the first on ties), from metrics.csv rows: summary.json's ``best`` of a run cut at ``upto``."""
+    val = f"val/{prefix}acc_mean"
+    scored = [r for r in rows if r.get(val) and (upto is None or int(r["round"]) <= upto)]
+    if not scored:
+        return None
+    best = max(scored, key=lambda r: float(r[val]))
+    return int(best["round"]), float(best[f"test/{prefix}acc_mean"])
+
+
+def _extended_cells(split_dir: Path) -> dict[str, dict[int, list[dict]]]:
+    """method -> seed -> metrics.csv rows of the extended cells of one split."""
+    cells: dict[str, dict[int, list[dict]]] = {}
+    for path in sorted(split_dir.iterdir()):
+        method, _, seed = path.name.rpartition("_s")
+        if method in METHODS and seed.isdigit() and (path / "metrics.csv").is_file():
+            with open(path / "metrics.csv") as f:
+                cells.setdefault(method, {})[int(seed)] = list(csv.DictReader(f))
+    return cells
+
+
+def _pct(values: list[float]) -> str:
+    spread = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{100 * statistics.fmean(values):.2f}{spread}"
+
+
+def extension_markdown(split_dir: Path, rows: list[dict]) -> list[str]:
+    """What running on past the protocol's rounds changed, per extended method of one split: each score at the
+    best validation round of rounds 1-ROUNDS (the tables' value) and of all its rounds, the slope at the end,
+    and pFedLA's table value (ROUNDS rounds) against the method's extended value, seed by seed."""
+    cells = _extended_cells(split_dir)
+    if not cells:
+        return []
+    pfedla = next((r for r in rows if r["label"] == "pfedla"), None)
+    lines = [f"Beyond {ROUNDS} rounds: the cells below ran on from their checkpoints (rounds 1-{ROUNDS} are the "
+             "table's runs, which stay as they are); best round chosen by validation, slope as above, at the end.", "",
+             f"| method | seeds | rounds | (a) at {ROUNDS} | (a) at end | best rounds | slope (a) | (b) at {ROUNDS} "
+             "| (b) at end | slope (b) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    pairs = []
+    for method, seeds in cells.items():
+        ends = sorted({int(rs[-1]["round"]) for rs in seeds.values()})
+        columns = []
+        for prefix, key, window in (("", "best", WINDOW), ("adapted_", "best_adapted", WINDOW_ADAPTED)):
+            protocol = [best_by_validation(rs, prefix, ROUNDS) for rs in seeds.values()]
+            end = {s: best_by_validation(rs, prefix) for s, rs in seeds.items()}
+            if None in protocol or None in end.values():  # Local has no score (b)
+                columns += ["—"] * (4 if key == "best" else 3)
+                continue
+            slopes = [late_slope({int(r["round"]): float(r[f"val/{prefix}acc_mean"]) for r in rs
+                                  if r.get(f"val/{prefix}acc_mean")}, window) for rs in seeds.values()]
+            columns += [_pct([t for _, t in protocol]), _pct([t for _, t in end.values()])]
+            if key == "best":
+                columns.append(", ".join(str(r) for r, _ in end.values()))
+            columns.append("—" if None in slopes else f"{statistics.fmean(slopes):+.2f}")
+            if pfedla is not None and method != "pfedla":
+                extended = {"label": method, "by_seed": {key: {s: t for s, (_, t) in end.items()}}}
+                paired = _paired(pfedla, extended, key)
+                if paired:
+                    pairs.append(f"- {'(a)' if key == 'best' else '(b)'}: pFedLA at {ROUNDS} rounds minus {method} at "
+                                 f"{ends[-1]}.{paired}")
+        rounds = "-".join(map(str, (ends[0], ends[-1]) if len(ends) > 1 else ends))
+        lines.append(f"| {method} | {len(seeds)} | {rounds} | " + " | ".join(columns) + " |")
+    return [*lines, "", *pairs] if pairs else lines
 
 
 def _verdict(rows: list[dict], key: str, score: str) -> str:
@@ -229,8 +336,9 @@ def rising_markdown(groups: dict, key: str = "val/acc_mean", score: str = "(a)")
     if not slopes:
         return []
     rising = [label for label, g in slopes.items() if round(g, 2) > RISING]  # as printed
-    verdict = (f" Above {RISING}, still rising: {', '.join(rising)} (`run --rounds N --methods ...` extends their "
-               "cells exactly from the last checkpoint)." if rising else f" Every curve is flat (at most {RISING}).")
+    verdict = (f" Above {RISING}, still rising: {', '.join(rising)} (`extend --rounds N --methods ...` runs their "
+               "cells on from the last checkpoint, beside the tables)." if rising
+               else f" Every curve is flat (at most {RISING}).")
     return [f"Has every curve flattened? Validation accuracy {score}: the least-squares slope over a run's last "
             f"{window} rounds, in points per 10 rounds, mean over seeds: "
             + ", ".join(f"{label} {g:+.2f}" for label, g in slopes.items()) + "." + verdict]
@@ -289,6 +397,8 @@ def cmd_render(args) -> None:
     runs = args.runs
     if args.out.is_dir() and runs == RUNS:
         _copy_finished(args.out, runs, PENDING)
+    if args.extended_out.is_dir() and runs == RUNS:
+        _copy_extended(args.extended_out, EXTENDED)
     lines = [(DOCS / "results" / "results_intro.md").read_text().rstrip(), "", SCORES_EXPLAINED, ""]
     expected = [(split, m, s) for split in SPLITS for s in SEEDS for m in METHODS]
     rounds_of = {c: _rounds(cell_dir(runs, *c))[0] for c in expected}
@@ -318,6 +428,8 @@ def cmd_render(args) -> None:
                   _verdict(rows, "best_adapted", "(b) at best validation"),
                   _against(rows, "local", "best", "(a) against Local (no collaboration)"),
                   _against(rows, "fedavg", "best_adapted", "(b) against FedAvg (its global model fine-tuned)"), ""]
+        if (EXTENDED / split).is_dir():
+            lines += [*extension_markdown(EXTENDED / split, rows), ""]
         figure = DOCS / "results" / f"curves_{split}.png"
         plot_curves(groups, figure)
         lines += [f"![{split} curves](results/{figure.name})", ""]
@@ -352,21 +464,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run or resume every missing cell")
-    run.add_argument("--out", type=Path, default=REPO / "multirun" / "results_fmnist")
-    run.add_argument("--workers", type=int, default=2, help="cells at once (each gets cores / workers threads)")
-    run.add_argument("--threads", type=int, default=0,
-                     help="threads per cell (0: cores / workers); less when something else shares the machine")
-    run.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
-    run.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    run.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    run.add_argument("--rounds", type=int, default=ROUNDS,
-                     help="rounds per cell; more than a finished cell has extends it from its checkpoint (exact)")
+    extend = sub.add_parser("extend", help="run finished cells on past the protocol's rounds, in their own folder")
+    for command in (run, extend):
+        command.add_argument("--out", type=Path, default=REPO / "multirun" / "results_fmnist")
+        command.add_argument("--workers", type=int, default=2, help="cells at once (each gets cores / workers threads)")
+        command.add_argument("--threads", type=int, default=0,
+                             help="threads per cell (0: cores / workers); less when something else shares the machine")
+        command.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+        command.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+        command.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+        command.add_argument("--rounds", type=int, default=ROUNDS,
+                             help="rounds per cell; more than a finished cell has extends it from its checkpoint")
+    extend.add_argument("--extended-out", type=Path, default=EXTENDED_OUT)
     render = sub.add_parser("render", help="write docs/RESULTS.md from the finished cells")
     render.add_argument("--out", type=Path, default=REPO / "multirun" / "results_fmnist")
+    render.add_argument("--extended-out", type=Path, default=EXTENDED_OUT,
+                        help="extended cells, copied into docs/results/extended/ when finished")
     render.add_argument("--runs", type=Path, default=RUNS,
                         help="where finished cells are read from (copied there from --out first)")
     args = parser.parse_args()
-    {"run": cmd_run, "render": cmd_render}[args.command](args)
+    {"run": cmd_run, "extend": cmd_extend, "render": cmd_render}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -193,3 +193,73 @@ def test_the_results_page_replaces_a_split_only_when_all_its_cells_finished_and_
     assert len(todo) == len(names) - 1 and ("dirichlet0.1", "pfedla", 0) not in todo
     assert all(split == "dirichlet0.1" for split, _, _ in todo)
     assert len(cells_to_run(tmp_path / "fresh", ["pathological2"], METHODS, SEEDS, ROUNDS + 1)) == len(names)
+
+
+def test_extended_cells_are_scored_by_validation_up_to_the_protocols_rounds_and_past_them(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import results_fmnist
+    from results_fmnist import ROUNDS, _copy_extended, _rounds, best_by_validation, cmd_extend, extension_markdown
+
+    end = 2 * ROUNDS
+
+    def curve(seed):  # (a) climbs to round 150 then is flat (ties: the first wins); (b) every 10 rounds, to 120
+        rows = []
+        for r in range(1, end + 1):
+            val = 0.5 + min(r, 150) / 1000 + 0.01 * seed
+            test = 0.99 if r == 40 else val - 0.02  # the test-best round is never the one chosen
+            adapted = ([0.7 + min(r, 120) / 1000 + 0.01 * seed] * 2) if r % 10 == 0 else ["", ""]
+            rows.append([r, val, test, *adapted])
+        return rows
+
+    def cell(root, name, said, rows):
+        path = root / "dirichlet0.1" / name
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "summary.json").write_text(f'{{"rounds": {said}, "final": {{}}}}')
+        header = "round,val/acc_mean,test/acc_mean,val/adapted_acc_mean,test/adapted_acc_mean\n"
+        (path / "metrics.csv").write_text(header + "".join(",".join(map(str, row)) + "\n" for row in rows))
+
+    rows = [dict(zip(("round", "val/acc_mean", "test/acc_mean"), map(str, row[:3]))) for row in curve(0)]
+    assert best_by_validation(rows, upto=ROUNDS) == (ROUNDS, pytest.approx(0.58))
+    assert best_by_validation(rows) == (150, pytest.approx(0.63))  # not 40 (test-best), not 200 (a later tie)
+
+    out, extended = tmp_path / "extended_out", tmp_path / "extended"
+    cell(out, "fedbn_s0", end, curve(0))
+    cell(out, "fedbn_s1", end, curve(1))
+    cell(out, "fedavg_s0", ROUNDS, curve(0)[:ROUNDS])          # not run past the protocol: not an extension
+    cell(out, "fedavg_s1", ROUNDS, curve(1)[:ROUNDS + 30])     # being extended: old summary, longer curve
+    _copy_extended(out, extended)
+    assert sorted(p.name for p in (extended / "dirichlet0.1").iterdir()) == ["fedbn_s0", "fedbn_s1"]
+
+    # pFedLA's table values (ROUNDS rounds): (a) 0.60 / 0.62, (b) 0.80 / 0.84
+    pfedla = {"label": "pfedla", "by_seed": {"best": {0: 0.60, 1: 0.62}, "best_adapted": {0: 0.80, 1: 0.84}}}
+    text = "\n".join(extension_markdown(extended / "dirichlet0.1", [pfedla]))
+    # (a): 0.58 / 0.59 at ROUNDS, 0.63 / 0.64 at round 150; (b) 0.80 / 0.81 at ROUNDS, 0.82 / 0.83 at round 120
+    row = f"| fedbn | 2 | {end} | 58.50 ± 0.71 | 63.50 ± 0.71 | 150, 150 | +0.00 | 80.50 ± 0.71 | 82.50 ± 0.71 | +0.00"
+    assert row in text
+    assert "minus fedbn at 200. Seed by seed" in text and "-3.00, -2.00 points, mean -2.50 ± 0.71" in text  # (a)
+    assert "-2.00, +1.00 points, mean -0.50 ± 2.12" in text  # (b): 0.80 - 0.82, 0.84 - 0.83
+
+    # extend: past the protocol only, from a finished cell with a checkpoint, copied once, then run there
+    grid = tmp_path / "grid"
+    cell(grid, "fedbn_s0", ROUNDS, curve(0)[:ROUNDS])
+    ran = []
+    monkeypatch.setattr(results_fmnist, "run_cell", lambda out, *c: ran.append((out, *c)) or ("", 0.0, 0))
+    for name in ("RUNS", "PENDING"):
+        monkeypatch.setattr(results_fmnist, name, tmp_path / "none")
+    monkeypatch.setattr(results_fmnist, "EXTENDED", extended)
+    args = lambda rounds: type("Args", (), dict(  # noqa: E731
+        out=grid, extended_out=tmp_path / "ext", rounds=rounds, splits=["dirichlet0.1"], methods=["fedbn"], seeds=[0],
+        workers=1, threads=1))()
+    with pytest.raises(SystemExit, match="past the protocol"):
+        cmd_extend(args(ROUNDS))
+    with pytest.raises(SystemExit, match="with a checkpoint to extend"):
+        cmd_extend(args(end))
+    (grid / "dirichlet0.1" / "fedbn_s0" / "checkpoints").mkdir()
+    (grid / "dirichlet0.1" / "fedbn_s0" / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    cmd_extend(args(end))
+    assert (tmp_path / "ext" / "dirichlet0.1" / "fedbn_s0" / "checkpoints" / "last.ckpt").read_bytes() == b"ckpt"
+    assert ran == []  # the repository holds this cell at those rounds (docs/results/extended): not run again
+    monkeypatch.setattr(results_fmnist, "EXTENDED", tmp_path / "none")
+    cmd_extend(args(end))
+    assert ran == [(tmp_path / "ext", "dirichlet0.1", "fedbn", 0, 1, end)]
+    assert _rounds(grid / "dirichlet0.1" / "fedbn_s0") == (ROUNDS, ROUNDS)  # the grid's own cell is untouched
