@@ -117,16 +117,18 @@ def run_cell(out: Path, split: str, method: str, seed: int, threads: int,
     return f"{split}/{method}_s{seed}", time.perf_counter() - started, code
 
 
-def recorded(split: str, method: str, seed: int, rounds: int) -> bool:
-    """Whether the repository already holds this cell at ``rounds`` or more (docs/results/runs or pending/): a
-    new machine's grid then skips it, though its run dir, on the machine that ran it, is gone."""
-    return any(_rounds(cell_dir(where, split, method, seed))[0] >= rounds for where in (RUNS, PENDING, EXTENDED))
+def recorded(split: str, method: str, seed: int, rounds: int, places=None) -> bool:
+    """Whether the repository already holds this cell at ``rounds`` or more in ``places`` (the grid's: docs/results/
+    runs and pending/; extended cells: docs/results/extended/): a new machine then skips it, though its run dir,
+    on the machine that ran it, is gone."""
+    places = (RUNS, PENDING) if places is None else places
+    return any(_rounds(cell_dir(where, split, method, seed))[0] >= rounds for where in places)
 
 
-def cells_to_run(out: Path, splits, methods, seeds, rounds: int) -> list[tuple[str, str, int]]:
+def cells_to_run(out: Path, splits, methods, seeds, rounds: int, places=None) -> list[tuple[str, str, int]]:
     return [(split, method, seed) for seed in seeds for split in splits for method in methods
             if cell_state(cell_dir(out, split, method, seed), rounds) != "done"
-            and not recorded(split, method, seed, rounds)]
+            and not recorded(split, method, seed, rounds, places)]
 
 
 def cmd_extend(args) -> None:
@@ -146,11 +148,11 @@ def cmd_extend(args) -> None:
                                      "run it first with `run`")
                 shutil.copytree(source, target)
     args.out = args.extended_out
-    cmd_run(args)
+    cmd_run(args, places=(EXTENDED,))
 
 
-def cmd_run(args) -> None:
-    cells = cells_to_run(args.out, args.splits, args.methods, args.seeds, args.rounds)
+def cmd_run(args, places=None) -> None:
+    cells = cells_to_run(args.out, args.splits, args.methods, args.seeds, args.rounds, places)
     print(f"{len(cells)} cells to run with {args.workers} workers", flush=True)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     with ThreadPoolExecutor(args.workers) as pool:
