@@ -62,6 +62,9 @@ class DatasetConfig:
     _target_: str = MISSING  # the pfedla.datasets.sources.Source class; it takes the keys below it names
     name: str = MISSING
     fraction: float = MISSING  # seeded stratified subset of the pooled data, in (0, 1]
+    # the dataset's own test images: pooled with its train images | held_out as the clients' test splits |
+    # unused, never read (searches); pfedla/datasets/federated.py
+    test_images: str = "pooled"
     # option-specific keys: set in that option's YAML, None elsewhere
     root: Optional[str] = None  # torchvision datasets
     download: Optional[bool] = None  # torchvision datasets
@@ -69,6 +72,7 @@ class DatasetConfig:
     samples_per_class: Optional[int] = None  # synthetic
     image_size: Optional[int] = None  # synthetic
     noise: Optional[float] = None  # synthetic
+    test_samples_per_class: Optional[int] = None  # synthetic: a test set of its own
     split: Optional[str] = None  # emnist
 
 

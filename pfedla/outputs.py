@@ -50,10 +50,12 @@ def write_metrics_csv(path: str | Path, history: list[dict]) -> None:
 
     Re-rendering instead of appending is what keeps the file free of duplicate or missing rows
     when a run is resumed from a checkpoint taken rounds before it was killed. Rounds without
-    score (b) leave its columns empty.
+    score (b) leave its columns empty. An algorithm's own per-round statistics (``Algorithm.round_metrics``,
+    columns ``alpha/...``) follow the fixed columns.
     """
+    own = sorted({k for record in history for k in record if k.startswith("alpha/")})
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[*METRIC_COLUMNS, *own], extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
     atomic_write_bytes(path, buffer.getvalue().encode())

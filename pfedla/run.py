@@ -65,6 +65,7 @@ def setup(cfg: DictConfig) -> FederatedModule:
     torch.manual_seed(cfg.seed)  # every client starts from this one initial model
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     algorithm = build_algorithm(cfg.algorithm, model, data.num_clients)
+    algorithm.set_label_counts([torch.bincount(y, minlength=data.num_classes).tolist() for y in data.train_y])
     return FederatedModule(model, algorithm, data, cfg, unseen, partition)
 
 

@@ -228,6 +228,7 @@ class FederatedModule(L.LightningModule):
                                 else float("nan"))
         record["comm/bytes_down"] = int(self.algorithm.bytes_down)
         record["comm/bytes_up"] = int(self.algorithm.bytes_up)
+        record.update(self.algorithm.round_metrics())
         self._round_losses.clear()
         self.log_dict({k: float(v) for k, v in record.items()}, on_step=True, on_epoch=False)
         self.log("acc", record["test/acc_mean"], prog_bar=True, logger=False, on_step=True, on_epoch=False)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from pfedla.algorithms import Algorithm, algorithm_class
+from pfedla.algorithms import algorithm_class
 from pfedla.compute import MEMORY_FORMATS, PRECISIONS
 from pfedla.datasets.feature_skew import FEATURES, MAX_GROUPS
 from pfedla.datasets.partition import QUANTITY_LAWS, build_label_skew
-from pfedla.datasets.sources import build_source
+from pfedla.datasets.sources import TEST_IMAGES, build_source
 from pfedla.errors import check, choice
 from pfedla.models import model_class
 from pfedla.unseen import num_unseen
@@ -64,6 +64,7 @@ def validate_config(cfg) -> None:
     ds = cfg.dataset
     build_source(ds)  # each dataset and label partition checks its own options, next to its class
     check(0 < ds.fraction <= 1, "dataset.fraction", ds.fraction, "must be in (0, 1]", "0.1")
+    choice("dataset.test_images", ds.test_images, TEST_IMAGES)
 
     part = cfg.partition
     build_label_skew(part)
@@ -89,6 +90,6 @@ def validate_config(cfg) -> None:
     algorithm = algorithm_class(algo)
     algorithm.check_config(algo)  # each algorithm checks its own options, next to its class
     if fed.unseen_fraction > 0:
-        check(algorithm.personalize_new_client is not Algorithm.personalize_new_client, "federation.unseen_fraction",
+        check(algorithm.has_new_client_recipe(algo), "federation.unseen_fraction",
               fed.unseen_fraction, f"needs a recipe for new clients, which algorithm={algo.name} does not have", "0")
 

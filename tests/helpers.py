@@ -12,7 +12,7 @@ from pfedla.models.cnn import CNN
 def pfedla_cfg(**over):
     base = dict(
         name="pfedla", embedding_dim=8, hidden_dim=8, hidden_layers=3, hn_lr=0.005, hn_momentum=0.0, hn_optimizer="sgd",
-        normalisation="relu", head_init="random", grouping="module", k=0,
+        normalisation="relu", head_init="random", grouping="module", k=0, alpha="learned",
     )
     return OmegaConf.create({**base, **over})
 

@@ -198,6 +198,20 @@ class Algorithm(nn.Module):
         Server state is never changed."""
         raise NotImplementedError(f"{type(self).__name__} has no recipe for clients never seen in training")
 
+    def round_metrics(self) -> dict[str, float]:
+        """The method's own statistics at an evaluated round, logged beside the scores (metrics.csv columns
+        ``alpha/...``; pFedLA: the share of clients whose alpha has collapsed onto themselves, per layer)."""
+        return {}
+
+    def set_label_counts(self, train_counts: list[list[int]]) -> None:
+        """Each client's label histogram over its train split ([N, C]), given once before the first round: what
+        a client could report. A method whose weights are fixed by it reads it (pFedLA's ``alpha=similarity``)."""
+
+    @classmethod
+    def has_new_client_recipe(cls, cfg) -> bool:
+        """Whether ``personalize_new_client`` works with these options (``cfg``: the ``algorithm`` node)."""
+        return cls.personalize_new_client is not Algorithm.personalize_new_client
+
     # --- what a finished run adds to its summary and run dir ----------------------------------------
     def summary_fields(self, class_counts, groups=None) -> dict:
         """Extra entries for summary.json; ``class_counts`` [N, C] is each client's label histogram, ``groups``

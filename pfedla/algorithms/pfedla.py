@@ -8,6 +8,8 @@ start-of-round state:
   4. theta_i <- theta_i'                                    (``end_round``, after all have reported)
 HeurpFedLA(k): the k layers with the largest self-weight alpha_i^l[i] are one-hot on i: kept local,
 neither sent nor uploaded, and (through ``torch.where``) their heads get no gradient.
+``algorithm.alpha`` = uniform | self | similarity replaces the learned alpha by a fixed one
+(pfedla/algorithms/fixed_alpha.py): the ablations that say what learning alpha is worth.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from torch import nn
 
 from pfedla.algorithms.alpha_stats import alpha_statistics
 from pfedla.algorithms.base import Algorithm, Options, options
+from pfedla.algorithms.fixed_alpha import FIXED_ALPHAS, fixed_alpha
 from pfedla.algorithms.hypernetwork import HEAD_INITS, NORMALISATIONS, OPTIMIZERS, LayerwiseHypernetworks
 from pfedla.algorithms.stacked import ClientModel, StackedTensors, Tensors, nbytes
 from pfedla.errors import ConfigError, check, choice
 from pfedla.models.layers import GROUPINGS, layer_groups
 from pfedla.outputs import write_alpha
+
+ALPHA_RULES = ("learned", *FIXED_ALPHAS)
 
 
 @options("schema_pfedla")
@@ -42,6 +47,7 @@ class PFedLAOptions(Options):
     head_init: str = MISSING  # uniform | random
     grouping: str = MISSING  # module | tensor | block
     k: int = MISSING  # HeurpFedLA: layers kept local (one-hot on self) per client per round; 0 = pFedLA
+    alpha: str = MISSING  # learned (the hypernetworks) | uniform | self | similarity (fixed: the ablations)
 
 
 def aggregate(client_params: Tensors, alpha: torch.Tensor, layers: dict[str, list[str]]) -> Tensors:
@@ -66,6 +72,10 @@ class PFedLA(Algorithm):
         choice("algorithm.normalisation", cfg.normalisation, NORMALISATIONS)
         choice("algorithm.head_init", cfg.head_init, HEAD_INITS)
         choice("algorithm.grouping", cfg.grouping, GROUPINGS)
+        choice("algorithm.alpha", cfg.alpha, ALPHA_RULES)
+        if cfg.alpha != "learned":
+            check(cfg.k == 0, "algorithm.k", cfg.k, f"must be 0 with a fixed algorithm.alpha={cfg.alpha} (HeurpFedLA "
+                  "picks its local layers by the learned self-weights)", "0")
         if cfg.name == "heurpfedla":
             check(cfg.k >= 1, "algorithm.k", cfg.k, "must be >= 1 for heurpfedla (k=0 is pfedla)", "2")
         else:
@@ -83,7 +93,12 @@ class PFedLA(Algorithm):
         self.k = cfg.k
         self.hn_settings = (len(self.layers), cfg.embedding_dim, cfg.hidden_dim, cfg.hidden_layers,
                             cfg.normalisation, cfg.head_init, cfg.hn_lr, cfg.hn_momentum, cfg.hn_optimizer)
-        self.hypernetworks = LayerwiseHypernetworks(num_clients, *self.hn_settings)
+        self.alpha_rule = cfg.alpha
+        self.hypernetworks = None
+        if self.alpha_rule == "learned":
+            self.hypernetworks = LayerwiseHypernetworks(num_clients, *self.hn_settings)
+        else:  # a buffer, so a checkpoint holds it (similarity's is set from the label counts before round 1)
+            self.register_buffer("fixed_alpha", fixed_alpha(self.alpha_rule, num_clients, len(self.layers)))
         # HeurpFedLA: a layer a client keeps local is not uploaded, so the server's copy of it goes
         # stale while the client's own copy (client_params) moves on. pFedLA uploads everything.
         self.uploaded_params = None
@@ -101,8 +116,8 @@ class PFedLA(Algorithm):
         super().begin_round(sampled)
         clients = torch.tensor(sampled, device=self.bytes_up.device)
         self._clients, self._row = clients, {c: r for r, c in enumerate(sampled)}
-        self._hn_rows = self.hypernetworks.rows(clients)
-        alpha, self._retained = self._effective_alpha(self.hypernetworks.alpha(clients, self._hn_rows), clients)
+        self._hn_rows = None if self.hypernetworks is None else self.hypernetworks.rows(clients)
+        alpha, self._retained = self._effective_alpha(self._alpha(clients, self._hn_rows), clients)
         self.round_alpha = alpha.detach()
         self._aggregated = aggregate(self.server_view, alpha, self.layers)  # graph kept for end_round
         self._delta = {n: torch.zeros_like(t) for n, t in self._aggregated.items()}
@@ -128,7 +143,7 @@ class PFedLA(Algorithm):
 
     def end_round(self) -> None:
         reported = torch.tensor([self._row[i] for i in self._trained], dtype=torch.long, device=self._clients.device)
-        if len(reported):
+        if len(reported) and self.hypernetworks is not None:
             # Step 3. Descent on <theta_bar_i(psi_i), -Delta_i> changes psi by +lr J^T Delta_i, which moves
             # theta_bar_i by lr J J^T Delta_i: a positive inner product with Delta_i, i.e. towards theta_i'.
             names = list(self._aggregated)
@@ -156,7 +171,7 @@ class PFedLA(Algorithm):
         (HeurpFedLA: its retained layers are its own). Its local adaptation is score (b)."""
         out = []
         for chunk in torch.tensor(clients, device=self.bytes_up.device).split(64):  # bounded memory
-            alpha, retained = self._effective_alpha(self.hypernetworks.alpha(chunk), chunk)
+            alpha, retained = self._effective_alpha(self._alpha(chunk), chunk)
             aggregated = aggregate(self.server_view, alpha, self.layers)
             for r, i in enumerate(chunk.tolist()):
                 params = {n: aggregated[n][r] for n in self.param_names}
@@ -176,7 +191,10 @@ class PFedLA(Algorithm):
         the training round for this one client: theta_bar = sum_j alpha[j] theta_j over the N trained models
         and its own (column N, starting from ``initial``), local training from theta_bar, a hypernetwork
         step on <theta_bar, -Delta>, its own model <- the trained one. HeurpFedLA keeps its k layers of
-        largest self-weight its own, as in training."""
+        largest self-weight its own, as in training. A fixed alpha keeps its rule over the N + 1 models
+        (``uniform``: 1/(N+1) each; ``self``: its own alone, Local's recipe) and has no hypernetwork to fit."""
+        if self.hypernetworks is None:
+            return self._new_client_fixed_alpha(initial, fit, rounds)
         n, me = self.num_clients, torch.tensor([self.num_clients], device=self.bytes_up.device)
         hypernetwork = LayerwiseHypernetworks(n + 1, *self.hn_settings, generator=generator).to(self.bytes_up.device)
         pool = {name: torch.cat([t, initial.params[name][None].to(t.dtype)]) for name, t in self.server_view.items()}
@@ -198,6 +216,46 @@ class PFedLA(Algorithm):
         with torch.no_grad():
             alpha, retained = self._effective_alpha(hypernetwork.alpha(me), me)
             return self._new_client_model(aggregate(pool, alpha, self.layers), pool, retained, buffers)
+
+    def _new_client_fixed_alpha(self, initial: ClientModel, fit, rounds: int) -> ClientModel:
+        n = self.num_clients
+        rule = fixed_alpha(self.alpha_rule, n + 1, len(self.layers))[n:].to(self.bytes_up.device)  # [1, L, N+1]
+        pool = {name: torch.cat([t, initial.params[name][None].to(t.dtype)]) for name, t in self.server_view.items()}
+        buffers = initial.buffers
+        for r in range(1, rounds + 1):
+            trained = fit(self._new_client_model(aggregate(pool, rule, self.layers), pool, None, buffers), r)
+            for name in pool:
+                pool[name][n] = trained.params[name]
+            buffers = trained.buffers
+        return self._new_client_model(aggregate(pool, rule, self.layers), pool, None, buffers)
+
+    @classmethod
+    def has_new_client_recipe(cls, cfg) -> bool:
+        return cfg.alpha != "similarity"  # a new client's label counts are not known to the server
+
+    def set_label_counts(self, train_counts) -> None:
+        if self.alpha_rule == "similarity":
+            self.fixed_alpha.copy_(fixed_alpha("similarity", self.num_clients, len(self.layers), train_counts))
+
+    def round_metrics(self) -> dict[str, float]:
+        """Per layer, the share of clients whose alpha (before HeurpFedLA keeps layers local) gives their peers
+        nothing: with relu normalisation such a client's heads get no gradient for that layer, so it stays
+        collapsed (tests/test_pfedla.py)."""
+        own = []
+        for clients in torch.arange(self.num_clients, device=self.bytes_up.device).split(256):
+            with torch.no_grad():
+                alpha = self._alpha(clients)
+            peers = alpha.clone()
+            peers[torch.arange(len(clients)), :, clients] = 0
+            own.append((peers == 0).all(-1))  # [S, L]
+        collapsed = torch.cat(own).double().mean(0)
+        return {f"alpha/collapsed_{layer}": float(collapsed[l]) for l, layer in enumerate(self.layer_names)}
+
+    def _alpha(self, clients: torch.Tensor, rows: dict | None = None) -> torch.Tensor:
+        """alpha [S, L, N] of these clients: the hypernetworks' (from ``rows`` when given) or the fixed rule's."""
+        if self.hypernetworks is None:
+            return self.fixed_alpha[clients]
+        return self.hypernetworks.alpha(clients, rows)
 
     def _new_client_model(self, aggregated: Tensors, pool: Tensors, retained, buffers) -> ClientModel:
         """The new client's theta_bar (row 0 of ``aggregated``), its retained layers (HeurpFedLA) its own."""
@@ -221,7 +279,7 @@ class PFedLA(Algorithm):
         """(alpha [N, L, N], retained [N, L]) that every client would get now; rows i -> columns j."""
         alphas, retains = [], []
         for clients in torch.arange(self.num_clients, device=self.bytes_up.device).split(256):  # bounded memory
-            alpha, retained = self._effective_alpha(self.hypernetworks.alpha(clients), clients)
+            alpha, retained = self._effective_alpha(self._alpha(clients), clients)
             alphas.append(alpha)
             retains.append(torch.zeros(alpha.shape[:2], dtype=torch.bool, device=alpha.device)
                            if retained is None else retained)

@@ -1,7 +1,8 @@
 """Every client's train/validation/test tensors, built once per run from (dataset, partition, seed).
 
 Each client's share is split once into test (``partition.test_fraction``) and the rest, and the rest
-once more into train and validation (``partition.val_fraction`` of it). Validation is what any choice
+once more into train and validation (``partition.val_fraction`` of it); with ``dataset.test_images=held_out``
+the test splits are the dataset's own test images instead, dealt by each client's label distribution. Validation is what any choice
 (best round, hyperparameters) may look at; the test split is only ever reported. With feature skew
 (``partition.feature``), every image of a client goes through its group's transform
 (pfedla/datasets/feature_skew.py).
@@ -22,14 +23,17 @@ from pfedla.datasets.partition import (
     STREAM_FRACTION,
     STREAM_GROUPS,
     STREAM_SPLIT,
+    STREAM_TEST_DEAL,
+    STREAM_TEST_FRACTION,
     STREAM_VAL,
     check_feasible,
+    deal_by_label,
     partition,
     rng_for,
     split_train_test,
     stratified_subset,
 )
-from pfedla.datasets.sources import load_pooled
+from pfedla.datasets.sources import build_source, load_pooled
 
 
 @dataclass
@@ -120,21 +124,40 @@ class FederatedData:
 
 
 def build_federated_data(cfg) -> FederatedData:
-    """Pool the dataset, take the seeded subset, partition, split each client once into train/val/test,
-    and (feature skew) pass each client's images through its group's transform."""
-    pooled = load_pooled(cfg.dataset, cfg.seed)
-    labels = pooled.labels.numpy()
-    part, num_clients = cfg.partition, cfg.federation.num_clients
-    subset = stratified_subset(labels, cfg.dataset.fraction, rng_for(cfg.seed, STREAM_FRACTION))
+    """Load the dataset, take the seeded subset, partition, split each client once into train/val/test, and
+    (feature skew) pass each client's images through its group's transform.
+
+    ``dataset.test_images`` decides where the test splits come from: ``pooled``, each client's share of the
+    pooled train and test images; ``held_out``, only the dataset's own test images (the train images alone
+    are partitioned), dealt to the clients by their label distributions (``deal_by_label``); ``unused``, each
+    client's share of the train images, the test images never read (a search that cannot touch a final
+    run's test image)."""
+    part, num_clients, mode = cfg.partition, cfg.federation.num_clients, cfg.dataset.test_images
     source = f"dataset={cfg.dataset.name} (dataset.fraction={cfg.dataset.fraction})"
+    if mode == "pooled":
+        pooled = load_pooled(cfg.dataset, cfg.seed)
+    else:
+        pooled = build_source(cfg.dataset).load_parts(cfg.seed, with_test=mode == "held_out")
+    labels = pooled.labels.numpy()
+    train_end = len(labels) if pooled.test_start is None else pooled.test_start
+    subset = stratified_subset(labels[:train_end], cfg.dataset.fraction, rng_for(cfg.seed, STREAM_FRACTION))
     check_feasible(part, num_clients, pooled.num_classes, len(subset), source)
     check_feature(part, num_clients, pooled.input_shape, source)
     clients = [subset[c] for c in partition(labels[subset], num_clients, part, cfg.seed)]
-    rest_idx, test_idx = split_train_test(clients, part.test_fraction, rng_for(cfg.seed, STREAM_SPLIT))
+    if mode == "held_out":
+        test_pool = train_end + stratified_subset(labels[train_end:], cfg.dataset.fraction,
+                                                  rng_for(cfg.seed, STREAM_TEST_FRACTION))
+        counts = [np.bincount(labels[c], minlength=pooled.num_classes) for c in clients]
+        rest_idx = clients
+        test_idx = [test_pool[d] for d in deal_by_label(labels[test_pool], counts, rng_for(cfg.seed, STREAM_TEST_DEAL))]
+    else:
+        rest_idx, test_idx = split_train_test(clients, part.test_fraction, rng_for(cfg.seed, STREAM_SPLIT))
     train_idx, val_idx = split_train_test(rest_idx, part.val_fraction, rng_for(cfg.seed, STREAM_VAL))
     digest = hashlib.sha256()
     for parts in zip(train_idx, val_idx, test_idx):
         digest.update(b"|".join(np.asarray(p, dtype=np.int64).tobytes() for p in parts) + b";")
+    if mode != "pooled":  # the same indices mean other images once the test images are not pooled
+        digest.update(f"test_images={mode}".encode())
     groups = None
     if part.feature != "none":
         groups = assign_groups(num_clients, part.groups, rng_for(cfg.seed, STREAM_GROUPS), part.group_of)

@@ -17,6 +17,7 @@ from pfedla.targets import build
 # (4 is pfedla.client's batch order, 6 its evaluation-time adaptation.)
 STREAM_FRACTION, STREAM_PARTITION, STREAM_SPLIT, STREAM_VAL = 1, 2, 3, 5
 STREAM_QUANTITY, STREAM_GROUPS, STREAM_FEATURE = 7, 8, 9
+STREAM_TEST_FRACTION, STREAM_TEST_DEAL = 10, 11
 QUANTITY_LAWS = ("none", "lognormal", "zipf")
 
 
@@ -146,6 +147,35 @@ def pathological_partition(
         for client, chunk in zip(holders, chunks):
             parts[client].append(chunk)
     return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def deal_by_label(labels: np.ndarray, class_counts: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Each client's indices into ``labels`` (a held-out test set): class c's samples, shuffled, go to the clients
+    in proportion to their ``class_counts[i][c]`` (largest remainder), so each client's test labels follow its
+    own label distribution and its test size its share's. A client left with none then gets one sample of its
+    most frequent class, from the client holding most of that class's."""
+    counts = np.asarray(class_counts, dtype=np.float64)  # [N, C]
+    dealt: list[list[int]] = [[] for _ in counts]
+    for c in range(counts.shape[1]):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        total = counts[:, c].sum()
+        if total == 0 or len(members) == 0:
+            continue
+        exact = len(members) * counts[:, c] / total
+        quota = np.floor(exact).astype(np.int64)
+        by_remainder = np.argsort(-(exact - quota), kind="stable")
+        quota[by_remainder[: len(members) - quota.sum()]] += 1
+        for i, chunk in enumerate(np.split(members, np.cumsum(quota)[:-1])):
+            dealt[i].extend(chunk.tolist())
+    for i in range(len(dealt)):
+        if not dealt[i]:
+            c = int(np.argmax(counts[i]))
+            donor = max(range(len(dealt)), key=lambda j: sum(labels[k] == c for k in dealt[j]))
+            taken = next((k for k in reversed(dealt[donor]) if labels[k] == c), None)
+            if taken is not None:
+                dealt[donor].remove(taken)
+                dealt[i].append(taken)
+    return [np.sort(np.asarray(d, dtype=np.int64)) for d in dealt]
 
 
 def split_train_test(

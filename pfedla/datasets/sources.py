@@ -1,7 +1,11 @@
 """Datasets as pooled tensors: (images float32 [n, C, H, W] normalised once, labels int64 [n]).
 
-Train and test splits of the torchvision datasets are pooled: the federated split is made by the
-partition, and every client's share is split into train/test afterwards.
+``dataset.test_images`` says what becomes of a dataset's own test set (pfedla/datasets/federated.py):
+``pooled`` (``Source.load``): train and test images are pooled, the partition deals them all, and every
+client's share is split into train/val/test afterwards. ``held_out`` and ``unused`` (``Source.load_parts``):
+the train images alone are partitioned, standardised by their own statistics; ``held_out`` adds the test
+images after them (``PooledData.test_start``), to be dealt to the clients as their test splits, while
+``unused`` never reads them (a hyperparameter search: nothing it loads can be a final run's test image).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pfedla.errors import DatasetMissingError
+from pfedla.errors import ConfigError, DatasetMissingError, check
 from pfedla.targets import build
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -31,6 +35,7 @@ class PooledData:
     images: torch.Tensor  # float32 [n, C, H, W], per-channel standardised
     labels: torch.Tensor  # int64 [n]
     num_classes: int
+    test_start: int | None = None  # load_parts: where the dataset's own test images begin (None: not loaded)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -46,8 +51,18 @@ class Source:
     def load(self, seed: int) -> PooledData:
         raise NotImplementedError
 
+    def load_parts(self, seed: int, with_test: bool) -> PooledData:
+        """The dataset's own train images, standardised by their statistics alone, and (``with_test``) its own
+        test images after them from ``test_start``, standardised the same way; without ``with_test`` the test
+        images are never read. A dataset with no test set of its own cannot hold one out."""
+        raise ConfigError(
+            f"dataset={self.name} ({type(self).__name__}) has no test set of its own to hold out; "
+            "use dataset.test_images=pooled (each client's share split into train/val/test)"
+        )
 
-FRAMEWORK_KEYS = frozenset({"fraction"})  # the seeded subset, taken by pfedla/datasets/federated.py
+
+FRAMEWORK_KEYS = frozenset({"fraction", "test_images"})  # read by pfedla/datasets/federated.py
+TEST_IMAGES = ("pooled", "held_out", "unused")  # the seeded subset, taken by pfedla/datasets/federated.py
 
 
 def build_source(cfg) -> Source:
@@ -60,12 +75,24 @@ def load_pooled(cfg, seed: int) -> PooledData:
     return build_source(cfg).load(seed)
 
 
-def standardise(images: torch.Tensor) -> torch.Tensor:
-    """Per-channel zero mean / unit variance over the whole pool, computed once."""
+def standardise(images: torch.Tensor, by: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-channel zero mean / unit variance, by the statistics of ``by`` (default: ``images``), computed once."""
     images = images.float()
-    mean = images.mean(dim=(0, 2, 3), keepdim=True)
-    std = images.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
+    by = images if by is None else by.float()
+    mean = by.mean(dim=(0, 2, 3), keepdim=True)
+    std = by.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
     return (images - mean) / std
+
+
+def train_then_test(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor] | None,
+                    num_classes: int) -> PooledData:
+    """``Source.load_parts``' result: train images, then test images (if any), both standardised by train's
+    statistics."""
+    images, labels = train
+    if test is None:
+        return PooledData(standardise(images), labels, num_classes, test_start=None)
+    return PooledData(standardise(torch.cat([images, test[0]]), by=images), torch.cat([labels, test[1]]),
+                      num_classes, test_start=len(labels))
 
 
 @dataclass
@@ -77,17 +104,41 @@ class Synthetic(Source):
     samples_per_class: int = 100
     image_size: int = 16
     noise: float = 1.0
+    test_samples_per_class: int = 0  # a test set of its own (drawn after, and apart from, the train images)
+
+    def __post_init__(self):
+        check(self.test_samples_per_class >= 0, "dataset.test_samples_per_class", self.test_samples_per_class,
+              "must be >= 0", "20")
 
     def load(self, seed: int) -> PooledData:
-        return synthetic(self.num_classes, self.samples_per_class, self.image_size, self.noise, seed)
+        images, labels = self._train(seed)
+        if self.test_samples_per_class:
+            test_images, test_labels = self._test(seed)
+            images, labels = torch.cat([images, test_images]), torch.cat([labels, test_labels])
+        return PooledData(standardise(images), labels, self.num_classes)
 
+    def load_parts(self, seed: int, with_test: bool) -> PooledData:
+        if not self.test_samples_per_class:
+            raise ConfigError("dataset=synthetic has no test set of its own to hold out (dataset.test_samples_per_"
+                              "class=0); set dataset.test_samples_per_class=20, or use dataset.test_images=pooled")
+        return train_then_test(self._train(seed), self._test(seed) if with_test else None, self.num_classes)
 
-def synthetic(num_classes: int, samples_per_class: int, image_size: int, noise: float, seed: int) -> PooledData:
-    gen = torch.Generator().manual_seed(10_007 + seed)
-    prototypes = torch.randn(num_classes, 1, image_size, image_size, generator=gen)
-    labels = torch.arange(num_classes).repeat_interleave(samples_per_class)
-    images = prototypes[labels] + noise * torch.randn(len(labels), 1, image_size, image_size, generator=gen)
-    return PooledData(standardise(images), labels, num_classes)
+    def _prototypes(self, gen: torch.Generator) -> torch.Tensor:
+        return torch.randn(self.num_classes, 1, self.image_size, self.image_size, generator=gen)
+
+    def _train(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(10_007 + seed)
+        return self._samples(self._prototypes(gen), self.samples_per_class, gen)
+
+    def _test(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same classes' prototypes, fresh noise from a generator of its own."""
+        prototypes = self._prototypes(torch.Generator().manual_seed(10_007 + seed))
+        return self._samples(prototypes, self.test_samples_per_class, torch.Generator().manual_seed(20_011 + seed))
+
+    def _samples(self, prototypes: torch.Tensor, per_class: int, gen: torch.Generator):
+        labels = torch.arange(self.num_classes).repeat_interleave(per_class)
+        noise = torch.randn(len(labels), 1, self.image_size, self.image_size, generator=gen)
+        return prototypes[labels] + self.noise * noise, labels
 
 
 @dataclass
@@ -101,8 +152,13 @@ class Torchvision(Source):
     folder = ""  # the folder torchvision keeps it in under root
 
     def load(self, seed: int) -> PooledData:
-        images, labels = self._load()
+        images, labels = self._load((True, False))
         return PooledData(standardise(images), labels, int(labels.max()) + 1)
+
+    def load_parts(self, seed: int, with_test: bool) -> PooledData:
+        train = self._load((True,))
+        test = self._load((False,)) if with_test else None  # unused: the test file is never opened
+        return train_then_test(train, test, int(train[1].max()) + 1)
 
     def prepare(self, root: Path) -> None:
         """Put the files in place before torchvision looks for them (nothing for most datasets)."""
@@ -120,7 +176,7 @@ class Torchvision(Source):
     def missing_fixes(self, path: Path) -> list[str]:
         return [f"run online with dataset.download=true so torchvision downloads it into {self.root}"]
 
-    def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _load(self, trains: tuple[bool, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         import torchvision.datasets as tvd
 
         root = Path(self.root)
@@ -128,7 +184,7 @@ class Torchvision(Source):
         cls = getattr(tvd, self.torchvision_class)
         parts = []
         try:
-            for train in (True, False):
+            for train in trains:
                 parts.append(cls(str(root), train=train, download=self.download, **self.arguments()))
         except Exception as err:  # torchvision raises RuntimeError (missing) or URLError/OSError (offline)
             path = root / self.folder
