@@ -2,9 +2,9 @@
 
 Each client's share is split once into test (``partition.test_fraction``) and the rest, and the rest
 once more into train and validation (``partition.val_fraction`` of it); with ``dataset.test_images=held_out``
-the test splits are the dataset's own test images instead, dealt by each client's label distribution. Validation is what any choice
-(best round, hyperparameters) may look at; the test split is only ever reported. With feature skew
-(``partition.feature``), every image of a client goes through its group's transform
+the test splits are the dataset's own test images instead, dealt by each client's label distribution.
+Validation is what any choice (best round, hyperparameters) may look at; the test split is only ever
+reported. With feature skew (``partition.feature``), every image of a client goes through its group's transform
 (pfedla/datasets/feature_skew.py).
 """
 

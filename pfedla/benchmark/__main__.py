@@ -1,0 +1,60 @@
+"""``python -m pfedla.benchmark <name> [search|run|extend|render|all] [--jobs N] [--threads T]``.
+
+Steps (``all``, the default, runs them in order): ``search`` each method's search on the proxy; ``run`` the final
+runs at the chosen values (a cell is a split x method x seed); ``extend`` the cells whose validation curve still
+rises at the last round, on to ``extend_rounds``; ``render`` the results and tuning pages from the store. Every step
+skips what is done and resumes what was cut (a run from its checkpoint, exactly), and runs ``--jobs`` at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pfedla.benchmark.paths import Places
+from pfedla.benchmark.spec import load_spec
+from pfedla.errors import ConfigError
+
+STEPS = ("search", "run", "extend", "render")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pfedla.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help="conf/benchmark/<name>.yaml, or a path to a benchmark yaml")
+    parser.add_argument("step", nargs="?", default="all", choices=(*STEPS, "all"))
+    parser.add_argument("--jobs", type=int, default=2, help="searches or runs at once")
+    parser.add_argument("--threads", type=int, default=0, help="threads per job (0: cores / jobs)")
+    parser.add_argument("--methods", nargs="+", help="only these methods (default: all of the yaml's)")
+    parser.add_argument("--splits", nargs="+", help="only these splits (run, extend)")
+    args = parser.parse_args(argv)
+    from pfedla.benchmark import grid, render, search  # after argparse: --help stays instant
+
+    try:
+        spec = load_spec(args.name)
+        places = Places.of(spec)
+        methods = args.methods or list(spec.methods)
+        splits = args.splits or list(spec.splits)
+        for name, known, key in ((methods, spec.methods, "methods"), (splits, spec.splits, "splits")):
+            unknown = sorted(set(name) - set(known))
+            if unknown:
+                raise ConfigError(f"--{key} {' '.join(unknown)}: not in {spec.name}'s {key} ({', '.join(known)})")
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+        steps = STEPS if args.step == "all" else (args.step,)
+        if "search" in steps:
+            grid.in_parallel(lambda m: search.run_search(spec, m, places, threads), methods, args.jobs, "search")
+        if "run" in steps:
+            grid.run_cells(spec, places, grid.final_cells(spec, places, methods, splits), args.jobs, threads)
+        if "extend" in steps:
+            grid.run_cells(spec, places, grid.extension_cells(spec, places, methods, splits), args.jobs, threads,
+                           extended=True)
+        if "render" in steps:
+            render.render(spec, places)
+    except (ConfigError, search.SearchFailed, grid.NotSearched) as err:
+        print(f"pfedla.benchmark: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
