@@ -1,7 +1,9 @@
 """The statistics behind docs/RESULTS.md's verdicts, from the runs' metrics.csv rows and the report's table
 rows: the best round by validation, how fast a curve still climbs, and pFedLA against another method,
 by the means and seed by seed (paired t-test). Pure functions: ``results_fmnist.py`` runs the grid and
-writes the page with them."""
+writes the page with them. The statistics themselves live in pfedla.stats; this page of the previous protocol
+(before ``python -m pfedla.benchmark``) keeps its own wording of the verdicts until the benchmark's page
+replaces it."""
 
 from __future__ import annotations
 
@@ -9,23 +11,7 @@ import csv
 import math
 import statistics
 
-
-def curve(rows: list[dict], key: str) -> dict[int, float]:
-    """round -> value of one metrics.csv column, over the rows that have it."""
-    return {int(r["round"]): float(r[key]) for r in rows if r.get(key)}
-
-
-def best_by_validation(rows: list[dict], prefix: str = "", upto: int | None = None) -> tuple[int, float] | None:
-    """(round, test accuracy) at the round with the best validation accuracy of one score among rounds up to
-    ``upto`` (the first on ties), from metrics.csv rows: summary.json's ``best`` of a run cut at ``upto``."""
-    val = f"val/{prefix}acc_mean"
-    scored = [r for r in rows if r.get(val) and (upto is None or int(r["round"]) <= upto)]
-    if not scored:
-        return None
-    best = max(scored, key=lambda r: float(r[val]))
-    return int(best["round"]), float(best[f"test/{prefix}acc_mean"])
-
-
+from pfedla.stats import RISING, WINDOW, WINDOW_ADAPTED, best_by_validation, curve, late_slope  # noqa: F401
 
 
 def _verdict(rows: list[dict], key: str, score: str) -> str:
@@ -58,27 +44,6 @@ def _verdict(rows: list[dict], key: str, score: str) -> str:
     word = "ahead of" if diff > 0 else "behind"
     return (f"- {score}: pFedLA is {word} the best other method, {best[0]}, by {abs(diff):.2f} points "
             f"({strength}); it ranks {rank} of {len(scored)}.{paired}")
-
-
-# A curve still rises when its slope over its last WINDOW rounds exceeds RISING points per 10 rounds. Score (b),
-# evaluated every 10 rounds and noisier (one local epoch can land well or badly), is fitted over more rounds.
-RISING, WINDOW, WINDOW_ADAPTED = 0.5, 30, 50
-
-
-def late_slope(val_by_round: dict[int, float], window: int = WINDOW) -> float | None:
-    """How fast a run's validation accuracy still climbs: the least-squares slope of the curve over its last
-    ``window`` rounds (every evaluated round in them), in points per 10 rounds. A fit over 30 rounds, not the
-    difference of two short windows, which one noisy round can swing by a point (a client with a single
-    validation image moves an unweighted mean over 20 clients by 5 points). None under 3 evaluated rounds."""
-    if not val_by_round:
-        return None
-    last = max(val_by_round)
-    xs = [r for r in val_by_round if r > last - window]
-    if len(xs) < 3:
-        return None
-    mx, my = statistics.fmean(xs), statistics.fmean(val_by_round[r] for r in xs)
-    cov = sum((x - mx) * (val_by_round[x] - my) for x in xs)
-    return 100 * 10 * cov / sum((x - mx) ** 2 for x in xs)
 
 
 def _val_curve(job, key: str) -> dict[int, float]:

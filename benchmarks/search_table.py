@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pfedla.report import _flatten  # noqa: E402
+from pfedla.report import flatten  # noqa: E402
 
 SEARCHED = ("client.lr", "algorithm.hn_optimizer", "algorithm.hn_lr", "algorithm.head_init",
             "algorithm.normalisation", "algorithm.k", "algorithm.embedding_dim", "algorithm.mu")
@@ -33,7 +33,7 @@ def trials_of(folder: Path) -> list[dict]:
     for job in sorted(folder.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else 1 << 30):
         if (job / "summary.json").is_file():
             s = json.loads((job / "summary.json").read_text())
-            config = _flatten(s["config"])
+            config = flatten(s["config"])
             alpha = s.get("alpha_stats")
             out.append({
                 "trial": job.name, "objective": s["objective"], "best_test": s["best"]["test/acc_mean"],

@@ -40,7 +40,7 @@ class Job:
     def config(self) -> dict:
         """The run's config, flattened; keys added since it ran read as their values from before they existed
         (pfedla.checkpointing.ADDED_KEYS), so an older run groups with a newer one of the same experiment."""
-        return _flatten(with_added_keys(self.summary["config"])) if self.summary else {}
+        return flatten(with_added_keys(self.summary["config"])) if self.summary else {}
 
 
 def find_jobs(sweep_dir: Path) -> list[Job]:
@@ -306,11 +306,11 @@ def _read_curve(path: Path, key: str) -> dict[int, float]:
     return {int(float(r["round"])): float(r[key]) for r in csv.DictReader(open(path)) if r.get(key)}
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
     return out
 
 

@@ -102,11 +102,11 @@ def cell_command(spec: BenchmarkSpec, places: Places, split: str, method: str, s
     path = places.cell(split, method, seed, extended)
     m = spec.methods[method]
     rounds = spec.extend_rounds if extended else spec.rounds
-    where = f"resume={path}" if (path / "checkpoints" / "last.ckpt").is_file() else f"hydra.run.dir={path}"
+    resume = [f"resume={path}"] if (path / "checkpoints" / "last.ckpt").is_file() else []
     return [sys.executable, "-m", "pfedla.run", *spec.common, *spec.splits[split].overrides,
             f"algorithm={m.algorithm}", *m.overrides, *chosen(places, method), "dataset.test_images=held_out",
             f"seed={seed}", f"federation.rounds={rounds}", "logger=csv", "trainer.devices=1",
-            "trainer.progress_bar=false", where]
+            "trainer.progress_bar=false", f"hydra.run.dir={path}", *resume]
 
 
 def run_cell(spec: BenchmarkSpec, places: Places, cell: tuple[str, str, int], threads: int, extended: bool) -> str:

@@ -23,6 +23,7 @@ import optuna
 
 from pfedla.benchmark.paths import REPO, Places
 from pfedla.benchmark.spec import BenchmarkSpec, budget
+from pfedla.report import flatten
 
 # A chosen value within this share of its log range from an end "sits at an edge": widen the range, search again.
 EDGE = 0.05
@@ -117,12 +118,14 @@ def run_search(spec: BenchmarkSpec, method: str, places: Places, threads: int) -
 
 def search_record(spec: BenchmarkSpec, method: str, trials, folder: Path) -> dict:
     """The trials and the chosen values; raises SearchFailed when no trial finished."""
+    runs = trial_runs(folder)
     rows = []
     for t in trials:
         seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
                    if t.datetime_complete and t.datetime_start else None)
+        run = next((r for params, r in runs if all(params.get(k) == v for k, v in t.params.items())), {})
         rows.append({"number": t.number, "state": t.state.name, "params": t.params, "value": t.value,
-                     "seconds": seconds, "interrupted": bool(t.user_attrs.get("interrupted"))})
+                     "seconds": seconds, "interrupted": bool(t.user_attrs.get("interrupted")), **run})
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise SearchFailed(f"search {method}: all {len(trials)} trials failed; the first: {first_error(folder)}")
@@ -132,6 +135,35 @@ def search_record(spec: BenchmarkSpec, method: str, trials, folder: Path) -> dic
             "chosen": {"number": best.number, "params": best.params, "value": best.value,
                        "at_edge": at_edge(best)},
             "trials": rows}
+
+
+def trial_runs(folder: Path) -> list[tuple[dict, dict]]:
+    """(flattened config, what the trial's run adds to its record) for every trial run dir of a search: its error,
+    or pFedLA's final mean self-weight per layer (how far alpha collapsed onto the client itself)."""
+    runs = []
+    for job in sorted(folder.glob("attempt*/*/.hydra")):
+        job = job.parent
+        summary = job / "summary.json"
+        if summary.is_file():
+            s = json.loads(summary.read_text())
+            alpha = s.get("alpha_stats")
+            extra = {"alpha_self": {l: v["self"] for l, v in alpha["layers"].items()}} if alpha else {}
+            runs.append((flatten(s["config"]), extra))
+        elif (job / "error.txt").is_file():
+            lines = (job / ".hydra" / "overrides.yaml").read_text().splitlines()
+            params = dict(line[2:].split("=", 1) for line in lines if line.startswith("- ") and "=" in line)
+            runs.append(({k: _parse(v) for k, v in params.items()},
+                         {"error": (job / "error.txt").read_text().splitlines()[0]}))
+    return runs
+
+
+def _parse(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def at_edge(trial) -> list[str]:

@@ -1,0 +1,100 @@
+"""The verdicts of a results page: the reference method minus every other, on each split and score, paired by seed,
+and Holm's correction over that whole family (pfedla.stats). A verdict is "ahead" or "behind" only where the
+Holm-adjusted p-value is at most the family-wise error rate; anything else is "no difference shown"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pfedla.stats import Paired, benjamini_hochberg, holm, paired
+
+SCORES = (("(a)", "best"), ("(b)", "best_adapted"))
+
+
+@dataclass
+class Comparison:
+    split: str
+    score: str  # (a) | (b)
+    other: str
+    result: Paired | None  # None: under two common seeds
+    holm: float | None = None
+    bh: float | None = None
+
+    def verdict(self, alpha: float) -> str:
+        if self.result is None:
+            return "too few seeds"
+        if self.holm is not None and self.holm <= alpha:
+            return "ahead" if self.result.mean > 0 else "behind"
+        return "no difference shown"
+
+
+def _per_seed(row: dict, key: str) -> dict[int, float]:
+    values = row["by_seed"][key]
+    if key == "best_adapted" and not values:  # Local has one score: its (b) is its (a)
+        return row["by_seed"]["best"]
+    return values
+
+
+def comparisons(reference: str, rows_by_split: dict[str, list[dict]], alpha: float = 0.05) -> list[Comparison]:
+    """The page's family: the reference minus each other method, on each split and both scores, Holm- and
+    Benjamini-Hochberg-adjusted together."""
+    found = []
+    for split, rows in rows_by_split.items():
+        by_label = {r["label"]: r for r in rows}
+        if reference not in by_label:
+            continue
+        for score, key in SCORES:
+            for label, row in by_label.items():
+                if label != reference:
+                    found.append(Comparison(split, score, label, paired(_per_seed(by_label[reference], key),
+                                                                        _per_seed(row, key))))
+    tested = [c for c in found if c.result is not None]
+    for c, h, b in zip(tested, holm([c.result.p for c in tested]), benjamini_hochberg([c.result.p for c in tested])):
+        c.holm, c.bh = h, b
+    return found
+
+
+def verdict_table(tests: list[Comparison], reference: str, alpha: float) -> list[str]:
+    if not tests:
+        return ["No comparison yet: the reference method and another need finished runs on the same seeds."]
+    tested = [c for c in tests if c.result is not None]
+    lines = [f"{reference} minus each method, in points (score at the best-validation round), seed by seed; family: "
+             f"these {len(tested)} paired t-tests, Holm-adjusted p (family-wise error {alpha:g}); BH: the "
+             "Benjamini-Hochberg q-value of the same family, for reference.", "",
+             "| split | score | minus | seeds | per seed | mean [95% CI] | p | Holm p | BH q | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in tests:
+        r = c.result
+        if r is None:
+            lines.append(f"| {c.split} | {c.score} | {c.other} | – | – | – | – | – | – | too few seeds |")
+            continue
+        lines.append(f"| {c.split} | {c.score} | {c.other} | {r.n} | {', '.join(f'{d:+.2f}' for d in r.diffs)} "
+                     f"| {r.mean:+.2f} [{r.low:+.2f}, {r.high:+.2f}] | {_p(r.p)} | {_p(c.holm)} | {_p(c.bh)} "
+                     f"| {c.verdict(alpha)} |")
+    return lines
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else (f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}")
+
+
+def ablation_lines(tests: list[Comparison], reference: str, alpha: float) -> list[str]:
+    """In words, after correction: where the reference is ahead and behind, and whether its learned alpha beats
+    every fixed alpha (the methods named ``<reference>_<rule>``)."""
+    tested = [c for c in tests if c.result is not None]
+    if not tested:
+        return []
+    ahead = [f"{c.other} ({c.split} {c.score}, {c.result.mean:+.2f})" for c in tested if c.verdict(alpha) == "ahead"]
+    behind = [f"{c.other} ({c.split} {c.score}, {c.result.mean:+.2f})" for c in tested if c.verdict(alpha) == "behind"]
+    lines = [f"- After Holm's correction, {reference} is ahead of: {', '.join(ahead) or 'none'}.",
+             f"- After Holm's correction, {reference} is behind: {', '.join(behind) or 'none'}.",
+             f"- Every other comparison ({len(tested) - len(ahead) - len(behind)} of {len(tested)}) shows no "
+             "difference at this number of seeds."]
+    fixed = [c for c in tested if c.other.startswith(f"{reference}_")]
+    if fixed:
+        beaten = [c for c in fixed if c.verdict(alpha) == "ahead"]
+        answer = "yes" if len(beaten) == len(fixed) else "no"
+        lines.append(f"- Does learned alpha beat every fixed alpha ({', '.join(sorted({c.other for c in fixed}))})? "
+                     f"**{answer}**: ahead after correction in {len(beaten)} of the {len(fixed)} comparisons "
+                     f"({', '.join(f'{c.other} {c.split} {c.score}' for c in beaten) or 'none'}).")
+    return lines

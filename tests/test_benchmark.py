@@ -1,0 +1,146 @@
+"""``python -m pfedla.benchmark``: the yaml's checks, a search whose trials all fail, and a whole tiny benchmark
+(search -> final runs -> run on -> pages) on synthetic data, with its resume after the machine goes away mid-grid."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from pfedla.benchmark.spec import BENCHMARK_DIR, load_spec
+from pfedla.errors import ConfigError
+from tests.conftest import REPO
+
+
+def _spec_file(tmp_path, name="bench", **changes) -> str:
+    """conf/benchmark/tiny.yaml with its folders under tmp_path and ``changes`` applied (dotted keys)."""
+    spec = yaml.safe_load((BENCHMARK_DIR / "tiny.yaml").read_text())
+    spec.update(work=str(tmp_path / name / "work"), store=str(tmp_path / name / "store"),
+                page=str(tmp_path / name / "RESULTS.md"), tuning_page=str(tmp_path / name / "TUNING.md"))
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        node = spec
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def _benchmark(spec: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "pfedla.benchmark", spec, *args, "--threads", "1"], cwd=REPO,
+                          env=env, capture_output=True, text=True, **kw)
+
+
+def test_methods_with_different_budgets_are_refused_unless_the_yaml_says_why(tmp_path):
+    with pytest.raises(ConfigError, match=r"methods.fedavg.trials=5 differs from search.trials=2: every method gets "
+                                          r"the same budget; remove it, or say why in methods.fedavg.trials_why"):
+        load_spec(_spec_file(tmp_path, **{"methods.fedavg.trials": 5}))
+    spec = load_spec(_spec_file(tmp_path, **{"methods.fedavg.trials": 5,
+                                             "methods.fedavg.trials_why": "a grid of 5 values"}))
+    assert spec.methods["fedavg"].trials == 5
+    with pytest.raises(ConfigError, match=r"splits.dirichlet0.5.overrides sets dataset.test_images; the benchmark "
+                                          r"sets it \(unused for searches, held_out for final runs\)"):
+        load_spec(_spec_file(tmp_path, splits={"dirichlet0.5": {"overrides": ["dataset.test_images=pooled"],
+                                                                "seeds": [0, 1]}}))
+    with pytest.raises(ConfigError, match=r"common sets seed; the benchmark sets it"):
+        load_spec(_spec_file(tmp_path, common=["seed=3"]))
+    with pytest.raises(ConfigError, match=r"reference=fedbn is not one of the methods"):
+        load_spec(_spec_file(tmp_path, reference="fedbn"))
+
+
+@pytest.mark.slow
+def test_a_search_whose_trials_all_fail_stops_with_one_line_naming_the_first_error(tmp_path):
+    spec = _spec_file(tmp_path, methods={"fedavg": {"algorithm": "fedavg", "space": "fedavg",
+                                                    "overrides": ["partition.min_samples=100000"]}},
+                      reference="fedavg")
+    done = _benchmark(spec, "search", timeout=600)
+    assert done.returncode == 2
+    error = done.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("pfedla.benchmark: error: search fedavg: all 2 trials failed; "
+                                                   "the first: ConfigError: federation.num_clients=4 x "
+                                                   "partition.min_samples=100000 needs 400000 samples")
+    assert "No trials are completed yet" not in done.stderr
+
+
+def _running_in_group(pgid: int, wait: float = 10.0) -> list[int]:
+    """PIDs of the process group still running (zombies left to a container's init do not run), after up to
+    ``wait`` seconds for SIGKILL to land."""
+    deadline = time.time() + wait
+    while True:
+        running = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+                running.append(int(entry))
+        if not running or time.time() > deadline:
+            return running
+        time.sleep(0.2)
+
+
+def _cells(root):
+    return sorted(p.parent.name for p in (root / "store" / "runs").rglob("summary.json"))
+
+
+@pytest.mark.slow
+def test_a_whole_tiny_benchmark_runs_end_to_end_and_resumes_exactly_after_a_kill_mid_grid(tmp_path):
+    spec = _spec_file(tmp_path, "straight")
+    done = _benchmark(spec, "--jobs", "2", timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    root = tmp_path / "straight"
+    for method in ("pfedla", "fedavg"):
+        record = json.loads((root / "store" / "search" / f"{method}.json").read_text())
+        assert record["budget"] == 2 and len(record["trials"]) == 2 and record["sampler"] == "tpe"
+        assert record["chosen"]["value"] == max(t["value"] for t in record["trials"] if t["value"] is not None)
+    assert _cells(root) == ["fedavg_s0", "fedavg_s1", "pfedla_s0", "pfedla_s1"]
+    summary = json.loads((root / "store/runs/dirichlet0.5/pfedla_s0/summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["config"]["dataset"]["test_images"] == "held_out"
+    chosen = json.loads((root / "store/search/pfedla.json").read_text())["chosen"]["params"]
+    assert summary["config"]["client"]["lr"] == chosen["client.lr"]  # the final run uses the searched value
+    extended = sorted(p.parent.name for p in (root / "store" / "extended").rglob("summary.json"))
+    assert extended and all(json.loads((root / "store/extended/dirichlet0.5" / c / "summary.json").read_text())
+                            ["rounds"] == 5 for c in extended)
+    page, tuning = (root / "RESULTS.md").read_text(), (root / "TUNING.md").read_text()
+    assert "## dirichlet0.5" in page and "| pfedla | 0,1 | 3 |" in page and "Holm p" in page
+    assert "| dirichlet0.5 | (a) | fedavg | 2 |" in page and "Run on past 3 rounds" in page
+    assert (root / "store" / "curves_dirichlet0.5.png").is_file() and "4 of 4 cells finished" in page
+    assert "| pfedla | 2 | 0 |" in tuning and "## fedavg: 2 trials" in tuning
+
+    # Another machine: the same searches (from the store), the grid killed mid-way, then run again.
+    cut = tmp_path / "cut"
+    shutil.copytree(root / "store" / "search", cut / "store" / "search")
+    spec_cut = _spec_file(tmp_path, "cut")
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    grid = subprocess.Popen([sys.executable, "-m", "pfedla.benchmark", spec_cut, "run", "--jobs", "2", "--threads",
+                             "1"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not list((cut / "work" / "runs").rglob("last.ckpt")) and time.time() < deadline:
+            time.sleep(0.2)
+    finally:
+        os.killpg(grid.pid, signal.SIGKILL)  # the machine goes away: no checkpoint on the way out
+        grid.wait()
+    assert list((cut / "work" / "runs").rglob("last.ckpt")) and len(_cells(cut)) < 4
+    assert _running_in_group(grid.pid) == []  # nothing of the killed grid is left running
+    done = _benchmark(spec_cut, "run", "--jobs", "2", timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _cells(cut) == _cells(root)
+    resumed = [p.parent for p in (cut / "work" / "runs").rglob("console.log") if "resume" in
+               (p.parent / ".hydra" / "overrides.yaml").read_text()]
+    assert resumed  # a cell cut mid-run went on from its checkpoint
+    for cell in _cells(root):  # equal threads, the same ops: every curve bit for bit
+        a = (root / "store/runs/dirichlet0.5" / cell / "metrics.csv").read_text()
+        assert (cut / "store/runs/dirichlet0.5" / cell / "metrics.csv").read_text() == a, cell

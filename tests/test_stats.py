@@ -1,0 +1,45 @@
+"""pfedla.stats against hand computations on fixed vectors."""
+
+import math
+
+import pytest
+
+from pfedla.stats import benjamini_hochberg, best_by_validation, holm, paired
+
+
+def test_holm_adjusts_sorted_p_values_by_the_hypotheses_left_and_keeps_them_monotone():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> raised to 0.06 (monotone)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([]) == []
+
+
+def test_benjamini_hochberg_scales_by_m_over_rank_and_keeps_them_monotone_from_the_top():
+    # ranks 1..4: 0.005 x 4 = 0.02, 0.01 x 2 = 0.02, 0.03 x 4/3 = 0.04, 0.04 x 1 = 0.04
+    assert benjamini_hochberg([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    # a smaller q above caps a larger one below: 0.02 x 2 = 0.04 > 0.03 x 1 -> 0.03
+    assert benjamini_hochberg([0.02, 0.03]) == pytest.approx([0.03, 0.03])
+
+
+def test_paired_difference_t_test_and_interval_match_closed_forms():
+    # differences 2, 1, 3 points (seed 3 only in a): mean 2, std 1, t = 2 sqrt(3); with 2 degrees of freedom
+    # P(|T| > t) = 1 - t / sqrt(t^2 + 2) exactly, and t_0.975 = 4.302653
+    r = paired({0: 0.90, 1: 0.80, 2: 0.85, 3: 0.5}, {0: 0.88, 1: 0.79, 2: 0.82})
+    assert r.seeds == (0, 1, 2) and r.diffs == pytest.approx((2, 1, 3))
+    assert (r.mean, r.std, r.t) == pytest.approx((2, 1, 2 * math.sqrt(3)))
+    assert r.p == pytest.approx(1 - r.t / math.sqrt(r.t ** 2 + 2))
+    assert (r.low, r.high) == pytest.approx((2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)), abs=1e-5)
+    assert paired({0: 0.9}, {0: 0.8, 1: 0.7}) is None  # one common seed: nothing to pair
+    same = paired({0: 0.9, 1: 0.8}, {0: 0.9, 1: 0.8})
+    assert (same.t, same.p) == (0.0, 1.0)  # zero on every seed: no difference, not an infinitely sure one
+    sure = paired({0: 0.91, 1: 0.81}, {0: 0.9, 1: 0.8})
+    assert sure.t == math.inf and sure.p == 0.0
+
+
+def test_best_by_validation_takes_the_test_score_of_the_first_best_validation_round():
+    rows = [{"round": "1", "val/acc_mean": "0.5", "test/acc_mean": "0.9"},
+            {"round": "2", "val/acc_mean": "0.7", "test/acc_mean": "0.6"},
+            {"round": "3", "val/acc_mean": "0.7", "test/acc_mean": "0.99"}]
+    assert best_by_validation(rows) == (2, 0.6)  # never the test-best round, the first of tied validation
+    assert best_by_validation(rows, upto=1) == (1, 0.9)
+    assert best_by_validation(rows, prefix="adapted_") is None
