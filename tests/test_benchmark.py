@@ -60,7 +60,7 @@ def test_methods_with_different_budgets_are_refused_unless_the_yaml_says_why(tmp
 def test_a_search_whose_trials_all_fail_stops_with_one_line_naming_the_first_error(tmp_path):
     spec = _spec_file(tmp_path, methods={"fedavg": {"algorithm": "fedavg", "space": "fedavg",
                                                     "overrides": ["partition.min_samples=100000"]}},
-                      reference="fedavg")
+                      reference="fedavg", proxy_check={"top": 0})
     done = _benchmark(spec, "search", timeout=600)
     assert done.returncode == 2
     error = done.stderr.strip().splitlines()
@@ -117,6 +117,11 @@ def test_a_whole_tiny_benchmark_runs_end_to_end_and_resumes_exactly_after_a_kill
     assert "| dirichlet0.5 | (a) | fedavg | 2 |" in page and "Run on past 3 rounds" in page
     assert (root / "store" / "curves_dirichlet0.5.png").is_file() and "4 of 4 cells finished" in page
     assert "| pfedla | 2 | 0 |" in tuning and "## fedavg: 2 trials" in tuning
+    other = next(t["number"] for t in json.loads((root / "store/search/pfedla.json").read_text())["trials"]
+                 if t["number"] != json.loads((root / "store/search/pfedla.json").read_text())["chosen"]["number"])
+    checked = json.loads((root / f"store/proxy_check/dirichlet0.5/pfedla_t{other}/summary.json").read_text())
+    assert checked["rounds"] == 3 and checked["config"]["seed"] == 0  # the other trial, run like a final run
+    assert "## How well the proxy predicts full scale" in tuning and "**pfedla** (2 trials at full scale)" in tuning
 
     # Another machine: the same searches (from the store), the grid killed mid-way, then run again.
     cut = tmp_path / "cut"

@@ -2,7 +2,8 @@
 
 Steps (``all``, the default, runs them in order): ``search`` each method's search on the proxy; ``run`` the final
 runs at the chosen values (a cell is a split x method x seed); ``extend`` the cells whose validation curve still
-rises at the last round, on to ``extend_rounds``; ``render`` the results and tuning pages from the store. Every step
+rises at the last round, on to ``extend_rounds``; ``proxy-check`` runs the next-best trials of the checked methods
+at full scale (``proxy_check`` in the yaml); ``render`` the results and tuning pages from the store. Every step
 skips what is done and resumes what was cut (a run from its checkpoint, exactly), and runs ``--jobs`` at a time.
 """
 
@@ -16,7 +17,7 @@ from pfedla.benchmark.paths import Places
 from pfedla.benchmark.spec import load_spec
 from pfedla.errors import ConfigError
 
-STEPS = ("search", "run", "extend", "render")
+STEPS = ("search", "run", "extend", "proxy-check", "render")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,8 +48,10 @@ def main(argv: list[str] | None = None) -> None:
         if "run" in steps:
             grid.run_cells(spec, places, grid.final_cells(spec, places, methods, splits), args.jobs, threads)
         if "extend" in steps:
-            grid.run_cells(spec, places, grid.extension_cells(spec, places, methods, splits), args.jobs, threads,
-                           extended=True)
+            grid.run_cells(spec, places, grid.extension_cells(spec, places, methods, splits), args.jobs, threads)
+        if "proxy-check" in steps and spec.proxy_check.top:
+            checked = [m for m in grid.checked_methods(spec, places) if m in methods]
+            grid.run_cells(spec, places, grid.proxy_check_cells(spec, places, checked), args.jobs, threads)
         if "render" in steps:
             render.render(spec, places)
     except (ConfigError, search.SearchFailed, grid.NotSearched) as err:

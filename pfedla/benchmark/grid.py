@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pfedla.benchmark.paths import REPO, Places
+from pfedla.benchmark.paths import REPO, Cell, Places
 from pfedla.benchmark.search import chosen_overrides
 from pfedla.benchmark.spec import BenchmarkSpec
 from pfedla.stats import WINDOW, curve, late_slope
@@ -42,11 +42,11 @@ def in_parallel(work, items: list, jobs: int, what: str) -> list:
     return results
 
 
-def chosen(places: Places, method: str) -> list[str]:
+def search_record(places: Places, method: str) -> dict:
     record = places.search_record(method)
     if not record.is_file():
         raise NotSearched(f"method {method} has no finished search ({record}); run the step `search` first")
-    return chosen_overrides(json.loads(record.read_text()))
+    return json.loads(record.read_text())
 
 
 def rounds_of(path: Path) -> tuple[int, int]:
@@ -70,10 +70,15 @@ def finished(path: Path, rounds: int) -> bool:
     return said >= rounds and said == logged
 
 
-def final_cells(spec: BenchmarkSpec, places: Places, methods, splits) -> list[tuple[str, str, int]]:
+def rounds_for(spec: BenchmarkSpec, cell: Cell) -> int:
+    return spec.extend_rounds if cell.kind == "extended" else spec.rounds
+
+
+def final_cells(spec: BenchmarkSpec, places: Places, methods, splits) -> list[Cell]:
     seeds = sorted({s for split in splits for s in spec.splits[split].seeds})
-    return [(split, method, seed) for seed in seeds for split in splits if seed in spec.splits[split].seeds
-            for method in methods if not finished(places.stored_cell(split, method, seed), spec.rounds)]
+    cells = [Cell(split, method, seed) for seed in seeds for split in splits if seed in spec.splits[split].seeds
+             for method in methods]
+    return [c for c in cells if not finished(places.stored(c), spec.rounds)]
 
 
 def still_rising(metrics: Path, rising: float) -> bool:
@@ -83,7 +88,7 @@ def still_rising(metrics: Path, rising: float) -> bool:
     return slope is not None and round(slope, 2) > rising
 
 
-def extension_cells(spec: BenchmarkSpec, places: Places, methods, splits) -> list[tuple[str, str, int]]:
+def extension_cells(spec: BenchmarkSpec, places: Places, methods, splits) -> list[Cell]:
     """Cells in the store at ``rounds`` whose curve still rises, not yet extended to ``extend_rounds``."""
     if not spec.extend_rounds:
         return []
@@ -91,30 +96,70 @@ def extension_cells(spec: BenchmarkSpec, places: Places, methods, splits) -> lis
     for split in splits:
         for method in methods:
             for seed in spec.splits[split].seeds:
-                stored = places.stored_cell(split, method, seed)
+                stored = places.stored(Cell(split, method, seed))
+                extended = Cell(split, method, seed, "extended")
                 if (finished(stored, spec.rounds) and still_rising(stored / "metrics.csv", spec.rising)
-                        and not finished(places.stored_cell(split, method, seed, True), spec.extend_rounds)):
-                    cells.append((split, method, seed))
+                        and not finished(places.stored(extended), spec.extend_rounds)):
+                    cells.append(extended)
     return cells
 
 
-def cell_command(spec: BenchmarkSpec, places: Places, split: str, method: str, seed: int, extended: bool) -> list[str]:
-    path = places.cell(split, method, seed, extended)
-    m = spec.methods[method]
-    rounds = spec.extend_rounds if extended else spec.rounds
+def checked_methods(spec: BenchmarkSpec, places: Places) -> list[str]:
+    """The methods whose proxy is checked: the yaml's, or the reference and the best other method by score (a) on
+    the first split's first seed (an empty list until that split's final runs have it)."""
+    if spec.proxy_check.methods:
+        return list(spec.proxy_check.methods)
+    split = next(iter(spec.splits))
+    seed = spec.splits[split].seeds[0]
+    scores = {}
+    for method in spec.methods:
+        summary = places.stored(Cell(split, method, seed)) / "summary.json"
+        if summary.is_file() and method != spec.reference:
+            scores[method] = json.loads(summary.read_text())["best"]["test/acc_mean"]
+    return [spec.reference, max(scores, key=scores.get)] if scores else []
+
+
+def proxy_check_cells(spec: BenchmarkSpec, places: Places, methods) -> list[Cell]:
+    """How well the proxy predicts full scale: each method's ``proxy_check.top`` trials by proxy objective, run like a
+    final run on the first split, its first seed. The chosen (best) trial is that final run, so it is not run twice."""
+    split = next(iter(spec.splits))
+    seed = spec.splits[split].seeds[0]
+    top = spec.proxy_check.top
+    cells = []
+    for method in methods:
+        record = search_record(places, method)
+        done = sorted((t for t in record["trials"] if t["value"] is not None), key=lambda t: (-t["value"], t["number"]))
+        for trial in done[:top]:
+            if trial["number"] != record["chosen"]["number"]:
+                cell = Cell(split, method, seed, "proxy_check", trial["number"])
+                if not finished(places.stored(cell), spec.rounds):
+                    cells.append(cell)
+    return cells
+
+
+def values_for(places: Places, cell: Cell) -> list[str]:
+    """The searched values a cell runs with: the chosen trial's, or (proxy check) its own trial's."""
+    record = search_record(places, cell.method)
+    if cell.trial is None:
+        return chosen_overrides(record)
+    trial = next(t for t in record["trials"] if t["number"] == cell.trial)
+    return chosen_overrides({"chosen": trial})
+
+
+def cell_command(spec: BenchmarkSpec, places: Places, cell: Cell) -> list[str]:
+    path = places.cell(cell)
+    m = spec.methods[cell.method]
     resume = [f"resume={path}"] if (path / "checkpoints" / "last.ckpt").is_file() else []
-    return [sys.executable, "-m", "pfedla.run", *spec.common, *spec.splits[split].overrides,
-            f"algorithm={m.algorithm}", *m.overrides, *chosen(places, method), "dataset.test_images=held_out",
-            f"seed={seed}", f"federation.rounds={rounds}", "logger=csv", "trainer.devices=1",
+    return [sys.executable, "-m", "pfedla.run", *spec.common, *spec.splits[cell.split].overrides,
+            f"algorithm={m.algorithm}", *m.overrides, *values_for(places, cell), "dataset.test_images=held_out",
+            f"seed={cell.seed}", f"federation.rounds={rounds_for(spec, cell)}", "logger=csv", "trainer.devices=1",
             "trainer.progress_bar=false", f"hydra.run.dir={path}", *resume]
 
 
-def run_cell(spec: BenchmarkSpec, places: Places, cell: tuple[str, str, int], threads: int, extended: bool) -> str:
-    split, method, seed = cell
-    path = places.cell(split, method, seed, extended)
-    rounds = spec.extend_rounds if extended else spec.rounds
-    if extended and not path.exists():  # the table's run, checkpoint included, carried on in its own folder
-        source = places.cell(split, method, seed)
+def run_cell(spec: BenchmarkSpec, places: Places, cell: Cell, threads: int) -> str:
+    path, rounds = places.cell(cell), rounds_for(spec, cell)
+    if cell.kind == "extended" and not path.exists():  # the table's run, checkpoint included, carried on apart
+        source = places.cell(Cell(cell.split, cell.method, cell.seed))
         if not (source / "checkpoints" / "last.ckpt").is_file():
             raise NotSearched(f"{source}: no checkpoint to extend on this machine; run the step `run` for it")
         shutil.copytree(source, path)
@@ -123,20 +168,19 @@ def run_cell(spec: BenchmarkSpec, places: Places, cell: tuple[str, str, int], th
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
         started = time.perf_counter()
         with open(path / "console.log", "a") as console:
-            code = subprocess.call(cell_command(spec, places, split, method, seed, extended), cwd=REPO, env=env,
-                                   stdout=console, stderr=subprocess.STDOUT)
-        print(f"{split}/{method}_s{seed}: exit {code} after {time.perf_counter() - started:.0f} s", flush=True)
+            code = subprocess.call(cell_command(spec, places, cell), cwd=REPO, env=env, stdout=console,
+                                   stderr=subprocess.STDOUT)
+        print(f"{cell}: exit {code} after {time.perf_counter() - started:.0f} s", flush=True)
     if finished(path, rounds):
-        target = places.stored_cell(split, method, seed, extended)
+        target = places.stored(cell)
         target.mkdir(parents=True, exist_ok=True)
         for name in ("summary.json", "metrics.csv"):
             shutil.copy2(path / name, target / name)
-    return f"{split}/{method}_s{seed}"
+    return str(cell)
 
 
-def run_cells(spec: BenchmarkSpec, places: Places, cells: list, jobs: int, threads: int, extended: bool = False
-              ) -> None:
-    for method in sorted({m for _, m, _ in cells}):
-        chosen(places, method)  # every search finished, before any cell starts
-    print(f"{len(cells)} {'extension ' if extended else ''}cells to run, {jobs} at a time", flush=True)
-    in_parallel(lambda cell: run_cell(spec, places, cell, threads, extended), cells, jobs, "cell")
+def run_cells(spec: BenchmarkSpec, places: Places, cells: list[Cell], jobs: int, threads: int) -> None:
+    for method in sorted({c.method for c in cells}):
+        search_record(places, method)  # every search finished, before any cell starts
+    print(f"{len(cells)} cells to run, {jobs} at a time", flush=True)
+    in_parallel(lambda cell: run_cell(spec, places, cell, threads), cells, jobs, "cell")

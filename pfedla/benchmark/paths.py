@@ -31,9 +31,25 @@ class Places:
         """A finished search: its trials and the chosen values (JSON)."""
         return self.store / "search" / f"{method}.json"
 
-    # final runs: a cell is one (split, method, seed)
-    def cell(self, split: str, method: str, seed: int, extended: bool = False) -> Path:
-        return self.work / ("extended" if extended else "runs") / split / f"{method}_s{seed}"
+    # runs: a cell is one (split, method, seed) of the final runs, carried on past its rounds, or a proxy check
+    def cell(self, cell: Cell) -> Path:
+        return self.work / cell.kind / cell.split / cell.name
 
-    def stored_cell(self, split: str, method: str, seed: int, extended: bool = False) -> Path:
-        return self.store / ("extended" if extended else "runs") / split / f"{method}_s{seed}"
+    def stored(self, cell: Cell) -> Path:
+        return self.store / cell.kind / cell.split / cell.name
+
+
+@dataclass(frozen=True)
+class Cell:
+    split: str
+    method: str
+    seed: int
+    kind: str = "runs"  # runs (the tables) | extended (run on past the rounds) | proxy_check (another trial's values)
+    trial: int | None = None  # proxy_check: the search trial whose values it runs
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}_s{self.seed}" if self.trial is None else f"{self.method}_t{self.trial}"
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.split}/{self.name}"

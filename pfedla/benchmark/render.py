@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from pfedla.benchmark.paths import REPO, Places
+from pfedla.benchmark.paths import REPO, Cell, Places
 from pfedla.benchmark.spec import BenchmarkSpec, budget
 from pfedla.benchmark.verdicts import ablation_lines, comparisons, verdict_table
 from pfedla.report import (
@@ -150,7 +150,7 @@ def cells_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
     expected = [(split, m, s) for split, sp in spec.splits.items() for s in sp.seeds for m in spec.methods]
     done, seconds = [], 0.0
     for split, m, s in expected:
-        summary = places.stored_cell(split, m, s) / "summary.json"
+        summary = places.stored(Cell(split, m, s)) / "summary.json"
         if summary.is_file():
             done.append((split, m, s))
             seconds += json.loads(summary.read_text())["wall_seconds"]
@@ -221,7 +221,50 @@ def tuning_page(spec: BenchmarkSpec, places: Places) -> str:
                      else ["–"] if layers else [])
             lines.append(f"| {t['number']} | " + " | ".join(_fmt(t["params"].get(k, "–")) for k in keys)
                          + f" | {value} | {_fmt(t['seconds'] or 0, 0)} |" + "".join(f" {a} |" for a in alpha))
+    lines += proxy_check_markdown(spec, places)
     return "\n".join(lines) + "\n"
+
+
+def proxy_check_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
+    """Each checked method's best trials by proxy objective, and what they reach at full scale (the first split, its
+    first seed; the chosen trial's is that final run): does the proxy rank them as full scale does?"""
+    from scipy.stats import spearmanr
+
+    split = next(iter(spec.splits))
+    seed = spec.splits[split].seeds[0]
+    lines = []
+    for method in spec.methods:
+        record_path = places.search_record(method)
+        if not record_path.is_file():
+            continue
+        record = json.loads(record_path.read_text())
+        rows = []
+        for trial in record["trials"]:
+            chosen = trial["number"] == record["chosen"]["number"]
+            cell = Cell(split, method, seed) if chosen else Cell(split, method, seed, "proxy_check", trial["number"])
+            summary = places.stored(cell) / "summary.json"
+            if summary.is_file():
+                best = json.loads(summary.read_text())["best"]
+                rows.append((trial["number"], trial["value"], best["val/acc_mean"], best["test/acc_mean"], chosen))
+        if len(rows) < 2:
+            continue
+        rows.sort(key=lambda r: -r[1])
+        full_best = max(rows, key=lambda r: r[2])
+        rho = spearmanr([r[1] for r in rows], [r[2] for r in rows])[0]
+        lines += ["", f"**{method}** ({len(rows)} trials at full scale):", "",
+                  "| trial | proxy objective (val) | full scale: best val (a) | test (a) at that round |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {n}{' (chosen)' if chosen else ''} | {100 * p:.2f} | {100 * v:.2f} | {100 * t:.2f} |"
+                  for n, p, v, t, chosen in rows]
+        agree = "the proxy's choice is also the best at full scale" if full_best[4] else (
+            f"at full scale trial {full_best[0]} beats the proxy's choice on validation")
+        lines += ["", f"Spearman rank correlation of proxy and full-scale validation: {rho:+.2f}; {agree}."]
+    if not lines:
+        return []
+    return ["", "## How well the proxy predicts full scale", "",
+            f"`python -m pfedla.benchmark {spec.name} proxy-check`: the best {spec.proxy_check.top} trials by proxy "
+            f"objective of the checked methods, each run like a final run ({split}, seed {seed}, {spec.rounds} "
+            "rounds), scored as the tables are.", *lines]
 
 
 def _fmt(value, digits: int = 4) -> str:

@@ -41,6 +41,13 @@ class SearchSpec:
 
 
 @dataclass
+class ProxyCheckSpec:
+    top: int = 0  # each checked method's best trials by proxy objective, run at full scale (0: no check)
+    methods: list[str] = field(default_factory=list)  # [] : the reference and the best other method on the first
+    # split (its first seed), once the final runs have it
+
+
+@dataclass
 class SplitSpec:
     overrides: list[str] = MISSING
     seeds: list[int] = MISSING
@@ -56,6 +63,7 @@ class BenchmarkSpec:
     search: SearchSpec = field(default_factory=SearchSpec)
     splits: dict[str, SplitSpec] = MISSING
     rounds: int = MISSING  # of every final run
+    proxy_check: ProxyCheckSpec = field(default_factory=ProxyCheckSpec)
     extend_rounds: int = 0  # final runs whose validation curve still rises at ``rounds`` run on to this (0: never)
     rising: float = 0.5  # "still rising": least-squares slope over the last rounds above this, points / 10 rounds
     reference: str = MISSING  # the method every verdict compares against
@@ -113,6 +121,9 @@ def check_spec(spec: BenchmarkSpec, path: Path) -> None:
                     where != "search.proxy" and key in ("seed", "federation.rounds")):
                 raise ConfigError(f"{path}: {where} sets {key}; the benchmark sets it from splits.*.seeds, rounds and "
                                   "methods.*.algorithm, so remove it")
+    unknown = sorted(set(spec.proxy_check.methods) - set(spec.methods))
+    if unknown:
+        raise ConfigError(f"{path}: proxy_check.methods names {', '.join(unknown)}, not among the methods")
     if spec.extend_rounds and spec.extend_rounds <= spec.rounds:
         raise ConfigError(f"{path}: extend_rounds={spec.extend_rounds} must exceed rounds={spec.rounds} (or be 0)")
     if not 0 < spec.alpha < 1:
