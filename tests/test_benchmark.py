@@ -54,6 +54,10 @@ def test_methods_with_different_budgets_are_refused_unless_the_yaml_says_why(tmp
         load_spec(_spec_file(tmp_path, common=["seed=3"]))
     with pytest.raises(ConfigError, match=r"reference=fedbn is not one of the methods"):
         load_spec(_spec_file(tmp_path, reference="fedbn"))
+    methods = {"fedavg": {"algorithm": "fedavg", "space": "fedavg"}, "fedbn": {"algorithm": "fedbn", "space": "fedbn"}}
+    with pytest.raises(ConfigError, match=r"search.reuse=tiny has no search of fedbn; remove those methods"):
+        load_spec(_spec_file(tmp_path, methods=methods, reference="fedavg", proxy_check={"top": 0},
+                             search={"trials": 2, "sampler": "tpe", "seed": 0, "reuse": "tiny"}))
 
 
 @pytest.mark.slow

@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
                 raise ConfigError(f"--{key} {' '.join(unknown)}: not in {spec.name}'s {key} ({', '.join(known)})")
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
         steps = STEPS if args.step == "all" else (args.step,)
-        if "search" in steps:
+        if "search" in steps and spec.search.reuse is not None:
+            print(f"search: {spec.name} runs with {spec.search.reuse}'s chosen values ({places.searches})")
+        elif "search" in steps:
             grid.in_parallel(lambda m: search.run_search(spec, m, places, threads), methods, args.jobs, "search")
         if "run" in steps:
             grid.run_cells(spec, places, grid.final_cells(spec, places, methods, splits), args.jobs, threads)

@@ -17,11 +17,17 @@ class Places:
     work: Path
     store: Path
     page: Path
-    tuning_page: Path
+    tuning_page: Path | None
+    searches: Path  # where the finished searches are: this store's, or (search.reuse) the other benchmark's
 
     @classmethod
     def of(cls, spec: BenchmarkSpec, root: Path = REPO) -> Places:
-        return cls(root / spec.work, root / spec.store, root / spec.page, root / spec.tuning_page)
+        from pfedla.benchmark.spec import load_spec
+
+        store = root / spec.store
+        searches = store if spec.search.reuse is None else root / load_spec(spec.search.reuse).store
+        tuning = None if spec.tuning_page is None else root / spec.tuning_page
+        return cls(root / spec.work, store, root / spec.page, tuning, searches / "search")
 
     # searches
     def search_dir(self, method: str) -> Path:
@@ -29,7 +35,7 @@ class Places:
 
     def search_record(self, method: str) -> Path:
         """A finished search: its trials and the chosen values (JSON)."""
-        return self.store / "search" / f"{method}.json"
+        return self.searches / f"{method}.json"
 
     # runs: a cell is one (split, method, seed) of the final runs, carried on past its rounds, or a proxy check
     def cell(self, cell: Cell) -> Path:

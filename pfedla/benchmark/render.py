@@ -22,6 +22,7 @@ from pfedla.report import (
     spread_markdown,
     table_markdown,
     table_rows,
+    unseen_markdown,
 )
 from pfedla.stats import WINDOW, WINDOW_ADAPTED, curve, late_slope
 
@@ -36,12 +37,20 @@ def stored_groups(spec: BenchmarkSpec, places: Places, split: str, extended: boo
 
 def protocol_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
     trials = sorted({budget(spec, m) for m in spec.methods})
+    if spec.search.reuse is not None:
+        searched = (f"- every method runs at the values chosen by benchmark `{spec.search.reuse}`'s searches "
+                    f"(conf/benchmark/{spec.search.reuse}.yaml: equal budgets on its proxy), not searched on these "
+                    "splits;")
+    elif places.tuning_page is None:
+        searched = "- every method searched with the same budget; the trials are in the store;"
+    else:
+        searched = (f"- every method searched with the same budget ({', '.join(map(str, trials))} trials of seeded "
+                    f"{spec.search.sampler.upper()}, sampler seed {spec.search.seed}) on the same proxy "
+                    f"(`{' '.join(spec.search.proxy)}`), over its own knobs; the chosen values and every trial: "
+                    f"[{places.tuning_page.name}]({_link(places.tuning_page, places.page)});")
     return [
         "**Protocol** (`python -m pfedla.benchmark " + spec.name + "`, conf/benchmark/" + spec.name + ".yaml):",
-        f"- every method searched with the same budget ({', '.join(map(str, trials))} trials of seeded "
-        f"{spec.search.sampler.upper()}, sampler seed {spec.search.seed}) on the same proxy "
-        f"(`{' '.join(spec.search.proxy)}`), over its own knobs; the chosen values and every trial: "
-        f"[{Path(spec.tuning_page).name}]({Path(spec.tuning_page).name});",
+        searched,
         "- no search trial ever read a test image: trials load only the dataset's train images "
         "(`dataset.test_images=unused`), and the final runs test every client on the dataset's own test images "
         "alone, dealt by its label distribution (`dataset.test_images=held_out`; checked image by image, "
@@ -120,6 +129,9 @@ def split_markdown(spec: BenchmarkSpec, places: Places, split: str, folder: Path
         return [*lines, "No finished runs yet.", ""], []
     rows = table_rows(groups)
     lines += [*table_markdown(rows), "", *spread_markdown(rows), ""]
+    unseen = unseen_markdown(rows)
+    if unseen:
+        lines += [*unseen, ""]
     for key, window in (("val/acc_mean", WINDOW), ("val/adapted_acc_mean", WINDOW_ADAPTED)):
         line = flatness_line(groups, key, window, spec.rising)
         lines += [line, ""] if line else []
@@ -275,7 +287,10 @@ def _fmt(value, digits: int = 4) -> str:
 
 def render(spec: BenchmarkSpec, places: Places) -> None:
     places.store.mkdir(parents=True, exist_ok=True)
-    for path, text in ((places.tuning_page, tuning_page(spec, places)), (places.page, results_page(spec, places))):
+    pages = [(places.page, results_page(spec, places))]
+    if places.tuning_page is not None:
+        pages.append((places.tuning_page, tuning_page(spec, places)))
+    for path, text in pages:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path}")

@@ -38,6 +38,8 @@ class SearchSpec:
     sampler: str = MISSING  # tpe | random, seeded
     seed: int = MISSING  # the sampler's
     proxy: list[str] = field(default_factory=list)  # overrides of ``common`` that make the cheap proxy
+    reuse: Optional[str] = None  # another benchmark whose searches' chosen values this one runs with (no search
+    # of its own: its methods must be among that one's)
 
 
 @dataclass
@@ -71,7 +73,7 @@ class BenchmarkSpec:
     work: str = MISSING  # run dirs, checkpoints and studies (not committed), relative to the repository
     store: str = MISSING  # what the pages are rebuilt from (committed): trials, chosen values, finished runs
     page: str = MISSING  # the results page
-    tuning_page: str = MISSING  # the search page
+    tuning_page: Optional[str] = None  # the search page (none with search.reuse: the other benchmark's is it)
     intro: Optional[str] = None  # markdown put at the top of the results page
     notes: Optional[str] = None  # markdown put at its end
 
@@ -100,6 +102,12 @@ def check_spec(spec: BenchmarkSpec, path: Path) -> None:
         raise ConfigError(f"{path}: methods is empty; list at least two, e.g. methods.fedavg.algorithm=fedavg")
     if spec.reference not in spec.methods:
         raise ConfigError(f"{path}: reference={spec.reference} is not one of the methods ({', '.join(spec.methods)})")
+    if spec.search.reuse is not None:
+        other = load_spec(spec.search.reuse)
+        missing = sorted(set(spec.methods) - set(other.methods))
+        if missing:
+            raise ConfigError(f"{path}: search.reuse={spec.search.reuse} has no search of {', '.join(missing)}; "
+                              "remove those methods or search them here")
     if spec.search.sampler not in SAMPLERS:
         raise ConfigError(f"{path}: search.sampler={spec.search.sampler} is unknown; valid: {', '.join(SAMPLERS)}")
     if spec.search.trials < 1:
