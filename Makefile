@@ -1,21 +1,33 @@
 # Two commands set up everything on a fresh machine: `make run` and `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
+# Every install takes its versions from constraints.txt (the set the tests passed with); `make lock` refreshes it.
+LOCK   ?= constraints.txt
 PY     := $(VENV)/bin/python
 DATA   ?= data
 ARGS   ?=
 
-.PHONY: run test test-fast data install install-dev lint bench bench-scaling bench-gpu gpu-wheels clean
+.PHONY: run test test-fast data install install-dev lint lock bench bench-scaling bench-gpu gpu-wheels clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e .
+	$(PY) -m pip install -c $(LOCK) -e .
+	$(PY) -m pip check
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -c $(LOCK) -e '.[dev]'
+	$(PY) -m pip check
 	touch $@
+
+# Resolve pyproject.toml's dependencies (base + dev) anew in a scratch venv, check them, and write the lock.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip && .lock-venv/bin/pip install -q -e '.[dev]' && .lock-venv/bin/pip check
+	{ echo "# Every package of the base install and the dev extra at the versions the tests passed with (make lock refreshes it)."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -iv '^pfedla'; } > $(LOCK)
+	rm -rf .lock-venv
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

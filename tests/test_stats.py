@@ -43,3 +43,30 @@ def test_best_by_validation_takes_the_test_score_of_the_first_best_validation_ro
     assert best_by_validation(rows) == (2, 0.6)  # never the test-best round, the first of tied validation
     assert best_by_validation(rows, upto=1) == (1, 0.9)
     assert best_by_validation(rows, prefix="adapted_") is None
+
+
+def _row(label, best, adapted=None):
+    return {"label": label, "by_seed": {"best": best, "best_adapted": adapted or {}}}
+
+
+def test_verdicts_are_holm_corrected_over_the_whole_family_and_answer_the_ablation_question():
+    from pfedla.benchmark.verdicts import ablation_lines, comparisons
+
+    seeds = range(5)
+    # pFedLA +1.0, +1.1, ... points over each fixed alpha on every seed: t large, p tiny; +-1 against fedavg: p = 1
+    pfedla = _row("pfedla", {s: 0.9 + 0.001 * s for s in seeds}, {s: 0.9 for s in seeds})
+    fixed = [_row(f"pfedla_{rule}", {s: 0.89 - 0.0001 * s * s for s in seeds}, {s: 0.89 - 0.0001 * s for s in seeds})
+             for rule in ("uniform", "self")]
+    fedavg = _row("fedavg", {s: 0.9 + 0.001 * s + (0.01 if s % 2 else -0.01) for s in seeds})
+    tests = comparisons("pfedla", {"split": [pfedla, *fixed, fedavg]})
+    assert len(tests) == 6 and {t.other for t in tests} == {"pfedla_uniform", "pfedla_self", "fedavg"}
+    raw = [t.result.p for t in tests if t.result is not None]
+    expected = holm(raw)  # the family: every comparison on the page, both scores
+    assert [t.holm for t in tests if t.result is not None] == pytest.approx(expected)
+    local_b = next(t for t in tests if t.other == "fedavg" and t.score == "(b)")
+    assert local_b.result.seeds == tuple(seeds)  # no (b): its (a) stands in, as for Local
+    lines = "\n".join(ablation_lines(tests, "pfedla", 0.05))
+    assert "Does learned alpha beat every fixed alpha (pfedla_self, pfedla_uniform)? **yes**" in lines
+    weaker = _row("pfedla_similarity", {s: 0.9 + 0.001 * s - (0.002 if s % 2 else -0.001) for s in seeds})
+    lines = "\n".join(ablation_lines(comparisons("pfedla", {"split": [pfedla, *fixed, weaker]}), "pfedla", 0.05))
+    assert "**no**: ahead after correction in 4 of the 6 comparisons" in lines
