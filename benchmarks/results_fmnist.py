@@ -52,6 +52,7 @@ from results_verdicts import (  # noqa: E402  (benchmarks/, beside this script)
     rising_markdown,
 )
 
+from pfedla.benchmark.grid import rounds_of as _rounds  # noqa: E402  (a run dir's rounds by summary and curve)
 from pfedla.report import (  # noqa: E402
     SCORES_EXPLAINED,
     alpha_markdown,
@@ -158,17 +159,6 @@ def cmd_run(args, places=None) -> None:
     with ThreadPoolExecutor(args.workers) as pool:
         for name, seconds, code in pool.map(lambda c: run_cell(args.out, *c, threads, args.rounds), cells):
             print(f"{name}: exit {code} after {seconds:.0f} s", flush=True)
-
-
-def _rounds(path: Path) -> tuple[int, int]:
-    """A run dir's rounds by its summary.json and by the last row of its metrics.csv (0 where missing)."""
-    summary, metrics = path / "summary.json", path / "metrics.csv"
-    said = json.loads(summary.read_text()).get("rounds", 0) if summary.is_file() else 0
-    logged = 0
-    if metrics.is_file():
-        with open(metrics) as f:
-            logged = max((int(r["round"]) for r in csv.DictReader(f) if r.get("round")), default=0)
-    return said, logged
 
 
 def _finished(path: Path, rounds: int) -> bool:
