@@ -25,7 +25,7 @@ FEDERATION_KEYS = (
     "seed", "federation.num_clients", "federation.participation", "federation.unseen_fraction", "client", "partition",
     "model", "algorithm",
     "dataset._target_", "dataset.name", "dataset.fraction", "dataset.num_classes", "dataset.samples_per_class",
-    "dataset.image_size", "dataset.noise", "dataset.split",
+    "dataset.image_size", "dataset.noise", "dataset.split", "dataset.test_images", "dataset.test_samples_per_class",
 )
 
 
@@ -66,7 +66,11 @@ ADDED_KEYS = {
     "partition.feature": "none", "partition.groups": 4, "partition.group_of": None,
     "partition.feature_level": None, "partition.quantity": "none", "partition.quantity_scale": 1.0,
     "federation.unseen_fraction": 0.0, "federation.unseen_rounds": 10,
+    "dataset.test_images": "pooled",
 }
+# Keys added to one kind of node only: (the key, its value from before it existed, a key only that kind has).
+# pFedLA's and HeurpFedLA's algorithm nodes (those with ``k``) learned alpha before ``alpha`` existed.
+ADDED_BESIDE = (("algorithm.alpha", "learned", "k"),)
 
 
 def with_added_keys(config: dict) -> dict:
@@ -78,6 +82,11 @@ def with_added_keys(config: dict) -> dict:
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    for dotted, value, beside in ADDED_BESIDE:
+        *parents, leaf = dotted.split(".")
+        node = _select(config, ".".join(parents))
+        if isinstance(node, dict) and beside in node and leaf not in node:
             node[leaf] = value
     return config
 

@@ -73,6 +73,8 @@ def paired(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> Pai
     if len(seeds) < 2:
         return None
     diffs = tuple(100 * (a[s] - b[s]) for s in seeds)
+    if not all(math.isfinite(d) for d in diffs):
+        return None  # a run without a score (NaN) is no evidence either way
     n, mean, std = len(diffs), statistics.fmean(diffs), statistics.stdev(diffs)
     if std > 0:
         t = mean / (std / math.sqrt(n))

@@ -70,8 +70,13 @@ def test_deal_by_label_follows_each_clients_label_counts_and_leaves_no_client_wi
     assert by_class[0] == [6, 0, 0] and by_class[3] == [1, 0, 0]
     assert by_class[1][0] == 3 and by_class[1][1] + by_class[2][1] == 10 and abs(by_class[1][1] - 7.5) == 0.5
     assert by_class[2][2] == 10
-    starved = deal_by_label(labels, [[9, 0, 0], [1, 0, 0]] + [[0, 5, 5]], np.random.default_rng(0))
-    assert all(len(d) >= 1 for d in starved)
+    # class 0's one test image goes to client 0 (quotas 0.95, 0.05, 0), class 1's three to client 2 (0, 0.27, 2.73):
+    # client 1 is left with none; client 0 cannot give its only image, so client 1 gets one of class 1 from client 2
+    labels = np.array([0, 1, 1, 1])
+    starved = deal_by_label(labels, [[20, 0], [1, 1], [0, 10]], np.random.default_rng(0))
+    assert [sorted(labels[d].tolist()) for d in starved] == [[0], [1], [1, 1]]
+    with pytest.raises(ConfigError, match=r"client 1 gets no test image of the classes it holds"):
+        deal_by_label(np.array([0]), [[2, 0], [1, 0]], np.random.default_rng(0))
 
 
 def test_a_dataset_without_its_own_test_set_cannot_hold_one_out():

@@ -144,3 +144,17 @@ def test_fixed_alpha_new_client_recipe_uniform_starts_from_the_mean_of_all_model
     for name in algo.param_names:
         mean = (sum(algo.client_params[name][j] for j in range(3)) + initial.params[name]) / 4
         torch.testing.assert_close(seen[0].params[name], mean, rtol=1e-6, atol=1e-7)
+
+
+def test_a_checkpoint_from_before_alpha_and_test_images_existed_resumes_and_a_changed_test_set_is_refused():
+    from pfedla.checkpointing import check_resume_compatible, with_added_keys
+
+    current = {"seed": 0, "algorithm": {"name": "pfedla", "k": 0, "alpha": "learned", "hn_lr": 0.01},
+               "dataset": {"name": "fmnist", "fraction": 1.0, "test_images": "pooled"}}
+    older = {"seed": 0, "algorithm": {"name": "pfedla", "k": 0, "hn_lr": 0.01},
+             "dataset": {"name": "fmnist", "fraction": 1.0}}
+    check_resume_compatible(older, current)  # ran as alpha=learned on pooled test images: the same federation
+    assert "alpha" not in with_added_keys({"algorithm": {"name": "fedavg"}})["algorithm"]  # pFedLA's key only
+    held_out = {**current, "dataset": {**current["dataset"], "test_images": "held_out"}}
+    with pytest.raises(ConfigError, match=r"dataset.test_images: 'pooled' -> 'held_out'"):
+        check_resume_compatible(older, held_out)

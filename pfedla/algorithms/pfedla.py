@@ -116,6 +116,8 @@ class PFedLA(Algorithm):
         super().begin_round(sampled)
         clients = torch.tensor(sampled, device=self.bytes_up.device)
         self._clients, self._row = clients, {c: r for r, c in enumerate(sampled)}
+        if self.alpha_rule == "similarity" and not getattr(self, "_similarity_known", False):
+            raise RuntimeError("alpha=similarity needs set_label_counts(train_counts) before the first round")
         self._hn_rows = None if self.hypernetworks is None else self.hypernetworks.rows(clients)
         alpha, self._retained = self._effective_alpha(self._alpha(clients, self._hn_rows), clients)
         self.round_alpha = alpha.detach()
@@ -236,6 +238,7 @@ class PFedLA(Algorithm):
     def set_label_counts(self, train_counts) -> None:
         if self.alpha_rule == "similarity":
             self.fixed_alpha.copy_(fixed_alpha("similarity", self.num_clients, len(self.layers), train_counts))
+            self._similarity_known = True
 
     def round_metrics(self) -> dict[str, float]:
         """Per layer, the share of clients whose alpha (before HeurpFedLA keeps layers local) gives their peers

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
             grid.run_cells(spec, places, grid.proxy_check_cells(spec, places, checked), args.jobs, threads)
         if "render" in steps:
             render.render(spec, places)
-    except (ConfigError, search.SearchFailed, grid.NotSearched) as err:
+    except (ConfigError, search.SearchFailed, grid.NotSearched, grid.CellFailed) as err:
         print(f"pfedla.benchmark: error: {err}", file=sys.stderr)
         sys.exit(2)
 

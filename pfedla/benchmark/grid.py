@@ -31,14 +31,24 @@ class NotSearched(RuntimeError):
     """A final run needs its method's finished search."""
 
 
+class CellFailed(RuntimeError):
+    """A run stopped before its rounds (killed, or an error); its checkpoint lets the step resume it."""
+
+
 def in_parallel(work, items: list, jobs: int, what: str) -> list:
-    """``work(item)`` for every item, ``jobs`` at a time; the first error stops the step after the others end."""
+    """``work(item)`` for every item, ``jobs`` at a time. An error stops the step: items not started are cancelled,
+    those running finish, and the first error is raised."""
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = [pool.submit(work, item) for item in items]
         results = []
-        for item, future in zip(items, futures):
-            results.append(future.result())
-            print(f"{what} {item}: done", flush=True)
+        try:
+            for item, future in zip(items, futures):
+                results.append(future.result())
+                print(f"{what} {item}: done", flush=True)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
     return results
 
 
@@ -115,7 +125,7 @@ def checked_methods(spec: BenchmarkSpec, places: Places) -> list[str]:
     for method in spec.methods:
         summary = places.stored(Cell(split, method, seed)) / "summary.json"
         if summary.is_file() and method != spec.reference:
-            scores[method] = json.loads(summary.read_text())["best"]["test/acc_mean"]
+            scores[method] = json.loads(summary.read_text())["best"]["val/acc_mean"]  # chosen on validation
     return [spec.reference, max(scores, key=scores.get)] if scores else []
 
 
@@ -171,6 +181,9 @@ def run_cell(spec: BenchmarkSpec, places: Places, cell: Cell, threads: int) -> s
             code = subprocess.call(cell_command(spec, places, cell), cwd=REPO, env=env, stdout=console,
                                    stderr=subprocess.STDOUT)
         print(f"{cell}: exit {code} after {time.perf_counter() - started:.0f} s", flush=True)
+        if not finished(path, rounds):
+            raise CellFailed(f"{cell} stopped with exit {code} before {rounds} rounds (see {path / 'console.log'}); "
+                             "run the step again to resume it")
     if finished(path, rounds):
         target = places.stored(cell)
         target.mkdir(parents=True, exist_ok=True)

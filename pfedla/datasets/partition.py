@@ -17,7 +17,7 @@ from pfedla.targets import build
 # (4 is pfedla.client's batch order, 6 its evaluation-time adaptation.)
 STREAM_FRACTION, STREAM_PARTITION, STREAM_SPLIT, STREAM_VAL = 1, 2, 3, 5
 STREAM_QUANTITY, STREAM_GROUPS, STREAM_FEATURE = 7, 8, 9
-STREAM_TEST_FRACTION, STREAM_TEST_DEAL = 10, 11
+STREAM_TEST_FRACTION, STREAM_TEST_DEAL = 14, 15  # (10-12: pfedla/unseen.py; 13: FedFomo's peers)
 QUANTITY_LAWS = ("none", "lognormal", "zipf")
 
 
@@ -153,7 +153,8 @@ def deal_by_label(labels: np.ndarray, class_counts: list[np.ndarray], rng: np.ra
     """Each client's indices into ``labels`` (a held-out test set): class c's samples, shuffled, go to the clients
     in proportion to their ``class_counts[i][c]`` (largest remainder), so each client's test labels follow its
     own label distribution and its test size its share's. A client left with none then gets one sample of its
-    most frequent class, from the client holding most of that class's."""
+    most frequent class it has test images of, from the client holding most of that class's and more than one test
+    image (ConfigError if none can give one: too few test images for so many clients)."""
     counts = np.asarray(class_counts, dtype=np.float64)  # [N, C]
     dealt: list[list[int]] = [[] for _ in counts]
     for c in range(counts.shape[1]):
@@ -168,13 +169,20 @@ def deal_by_label(labels: np.ndarray, class_counts: list[np.ndarray], rng: np.ra
         for i, chunk in enumerate(np.split(members, np.cumsum(quota)[:-1])):
             dealt[i].extend(chunk.tolist())
     for i in range(len(dealt)):
-        if not dealt[i]:
-            c = int(np.argmax(counts[i]))
-            donor = max(range(len(dealt)), key=lambda j: sum(labels[k] == c for k in dealt[j]))
-            taken = next((k for k in reversed(dealt[donor]) if labels[k] == c), None)
-            if taken is not None:
+        if dealt[i]:
+            continue
+        for c in np.argsort(-counts[i], kind="stable"):  # its most frequent class first
+            donors = [j for j in range(len(dealt)) if len(dealt[j]) > 1 and any(labels[k] == c for k in dealt[j])]
+            if counts[i, c] > 0 and donors:
+                donor = max(donors, key=lambda j: sum(labels[k] == c for k in dealt[j]))
+                taken = next(k for k in reversed(dealt[donor]) if labels[k] == c)
                 dealt[donor].remove(taken)
                 dealt[i].append(taken)
+                break
+        else:
+            raise ConfigError(f"client {i} gets no test image of the classes it holds: {len(labels)} held-out test "
+                              "images are too few for these clients; use a larger dataset.fraction or fewer "
+                              "federation.num_clients")
     return [np.sort(np.asarray(d, dtype=np.int64)) for d in dealt]
 
 
