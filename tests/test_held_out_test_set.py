@@ -82,6 +82,8 @@ def test_deal_by_label_follows_each_clients_label_counts_and_leaves_no_client_wi
 def test_a_dataset_without_its_own_test_set_cannot_hold_one_out():
     with pytest.raises(ConfigError, match=r"dataset=synthetic has no test set of its own .*test_samples_per_class"):
         build_federated_data(compose_config(["dataset=synthetic", "dataset.test_images=held_out"]))
+    without = build_federated_data(compose_config(["dataset=synthetic", "dataset.test_images=unused"]))
+    assert sum(without.train_sizes) + sum(without.val_sizes) + sum(without.test_sizes) == 1000  # nothing to leave out
     with pytest.raises(ConfigError, match=r"^dataset.test_images=heldout is unknown"):
         validate_config(compose_config(["dataset=synthetic", "dataset.test_images=heldout"]))
 

@@ -37,7 +37,7 @@ def test_a_two_trial_pfedla_search_writes_the_best_parameters_chosen_on_validati
     assert best["best_params"]["algorithm.hn_lr"] == pytest.approx(winner["algorithm"]["hn_lr"])
     assert best["best_params"]["algorithm.hn_optimizer"] == winner["algorithm"]["hn_optimizer"]
     assert set(best["best_params"]) == {"client.lr", "algorithm.head_init", "algorithm.normalisation",
-                                        "algorithm.hn_optimizer", "algorithm.hn_lr"}
+                                        "algorithm.hn_optimizer", "algorithm.hn_lr", "algorithm.grouping"}
 
 
 @pytest.mark.slow

@@ -118,7 +118,7 @@ class Synthetic(Source):
         return PooledData(standardise(images), labels, self.num_classes)
 
     def load_parts(self, seed: int, with_test: bool) -> PooledData:
-        if not self.test_samples_per_class:
+        if with_test and not self.test_samples_per_class:  # unused: with no test set, nothing to leave out
             raise ConfigError("dataset=synthetic has no test set of its own to hold out (dataset.test_samples_per_"
                               "class=0); set dataset.test_samples_per_class=20, or use dataset.test_images=pooled")
         return train_then_test(self._train(seed), self._test(seed) if with_test else None, self.num_classes)
