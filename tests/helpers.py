@@ -45,6 +45,6 @@ def assert_states_close(got: dict, expected: dict, rtol: float = 1e-3, atol: flo
     assert got.keys() == expected.keys()
     for name, value in expected.items():
         if value.is_floating_point():
-            torch.testing.assert_close(got[name], value, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(got[name], value, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
         else:
             assert torch.equal(got[name], value), name
