@@ -51,9 +51,9 @@ def write_metrics_csv(path: str | Path, history: list[dict]) -> None:
     Re-rendering instead of appending is what keeps the file free of duplicate or missing rows
     when a run is resumed from a checkpoint taken rounds before it was killed. Rounds without
     score (b) leave its columns empty. An algorithm's own per-round statistics (``Algorithm.round_metrics``,
-    columns ``alpha/...``) follow the fixed columns.
+    columns named ``<statistic>/...``) follow the fixed columns.
     """
-    own = sorted({k for record in history for k in record if k.startswith("alpha/")})
+    own = sorted({k for record in history for k in record if "/" in k and k not in METRIC_COLUMNS})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[*METRIC_COLUMNS, *own], extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

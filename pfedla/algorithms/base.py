@@ -199,8 +199,9 @@ class Algorithm(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no recipe for clients never seen in training")
 
     def round_metrics(self) -> dict[str, float]:
-        """The method's own statistics at an evaluated round, logged beside the scores (metrics.csv columns
-        ``alpha/...``; pFedLA: the share of clients whose alpha has collapsed onto themselves, per layer)."""
+        """The method's own statistics at an evaluated round, logged beside the scores (metrics.csv columns,
+        each name with a slash: pFedLA's ``alpha/collapsed_<layer>``, the share of clients whose alpha has
+        collapsed onto themselves, per layer; FedAMP's and pFedGraph's mean self-weight)."""
         return {}
 
     def set_label_counts(self, train_counts: list[list[int]]) -> None:
