@@ -29,19 +29,26 @@ def epoch_phases(epochs: int, phases=None) -> list:
 
 
 def forward_fn(model: nn.Module, compute: Compute = REFERENCE):
-    """``forward(params, buffers, x, prefix="") -> (logits, buffers')``: ``model`` with the tensors named ``prefix``
-    + its names (train mode: BatchNorm updates copies of its statistics, returned under the same names)."""
+    """``forward(params, buffers, x, prefix="", features=False) -> (logits, buffers')``: ``model`` with the tensors
+    named ``prefix`` + its names (train mode: BatchNorm updates copies of its statistics, returned under the same
+    names); ``features=True``: the body's output instead of the logits (pfedla/models/contract.py)."""
     param_names = [n for n, _ in model.named_parameters()]
     buffer_names = [n for n, _ in model.named_buffers()]
 
-    def forward(params: Tensors, buffers: Tensors, x: torch.Tensor, prefix: str = ""):
+    def forward(params: Tensors, buffers: Tensors, x: torch.Tensor, prefix: str = "", features: bool = False):
         state = {n: params[prefix + n] for n in param_names}
         own = {n: buffers[prefix + n].clone() for n in buffer_names}
         with compute.autocast(x.device.type):
-            logits = functional_call(model, {**state, **own}, (x,))
-        return logits.float(), {prefix + n: t for n, t in own.items()}
+            out = functional_call(model, {**state, **own}, (x,), {"features": True} if features else None)
+        return out.float(), {prefix + n: t for n, t in own.items()}
 
     return forward
+
+
+def linear(params: Tensors, prefix: str, features: torch.Tensor) -> torch.Tensor:
+    """A Linear layer whose ``weight`` and ``bias`` are the tensors named ``prefix`` + those (a head apart from the
+    model: FedRoD's personal head), applied to ``features``."""
+    return torch.nn.functional.linear(features, params[prefix + "weight"], params[prefix + "bias"])
 
 
 def cross_entropy(params, received, buffers, x, y, forward):

@@ -151,9 +151,10 @@ SCORES_EXPLAINED = (
     "pFedHN: the generated model; FedAvg, FedProx, Per-FedAvg: the global model; FedBN, FedPer, FedRep, "
     "LG-FedAvg: the global part with the client's personal part; Ditto, pFedMe: the personal model; APFL: "
     "alpha v + (1 - alpha) w; FedFomo, FedAMP, Local: the client's own model; pFedGraph: its graph-weighted "
-    "aggregate). **(b)** is that model after the client's "
+    "aggregate; FedRoD: the generic model with generic + personal head; FedBABU: the global model, its head "
+    "untrained). **(b)** is that model after the client's "
     "local adaptation (`client.epochs` of local SGD on its train split, on a copy; Per-FedAvg: one SGD step of "
-    "lr alpha on one batch). \"best val\": test accuracy at the "
+    "lr alpha on one batch; FedBABU: `finetune_epochs` at `finetune_lr`). \"best val\": test accuracy at the "
     "round whose *validation* accuracy was best (the test split chooses nothing). The headline is (a) "
     "at best val. Local has one score: its (b) is its (a)."
 )

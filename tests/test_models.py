@@ -1,9 +1,12 @@
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from pfedla.errors import ConfigError
 from pfedla.models import layer_groups
-from pfedla.run import run
+from pfedla.models.build import build_model
+from pfedla.models.contract import body_names, head_module, head_names
+from pfedla.run import CONF_DIR, run
 from tests.helpers import tiny_model
 
 
@@ -39,3 +42,21 @@ def test_batchnorm_statistics_stay_each_clients_own_under_pfedla(synthetic_cfg, 
     assert not torch.allclose(mean[0], mean[1]), "running stats were mixed or never updated"
     assert int(module.algorithm.client_buffers["bn1.num_batches_tracked"][0]) > 0
     assert "bn1" in module.algorithm.layer_names  # BN affine parameters are mixed like any layer
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+def test_every_model_in_conf_meets_the_body_head_contract(name):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"model={name}"])
+    model = build_model(cfg.model, (1, 28, 28), 10).eval()
+    x = torch.randn(4, 1, 28, 28)
+    head = head_module(model)
+    torch.testing.assert_close(head(model(x, features=True)), model(x), rtol=0, atol=0)
+    names = [n for n, _ in model.named_parameters()]
+    assert head_names(model) == [n for n in names if n.startswith(model.head_name + ".")] != []
+    assert sorted(body_names(model) + head_names(model)) == sorted(names)
+
+
+def test_a_model_without_a_head_is_refused_by_name():
+    with pytest.raises(ConfigError, match="head_name"):
+        head_names(torch.nn.Sequential(torch.nn.Linear(3, 2)))

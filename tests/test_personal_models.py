@@ -279,7 +279,8 @@ def test_fedfomo_affinities_add_up_and_pick_the_peers():
 
 
 ALL = ["fedavg", "fedprox", "fedper", "fedrep", "lgfedavg", "ditto", "apfl", "fedfomo", "pfedme", "perfedavg",
-       "pfedhn", "local", "heurpfedla", "fedamp", "pfedgraph"]  # pfedla, fedbn: tests/test_engines.py, test_run.py
+       "pfedhn", "local", "heurpfedla", "fedamp", "pfedgraph", "fedrod", "fedbabu"]
+# pfedla, fedbn: tests/test_engines.py, tests/test_run.py
 
 
 @pytest.mark.slow

@@ -1,4 +1,7 @@
-"""LeNet-style CNN shared by every client: conv5x5-pool-conv5x5-pool-fc-fc-fc (optionally BatchNorm)."""
+"""LeNet-style CNN shared by every client: conv5x5-pool-conv5x5-pool-fc-fc-fc (optionally BatchNorm).
+
+It meets the body/head contract (pfedla/models/contract.py): the head is ``fc3``, the body everything
+before it, and ``model(x, features=True)`` is the body's output."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from pfedla.errors import ConfigError
 
 
 class CNN(nn.Module):
+    head_name = "fc3"  # the classifier: a Linear on the body's features
+
     def __init__(
         self,
         input_shape: tuple[int, int, int],
@@ -31,9 +36,9 @@ class CNN(nn.Module):
         self.fc2 = nn.Linear(hidden[0], hidden[1])
         self.fc3 = nn.Linear(hidden[1], num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
         x = self.pool(torch.relu(self.bn1(self.conv1(x))))
         x = self.pool(torch.relu(self.bn2(self.conv2(x))))
         x = torch.relu(self.fc1(x.flatten(1)))
         x = torch.relu(self.fc2(x))
-        return self.fc3(x)
+        return x if features else self.fc3(x)

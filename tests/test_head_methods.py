@@ -1,0 +1,119 @@
+"""FedRoD and FedBABU, the methods that treat the model's head apart (pfedla/models/contract.py): their local
+steps against plain autograd, their exact reductions to FedAvg, and what their scores are."""
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.func import functional_call
+
+from pfedla.algorithms.base import LocalPlan
+from pfedla.algorithms.fedbabu import FedBABU
+from pfedla.algorithms.fedrod import LOG_PRIOR, NO_CLASS, PERSONAL_HEAD, FedRoD
+from pfedla.client import train_client
+from pfedla.run import run, setup
+from tests.helpers import tiny_model, toy_batch
+
+CLIENT = OmegaConf.create(dict(batch_size=12, lr=0.1, momentum=0.0, weight_decay=0.0))  # one batch of toy_batch(12)
+
+
+def _fedrod(counts) -> tuple[FedRoD, torch.nn.Module]:
+    model = tiny_model(batch_norm=True)
+    algo = FedRoD(model, len(counts), OmegaConf.create(dict(name="fedrod")))
+    algo.set_label_counts(counts)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a personal head apart from the generic one, as after some rounds
+        for n in algo.personal_head.names:
+            algo.personal_head[n].add_(0.5 * torch.randn(algo.personal_head[n].shape, generator=gen))
+    return algo, model
+
+
+def test_fedrod_local_step_is_balanced_softmax_for_the_generic_model_and_cross_entropy_for_the_personal_head():
+    algo, model = _fedrod([[5, 0, 7], [4, 4, 4]])  # client 0 has no class 1: log prior -1e4, not -inf
+    algo.begin_round([0])
+    sent = algo.model_for(0)
+    assert sent.params[LOG_PRIOR].tolist() == [torch.tensor(5.0).log().item(), NO_CLASS, torch.tensor(7.0).log().item()]
+    x, y = toy_batch(12)
+    y = torch.where(y == 1, torch.zeros_like(y), y)  # its labels are only classes it has
+    got, _, _ = train_client(model, sent.params, sent.buffers, x, y, generator=torch.Generator().manual_seed(0),
+                             **algo.local_plan(1).training_args(CLIENT))
+    assert all(torch.isfinite(t).all() for t in got.values())
+    w = {n: sent.params[n].clone().requires_grad_(True) for n in algo.param_names}
+    p = {n: sent.params[PERSONAL_HEAD + n].clone().requires_grad_(True) for n in ("weight", "bias")}
+    buffers = {n: b.clone() for n, b in sent.buffers.items()}
+    features = functional_call(model, {**w, **buffers}, (x,), {"features": True})
+    generic = F.linear(features, w["fc3.weight"], w["fc3.bias"])
+    prior = torch.tensor([5.0, 0.0, 7.0]).log()
+    balanced = F.cross_entropy(generic + prior, y)  # -inf for the missing class: the same loss, by hand
+    grads_w = torch.autograd.grad(balanced, list(w.values()))
+    mixed = generic.detach() + F.linear(features.detach(), p["weight"], p["bias"])
+    grads_p = torch.autograd.grad(F.cross_entropy(mixed, y), list(p.values()))
+    for (n, t), g in zip(w.items(), grads_w):
+        torch.testing.assert_close(got[n], t.detach() - 0.1 * g, rtol=1e-5, atol=1e-6)
+    for (n, t), g in zip(p.items(), grads_p):
+        torch.testing.assert_close(got[PERSONAL_HEAD + n], t.detach() - 0.1 * g, rtol=1e-5, atol=1e-6)
+
+
+def test_fedrod_on_balanced_labels_trains_the_generic_model_as_fedavg_does():
+    algo, model = _fedrod([[4, 4, 4], [4, 4, 4]])  # equal counts: the prior shifts every logit alike
+    algo.begin_round([1])
+    sent = algo.model_for(1)
+    x, y = toy_batch(12)
+    got, _, _ = train_client(model, sent.params, sent.buffers, x, y, generator=torch.Generator().manual_seed(0),
+                             **algo.local_plan(2).training_args(CLIENT))
+    plain = {n: sent.params[n] for n in algo.param_names}
+    want, _, _ = train_client(model, plain, sent.buffers, x, y, generator=torch.Generator().manual_seed(0),
+                              **LocalPlan.epochs(2).training_args(CLIENT))
+    for n in algo.param_names:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-5, atol=1e-6)
+
+
+def test_fedrod_scores_generic_plus_personal_logits_and_never_sends_the_personal_head(synthetic_cfg, tmp_path):
+    module = setup(synthetic_cfg("algorithm=fedrod", "model=cnn_bn", "federation.adapt_every=0"))
+    run(module.cfg, tmp_path / "rod", module=module)
+    fedavg = setup(synthetic_cfg("algorithm=fedavg", "model=cnn_bn", "federation.adapt_every=0"))
+    run(fedavg.cfg, tmp_path / "avg", module=fedavg)
+    algo = module.algorithm
+    assert int(algo.bytes_up) == int(fedavg.algorithm.bytes_up)  # body and generic head only
+    assert int(algo.bytes_down) == int(fedavg.algorithm.bytes_down)
+    assert not torch.allclose(algo.personal_head["weight"][0], algo.personal_head["weight"][1])
+    x = module.data.test_x[0][:16]
+    for i in (0, 1):
+        personalized = algo.personalized_model(i)
+        generic = algo.global_model.as_dict()
+        state = {**{n: generic[n][0] for n in algo.param_names}, **personalized.buffers}
+        model = module.model.eval()
+        features = functional_call(model, state, (x,), {"features": True})
+        by_hand = (F.linear(features, state["fc3.weight"], state["fc3.bias"])
+                   + F.linear(features, algo.personal_head["weight"][i], algo.personal_head["bias"][i]))
+        got = functional_call(model, {**personalized.params, **personalized.buffers}, (x,))
+        torch.testing.assert_close(got, by_hand, rtol=1e-5, atol=1e-5)
+
+
+def test_fedbabu_never_trains_the_head_and_fine_tunes_the_whole_model_for_score_b(synthetic_cfg, tmp_path):
+    module = setup(synthetic_cfg("algorithm=fedbabu", "model=cnn_bn", "algorithm.finetune_epochs=2",
+                                 "algorithm.finetune_lr=0.02"))
+    initial = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    summary = run(module.cfg, tmp_path / "babu", module=module)
+    algo = module.algorithm
+    for n in ("fc3.weight", "fc3.bias"):  # every client's head and the global one: the initial head, bit for bit
+        assert torch.equal(algo.global_model[n][0], initial[n])
+        assert all(torch.equal(algo.client_params[n][i], initial[n]) for i in range(4))
+    assert not torch.equal(algo.global_model["fc2.weight"][0], initial["fc2.weight"])  # the body learned
+    adapt = algo.adapt_plan(1).training_args(module.cfg.client)
+    assert adapt["phases"] == ((2, None),) and adapt["lr"] == 0.02  # the whole model, finetune_epochs at its lr
+    assert summary["final_adapted"]["test/adapted_acc_mean"] > summary["final"]["test/acc_mean"]  # 0.77 vs 0.28
+
+
+def test_fedbabus_local_step_is_fedavgs_on_the_body_alone():
+    model = tiny_model()
+    algo = FedBABU(model, 2, OmegaConf.create(dict(finetune_epochs=5, finetune_lr=1e-3)))
+    algo.begin_round([0])
+    sent = algo.model_for(0)
+    x, y = toy_batch(12)
+    got, _, _ = train_client(model, sent.params, sent.buffers, x, y, generator=torch.Generator().manual_seed(0),
+                             **algo.local_plan(1).training_args(CLIENT))
+    w = {n: t.clone().requires_grad_(True) for n, t in sent.params.items()}
+    grads = torch.autograd.grad(F.cross_entropy(functional_call(model, w, (x,)), y), list(w.values()))
+    for (n, t), g in zip(w.items(), grads):
+        want = t.detach() if n.startswith("fc3.") else t.detach() - 0.1 * g
+        torch.testing.assert_close(got[n], want, rtol=1e-5, atol=1e-6)
