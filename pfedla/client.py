@@ -107,12 +107,24 @@ def mean_loss(model: nn.Module, params: Tensors, buffers: Tensors, x: torch.Tens
     return total / max(len(x), 1)
 
 
+@torch.inference_mode()
+def features_of(model: nn.Module, params: Tensors, buffers: Tensors, x: torch.Tensor, batch_size: int = 256,
+                compute: Compute = REFERENCE) -> torch.Tensor:
+    """The body's output for ``x`` (eval mode; pfedla/models/contract.py), in float32; tensors of ``params`` the
+    model does not have (a plan's extra state) are left out."""
+    names = {n for n, _ in model.named_parameters()}
+    own = {n: t for n, t in params.items() if n in names}
+    return torch.cat([out.float() for _, out in _logits_in_batches(model, own, buffers, x, batch_size, compute,
+                                                                    features=True)])
+
+
 def _logits_in_batches(model: nn.Module, params: Tensors, buffers: Tensors, x: torch.Tensor, batch_size: int,
-                       compute: Compute):
-    """(start, logits) of each ``batch_size`` slice of x, in eval mode, in ``compute``'s layout and autocast."""
+                       compute: Compute, features: bool = False):
+    """(start, logits) of each ``batch_size`` slice of x, in eval mode, in ``compute``'s layout and autocast
+    (``features``: the body's output instead)."""
     model.eval()
     state = {**{k: compute.laid_out(v) for k, v in params.items()}, **buffers}
     for i in range(0, len(x), batch_size):
         with compute.autocast(x.device.type):
-            logits = functional_call(model, state, (x[i : i + batch_size],))
+            logits = functional_call(model, state, (x[i : i + batch_size],), {"features": True} if features else None)
         yield i, logits

@@ -150,7 +150,7 @@ SCORES_EXPLAINED = (
     "**(a)** is the personalized model as the server produces it (pFedLA: the aggregate theta_bar_i; "
     "pFedHN: the generated model; FedAvg, FedProx, Per-FedAvg: the global model; FedBN, FedPer, FedRep, "
     "LG-FedAvg: the global part with the client's personal part; Ditto, pFedMe: the personal model; APFL: "
-    "alpha v + (1 - alpha) w; FedFomo, FedAMP, Local: the client's own model; pFedGraph: its graph-weighted "
+    "alpha v + (1 - alpha) w; FedFomo, FedAMP, FedProto, Local: the client's own model; pFedGraph: its graph-weighted "
     "aggregate; FedRoD: the generic model with generic + personal head; FedBABU: the global model, its head "
     "untrained). **(b)** is that model after the client's "
     "local adaptation (`client.epochs` of local SGD on its train split, on a copy; Per-FedAvg: one SGD step of "

@@ -26,6 +26,7 @@ from pfedla.client import (
     STREAM_ADAPT_BATCHES,
     STREAM_CLIENT_BATCHES,
     client_generator,
+    features_of,
     mean_loss,
     predict,
     train_client,
@@ -152,8 +153,7 @@ class FederatedModule(L.LightningModule):
             trained = self._train_clients(mine, sent, plan)
         with timer("gather"):  # identity in one process; with K ranks, every rank gets every result
             first = sent[sampled[0]]
-            results = self.ranks.gather_clients(sampled, sizes, trained,
-                                                first if plan.prepare is None else plan.prepare.uploaded(first))
+            results = self.ranks.gather_clients(sampled, sizes, trained, plan.upload_template(first))
         with timer("server"):
             finite = torch.stack([_all_finite(*result) for result in results]).tolist()  # one sync per round
             reports = []
@@ -202,6 +202,11 @@ class FederatedModule(L.LightningModule):
                     generator=client_generator(self.cfg.seed, self.round, i, stream),
                     compute=self.compute, **sgd,
                 ))
+        if plan.finish is not None:  # the client's own work on its train data, after it trained
+            features = lambda m, x: features_of(self.model, m.params, m.buffers, x, compute=self.compute)
+            for i, (params, buffers, _) in zip(sampled, results):
+                added[i].update(plan.finish(ClientModel(params, buffers), self.data.train_x[i], self.data.train_y[i],
+                                            features))
         return [({**params, **added[i]}, buffers, loss) for i, (params, buffers, loss) in zip(sampled, results)]
 
     def _reject(self, i: int) -> None:

@@ -157,8 +157,9 @@ def test_auto_devices_runs_one_process_per_core_and_equals_the_explicit_run(tmp_
 @pytest.mark.parametrize("algorithm", [["algorithm=pfedla", "model=cnn_bn"], ["algorithm=fedavg"],
                                        ["algorithm=pfedla", "federation.unseen_fraction=0.25",
                                         "federation.unseen_rounds=2"],
-                                       ["algorithm=fedfomo", "algorithm.peers=2"], ["algorithm=apfl", "model=cnn_bn"]],
-                         ids=["pfedla-bn", "fedavg", "pfedla-unseen", "fedfomo", "apfl-bn"])
+                                       ["algorithm=fedfomo", "algorithm.peers=2"], ["algorithm=apfl", "model=cnn_bn"],
+                                       ["algorithm=fedproto", "model=cnn_bn"]],
+                         ids=["pfedla-bn", "fedavg", "pfedla-unseen", "fedfomo", "apfl-bn", "fedproto-bn"])
 def test_two_processes_equal_one_process(tmp_path, algorithm):
     runs = {}
     for k in (1, 2):

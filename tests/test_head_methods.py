@@ -1,17 +1,20 @@
-"""FedRoD and FedBABU, the methods that treat the model's head apart (pfedla/models/contract.py): their local
-steps against plain autograd, their exact reductions to FedAvg, and what their scores are."""
+"""FedRoD, FedBABU and FedProto, the methods that treat the model's head or its features apart
+(pfedla/models/contract.py): their local steps against plain autograd, their server steps by hand, their exact
+reductions, and what their scores are."""
 
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
-from pfedla.algorithms.base import LocalPlan
+from pfedla.algorithms.base import LocalPlan, Report
 from pfedla.algorithms.fedbabu import FedBABU
+from pfedla.algorithms.fedproto import LOCAL, LOCAL_HAS, FedProto
 from pfedla.algorithms.fedrod import LOG_PRIOR, NO_CLASS, PERSONAL_HEAD, FedRoD
-from pfedla.client import train_client
+from pfedla.algorithms.stacked import ClientModel
+from pfedla.client import features_of, train_client
 from pfedla.run import run, setup
-from tests.helpers import tiny_model, toy_batch
+from tests.helpers import assert_states_close, tiny_model, toy_batch
 
 CLIENT = OmegaConf.create(dict(batch_size=12, lr=0.1, momentum=0.0, weight_decay=0.0))  # one batch of toy_batch(12)
 
@@ -117,3 +120,79 @@ def test_fedbabus_local_step_is_fedavgs_on_the_body_alone():
     for (n, t), g in zip(w.items(), grads):
         want = t.detach() if n.startswith("fc3.") else t.detach() - 0.1 * g
         torch.testing.assert_close(got[n], want, rtol=1e-5, atol=1e-6)
+
+
+def _fedproto(ld=0.5, num_clients=3):
+    model = tiny_model(batch_norm=True)
+    return FedProto(model, num_clients, OmegaConf.create(dict(ld=ld))), model
+
+
+def _features_by_hand(model, params, buffers, x):
+    model.eval()
+    return functional_call(model, {**{n: params[n] for n, _ in model.named_parameters()}, **buffers}, (x,),
+                           {"features": True})
+
+
+def test_fedproto_prototypes_are_class_means_of_the_features_and_the_server_averages_them_unweighted():
+    algo, model = _fedproto()
+    gen = torch.Generator().manual_seed(1)
+    reports, by_hand = [], {}
+    for i, classes in ((0, [0, 1]), (2, [1, 2])):  # client 1 sits out; class 0 only at client 0
+        sent = algo.model_for(i)
+        x = torch.randn(9, 1, 16, 16, generator=gen)
+        y = torch.tensor([classes[k % 2] for k in range(9)])
+        with torch.no_grad():
+            trained = ClientModel({n: t + 0.1 for n, t in sent.params.items()}, sent.buffers)
+        features = lambda m, xs: features_of(model, m.params, m.buffers, xs)
+        up = algo.local_plan(1).finish(trained, x, y, features)
+        f = _features_by_hand(model, trained.params, trained.buffers, x)
+        for c in range(3):
+            rows = [k for k in range(9) if y[k] == c]
+            mean = sum(f[k] for k in rows) / len(rows) if rows else torch.zeros(f.shape[1])
+            torch.testing.assert_close(up[LOCAL][c], mean, rtol=1e-5, atol=1e-6)
+            assert up[LOCAL_HAS][c] == (1.0 if rows else 0.0)
+        by_hand[i] = {c: up[LOCAL][c] for c in classes}
+        reports.append(Report(i, sent, ClientModel({**trained.params, **up}, trained.buffers), 9))
+    down = int(algo.bytes_down)
+    algo.receive_round(reports)
+    torch.testing.assert_close(algo.global_protos[0], by_hand[0][0])
+    torch.testing.assert_close(algo.global_protos[1], (by_hand[0][1] + by_hand[2][1]) / 2)  # unweighted
+    torch.testing.assert_close(algo.global_protos[2], by_hand[2][2])
+    assert algo.global_has.tolist() == [1.0, 1.0, 1.0] and down == 2 * 3  # round 1: no prototypes yet, 3 flags
+    row = algo.global_protos.shape[1] * 4
+    assert int(algo.bytes_up) == 2 * (2 * row + 3)  # two classes each, and their flags; never the model
+    assert torch.equal(algo.client_params["fc3.weight"][0], reports[0].trained.params["fc3.weight"])
+
+
+def test_fedproto_local_step_is_cross_entropy_plus_ld_times_the_mse_to_the_labels_prototypes():
+    algo, model = _fedproto(ld=0.7)
+    with torch.no_grad():
+        algo.global_protos.copy_(torch.randn(algo.global_protos.shape, generator=torch.Generator().manual_seed(2)))
+        algo.global_has.copy_(torch.tensor([1.0, 0.0, 1.0]))  # class 1 has no prototype: adds zero, still counted
+    sent = algo.model_for(0)
+    x, y = toy_batch(12)
+    got, _, _ = train_client(model, sent.params, sent.buffers, x, y, generator=torch.Generator().manual_seed(0),
+                             **algo.local_plan(1).training_args(CLIENT))
+    w = {n: sent.params[n].clone().requires_grad_(True) for n in algo.param_names}
+    model.train()
+    features = functional_call(model, {**w, **{n: b.clone() for n, b in sent.buffers.items()}}, (x,),
+                               {"features": True})
+    logits = F.linear(features, w["fc3.weight"], w["fc3.bias"])
+    squared = sum(((features[k] - algo.global_protos[y[k]]) ** 2).sum() for k in range(12) if y[k] != 1)
+    loss = F.cross_entropy(logits, y) + 0.7 * squared / features.numel()
+    assert (y == 1).any() and (y != 1).any()
+    grads = torch.autograd.grad(loss, list(w.values()))
+    for (n, t), g in zip(w.items(), grads):
+        torch.testing.assert_close(got[n], t.detach() - 0.1 * g, rtol=1e-5, atol=1e-6)
+
+
+def test_fedproto_without_its_prototype_term_is_local(synthetic_cfg, tmp_path):
+    common = ("model=cnn_bn", "federation.adapt_every=0")
+    proto = setup(synthetic_cfg("algorithm=fedproto", "algorithm.ld=0", *common))
+    run(proto.cfg, tmp_path / "proto", module=proto)
+    local = setup(synthetic_cfg("algorithm=local", *common))
+    run(local.cfg, tmp_path / "local", module=local)
+    for i in range(4):
+        a, b = proto.algorithm.personalized_model(i), local.algorithm.personalized_model(i)
+        assert_states_close({**a.params, **a.buffers}, {**b.params, **b.buffers}, rtol=1e-4, atol=1e-5)
+    assert proto.algorithm.global_has.sum() > 0 and int(proto.algorithm.bytes_up) > 0

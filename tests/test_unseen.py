@@ -42,7 +42,7 @@ def test_held_out_clients_never_enter_a_training_round(synthetic_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("algorithm", ["pfedla", "heurpfedla", "pfedhn", "fedavg", "fedbn", "local", "fedamp",
-                                       "pfedgraph", "fedrod", "fedbabu"])
+                                       "pfedgraph", "fedrod", "fedbabu", "fedproto"])
 def test_a_recipe_changes_only_the_new_clients_parameters(synthetic_cfg, algorithm):
     module = setup(synthetic_cfg(f"algorithm={algorithm}", "model=cnn_bn"))
     algo = module.algorithm

@@ -76,8 +76,9 @@ class LocalPlan:
     body), plus ``prox_mu``/2 ||w - w_received||^2 in the loss (FedProx; 0: none). ``steps`` replaces that
     loss: every batch runs these objectives in order (several models per client, learned mixing weights,
     inner problems: Ditto, APFL, pFedMe, Per-FedAvg). ``prepare`` runs before training, with the client's
-    validation data (FedFomo scores the models it received). ``lr`` replaces client.lr, ``max_batches``
-    stops after that many batches (Per-FedAvg's one-step adaptation)."""
+    validation data (FedFomo scores the models it received); ``finish`` after it, with its train data (FedProto
+    computes its class prototypes). ``lr`` replaces client.lr, ``max_batches`` stops after that many batches
+    (Per-FedAvg's one-step adaptation)."""
 
     phases: tuple[tuple[int, frozenset[str] | None], ...]
     prox_mu: float = 0.0
@@ -85,6 +86,7 @@ class LocalPlan:
     lr: float | None = None
     max_batches: int | None = None
     prepare: Prepare | None = None
+    finish: Finish | None = None
 
     def __post_init__(self):
         if self.steps and (self.prox_mu or any(names is not None for _, names in self.phases)):
@@ -95,6 +97,14 @@ class LocalPlan:
     def epochs(cls, epochs: int, prox_mu: float = 0.0, **fields) -> LocalPlan:
         """``epochs`` of training every parameter."""
         return cls(((epochs, None),), prox_mu, **fields)
+
+    def upload_template(self, received: ClientModel) -> ClientModel:
+        """What a client's result holds (names, shapes, dtypes) for this plan: the state received, as ``prepare``
+        changes it, plus what ``finish`` adds; for gathering results across processes."""
+        model = received if self.prepare is None else self.prepare.uploaded(received)
+        if self.finish is not None:
+            model = ClientModel({**model.params, **self.finish.uploaded(received)}, model.buffers)
+        return model
 
     def training_args(self, client_cfg) -> dict:
         """The keyword arguments both engines take for this plan with the ``client.*`` settings."""
@@ -113,6 +123,17 @@ class Prepare(Protocol):
 
     def uploaded(self, received: ClientModel) -> ClientModel:
         """What the client's result holds (names, shapes, dtypes), for gathering it across processes."""
+
+
+class Finish(Protocol):
+    """A client's work after it trains, on its own train data (FedProto's class prototypes)."""
+
+    def __call__(self, trained: ClientModel, x, y, features: Callable) -> dict:
+        """Tensors added to the client's upload; ``features(model, x)``: the body's output for inputs ``x`` under
+        a ClientModel (eval mode; pfedla/models/contract.py)."""
+
+    def uploaded(self, received: ClientModel) -> dict:
+        """The tensors ``__call__`` adds (names, shapes, dtypes), for gathering results across processes."""
 
 
 @dataclass(frozen=True)
