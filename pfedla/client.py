@@ -18,8 +18,9 @@ from pfedla.compute import REFERENCE, Compute
 from pfedla.local_rules import epoch_phases, train_by_objectives
 
 Tensors = dict[str, torch.Tensor]
-# Batch-order streams: a round's local training, and the local adaptation scored at evaluation.
-STREAM_CLIENT_BATCHES, STREAM_ADAPT_BATCHES = 4, 6
+# Batch-order streams: a round's local training, and the local adaptation scored at evaluation; a plan's prepare
+# step (FedALA's sample of the train split). Others: pfedla/unseen.py 10-12, FedFomo 13, pfedla/datasets 14-15.
+STREAM_CLIENT_BATCHES, STREAM_ADAPT_BATCHES, STREAM_PREPARE = 4, 6, 16
 
 
 def client_generator(seed: int, round_idx: int, client: int, stream: int = STREAM_CLIENT_BATCHES) -> torch.Generator:

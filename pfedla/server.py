@@ -20,11 +20,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from pfedla.algorithms.base import Algorithm, LocalPlan, Report
+from pfedla.algorithms.base import Algorithm, ClientData, LocalPlan, Report
 from pfedla.algorithms.stacked import ClientModel
 from pfedla.client import (
     STREAM_ADAPT_BATCHES,
     STREAM_CLIENT_BATCHES,
+    STREAM_PREPARE,
     client_generator,
     features_of,
     mean_loss,
@@ -179,12 +180,14 @@ class FederatedModule(L.LightningModule):
         if not sampled:  # a rank with no client this round (fewer sampled clients than ranks)
             return []
         added: dict[int, dict] = {i: {} for i in sampled}
-        if plan.prepare is not None:  # the client's own work on its validation data, before it trains
+        if plan.prepare is not None:  # the client's own work on its own data, before it trains
             sent = dict(sent)
             for i in sampled:
                 val_x, val_y = self.data.val_x[i], self.data.val_y[i]
                 score = lambda m, x=val_x, y=val_y: mean_loss(self.model, m.params, m.buffers, x, y, self.compute)
-                sent[i], added[i] = plan.prepare(sent[i], score)
+                data = ClientData(score, self.data.train_x[i], self.data.train_y[i],
+                                  client_generator(self.cfg.seed, self.round, i, STREAM_PREPARE), cl.batch_size)
+                sent[i], added[i] = plan.prepare(sent[i], data)
         sgd = plan.training_args(cl)
         if cl.engine == "vmap":
             results = train_clients_vmap(

@@ -1,13 +1,17 @@
-"""FedRoD, FedBABU and FedProto, the methods that treat the model's head or its features apart
+"""FedRoD, FedBABU, FedProto and FedALA, the methods that treat the model's head, its features or its top layers apart
 (pfedla/models/contract.py): their local steps against plain autograd, their server steps by hand, their exact
 reductions, and what their scores are."""
 
+import copy
+
+import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
-from pfedla.algorithms.base import LocalPlan, Report
+from pfedla.algorithms.base import ClientData, LocalPlan, Report
+from pfedla.algorithms.fedala import STARTED, WEIGHT, FedALA
 from pfedla.algorithms.fedbabu import FedBABU
 from pfedla.algorithms.fedproto import LOCAL, LOCAL_HAS, FedProto
 from pfedla.algorithms.fedrod import LOG_PRIOR, NO_CLASS, PERSONAL_HEAD, FedRoD
@@ -181,9 +185,11 @@ def test_fedproto_local_step_is_cross_entropy_plus_ld_times_the_mse_to_the_label
     squared = sum(((features[k] - algo.global_protos[y[k]]) ** 2).sum() for k in range(12) if y[k] != 1)
     loss = F.cross_entropy(logits, y) + 0.7 * squared / features.numel()
     assert (y == 1).any() and (y != 1).any()
-    grads = torch.autograd.grad(loss, list(w.values()))
+    grads = torch.autograd.grad(loss, list(w.values()), retain_graph=True)
     for (n, t), g in zip(w.items(), grads):
         torch.testing.assert_close(got[n], t.detach() - 0.1 * g, rtol=1e-5, atol=1e-6)
+    plain = torch.autograd.grad(F.cross_entropy(logits, y), list(w.values()))
+    assert (grads[0] - plain[0]).abs().max() * 0.1 > 1e-4  # the prototype term moved the step, well above tolerance
 
 
 def test_fedproto_without_its_prototype_term_is_local(synthetic_cfg, tmp_path):
@@ -196,3 +202,68 @@ def test_fedproto_without_its_prototype_term_is_local(synthetic_cfg, tmp_path):
         a, b = proto.algorithm.personalized_model(i), local.algorithm.personalized_model(i)
         assert_states_close({**a.params, **a.buffers}, {**b.params, **b.buffers}, rtol=1e-4, atol=1e-5)
     assert proto.algorithm.global_has.sum() > 0 and int(proto.algorithm.bytes_up) > 0
+    pulled = setup(synthetic_cfg("algorithm=fedproto", "algorithm.ld=10", *common))
+    run(pulled.cfg, tmp_path / "pulled", module=pulled)
+    moved = pulled.algorithm.client_params["fc2.weight"] - proto.algorithm.client_params["fc2.weight"]
+    assert moved.abs().max() > 1e-4
+
+
+def _fedala(**over):
+    model = tiny_model(batch_norm=True)
+    cfg = {**dict(layers=2, eta=1.0, percent=0.5, threshold=0.1, window=10, max_passes=50), **over}
+    algo = FedALA(model, 2, OmegaConf.create(cfg))
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # client 0's own model apart from the global one, as after a round
+        for n in algo.param_names:
+            algo.client_params[n][0].add_(0.3 * torch.randn(algo.client_params[n][0].shape, generator=gen))
+    return algo, model
+
+
+@pytest.mark.parametrize("started, passes", [(1.0, 1), (0.0, 3)])  # later rounds: one pass; the first: to the cap
+def test_fedala_learns_its_weights_by_the_gradient_of_the_mixed_models_loss(started, passes):
+    algo, model = _fedala(max_passes=3, threshold=0.0)  # std < 0 never holds: the first adaptation runs 3 passes
+    algo.started[0] = started
+    sent = algo.model_for(0)
+    x, y = toy_batch(20, seed=3)
+    data = ClientData(None, x, y, torch.Generator().manual_seed(5), batch_size=4)
+    start, added = algo.local_plan(1).prepare(sent, data)
+    # By hand: the same share of the train split, batch by batch, with an nn.Module
+    offset = int(torch.randint(0, 20 - 10 + 1, (1,), generator=torch.Generator().manual_seed(5)))
+    local, glob = algo.client_params.row(0), algo.global_model.as_dict()
+    top, lower = ["fc3.weight", "fc3.bias"], [n for n in algo.param_names if not n.startswith("fc3.")]
+    weights = {n: torch.ones_like(local[n]) for n in top}
+    net = copy.deepcopy(model).train()
+    for _ in range(passes):
+        for s in range(offset, offset + 10, 4):
+            stop = min(s + 4, offset + 10)
+            state = {**{n: glob[n][0] for n in lower},
+                     **{n: local[n] + (glob[n][0] - local[n]) * weights[n] for n in top}}
+            net.load_state_dict({**state, **algo.client_buffers.row(0)}, strict=True)
+            net.zero_grad()
+            F.cross_entropy(net(x[s:stop]), y[s:stop]).backward()
+            params = dict(net.named_parameters())
+            for n in top:
+                weights[n] = (weights[n] - 1.0 * params[n].grad * (glob[n][0] - local[n])).clamp(0, 1)
+    for n in top:
+        torch.testing.assert_close(added[WEIGHT + n], weights[n], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(start.params[n], local[n] + (glob[n][0] - local[n]) * weights[n])
+    for n in lower:  # the lower tensors are the global model's
+        assert torch.equal(start.params[n], glob[n][0])
+    assert added[STARTED] == 1.0 and not all(torch.equal(weights[n], torch.ones_like(weights[n])) for n in top)
+
+
+def test_fedala_skips_round_one_and_with_weights_held_at_one_is_fedavg(synthetic_cfg, tmp_path):
+    algo, _ = _fedala()
+    sent = algo.model_for(1)  # client 1's model still equals the global one
+    start, added = algo.local_plan(1).prepare(sent, ClientData(None, *toy_batch(8), torch.Generator(), 4))
+    assert all(torch.equal(start.params[n], algo.global_model[n][0]) for n in algo.param_names)
+    assert added[STARTED] == 0 and all(torch.equal(added[WEIGHT + n], torch.ones_like(added[WEIGHT + n]))
+                                       for n in ("fc3.weight", "fc3.bias"))
+    common = ("model=cnn", "federation.adapt_every=0", "federation.rounds=3")
+    ala = setup(synthetic_cfg("algorithm=fedala", "algorithm.eta=1e-30", *common))  # W stays 1: start from global
+    run(ala.cfg, tmp_path / "ala", module=ala)
+    fedavg = setup(synthetic_cfg("algorithm=fedavg", *common))
+    run(fedavg.cfg, tmp_path / "avg", module=fedavg)
+    assert_states_close({n: ala.algorithm.global_model[n] for n in ala.algorithm.param_names},
+                        fedavg.algorithm.global_model.as_dict(), rtol=1e-4, atol=1e-5)
+    assert ala.algorithm.started.sum() == 4  # every client made its first adaptation in round 2

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from pfedla.algorithms.base import ClientData
 from pfedla.algorithms.fedfomo import WEIGHTS, FedFomo, Scoring, peer
 from pfedla.algorithms.perfedavg import PerFedAvg
 from pfedla.algorithms.pfedme import PERSONAL, PFedMe
@@ -238,7 +239,7 @@ def test_fedfomo_weights_peers_by_their_validation_loss_decrease_per_distance():
     x, _ = toy_batch(30, seed=4)
     y = torch.func.functional_call(model, algo.client_params.row(1), (x,)).argmax(1)  # what peer 1 predicts: it helps
     val_loss = lambda m: mean_loss(model, m.params, m.buffers, x, y)
-    start, added = Scoring(algo.param_names, 2)(sent, val_loss)
+    start, added = Scoring(algo.param_names, 2)(sent, ClientData(val_loss))
     # By hand, peer by peer
     own = algo.client_params.row(0)
     own_loss = F.cross_entropy(torch.func.functional_call(model, own, (x,)), y).item()
@@ -279,7 +280,7 @@ def test_fedfomo_affinities_add_up_and_pick_the_peers():
 
 
 ALL = ["fedavg", "fedprox", "fedper", "fedrep", "lgfedavg", "ditto", "apfl", "fedfomo", "pfedme", "perfedavg",
-       "pfedhn", "local", "heurpfedla", "fedamp", "pfedgraph", "fedrod", "fedbabu", "fedproto"]
+       "pfedhn", "local", "heurpfedla", "fedamp", "pfedgraph", "fedrod", "fedbabu", "fedproto", "fedala"]
 # pfedla, fedbn: tests/test_engines.py, tests/test_run.py
 
 

@@ -76,9 +76,9 @@ class LocalPlan:
     body), plus ``prox_mu``/2 ||w - w_received||^2 in the loss (FedProx; 0: none). ``steps`` replaces that
     loss: every batch runs these objectives in order (several models per client, learned mixing weights,
     inner problems: Ditto, APFL, pFedMe, Per-FedAvg). ``prepare`` runs before training, with the client's
-    validation data (FedFomo scores the models it received); ``finish`` after it, with its train data (FedProto
-    computes its class prototypes). ``lr`` replaces client.lr, ``max_batches`` stops after that many batches
-    (Per-FedAvg's one-step adaptation)."""
+    own data (FedFomo scores the models it received on validation, FedALA learns its aggregation weights);
+    ``finish`` after it, with its train data (FedProto computes its class prototypes). ``lr`` replaces
+    client.lr, ``max_batches`` stops after that many batches (Per-FedAvg's one-step adaptation)."""
 
     phases: tuple[tuple[int, frozenset[str] | None], ...]
     prox_mu: float = 0.0
@@ -114,12 +114,23 @@ class LocalPlan:
                     max_batches=self.max_batches)
 
 
-class Prepare(Protocol):
-    """A client's work before it trains, on its own validation data (FedFomo)."""
+@dataclass(frozen=True)
+class ClientData:
+    """What a client's own work before training (a plan's ``prepare``) may read: its data, never another's."""
 
-    def __call__(self, received: ClientModel, val_loss: Callable) -> tuple[ClientModel, dict]:
-        """(the model the client trains from, tensors added to its upload); ``val_loss(model)``: the mean
-        cross-entropy of a ClientModel on the client's validation split (eval mode)."""
+    val_loss: Callable  # val_loss(model): the mean cross-entropy of a ClientModel on its validation split (eval mode)
+    train_x: torch.Tensor | None = None  # its train split
+    train_y: torch.Tensor | None = None
+    generator: torch.Generator | None = None  # its own randomness for this step, fixed by (seed, round, client)
+    batch_size: int = 0  # client.batch_size
+
+
+class Prepare(Protocol):
+    """A client's work before it trains, on its own data (FedFomo scores peers on validation; FedALA learns its
+    aggregation weights on part of its train split)."""
+
+    def __call__(self, received: ClientModel, data: ClientData) -> tuple[ClientModel, dict]:
+        """(the model the client trains from, tensors added to its upload)."""
 
     def uploaded(self, received: ClientModel) -> ClientModel:
         """What the client's result holds (names, shapes, dtypes), for gathering it across processes."""

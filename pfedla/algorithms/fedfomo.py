@@ -50,7 +50,8 @@ class Scoring:
     def __init__(self, param_names: list[str], peers: int):
         self.param_names, self.peers = param_names, peers
 
-    def __call__(self, received: ClientModel, val_loss) -> tuple[ClientModel, dict]:
+    def __call__(self, received: ClientModel, data) -> tuple[ClientModel, dict]:
+        val_loss = data.val_loss
         own = ClientModel({n: received.params[n] for n in self.param_names}, received.buffers)
         own_loss = val_loss(own)
         weights, deltas = [], []
