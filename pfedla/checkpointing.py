@@ -66,7 +66,7 @@ ADDED_KEYS = {
     "partition.feature": "none", "partition.groups": 4, "partition.group_of": None,
     "partition.feature_level": None, "partition.quantity": "none", "partition.quantity_scale": 1.0,
     "federation.unseen_fraction": 0.0, "federation.unseen_rounds": 10,
-    "dataset.test_images": "pooled",
+    "dataset.test_images": "pooled", "objective": "personalized",
 }
 # Keys added to one kind of node only: (the key, its value from before it existed, a key only that kind has).
 # pFedLA's and HeurpFedLA's algorithm nodes (those with ``k``) learned alpha before ``alpha`` existed.

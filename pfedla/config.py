@@ -124,6 +124,7 @@ class VizConfig:
 @dataclass
 class Config:
     seed: int = MISSING
+    objective: str = MISSING  # the score a search maximises on validation: personalized (a) or adapted (b)
     federation: FederationConfig = field(default_factory=FederationConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -179,7 +179,7 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     summary["processes"] = trainer.world_size
     summary["compute"] = compute_summary(module)
     summary["timing"] = timing_summary(module.timings)
-    summary["objective"] = objective_value(module.history)  # what hparams_search maximises (validation only)
+    summary["objective"] = objective_value(module.history, cfg.objective)  # what a search maximises (validation)
     summary.update(algorithm.summary_fields(module.data.class_counts(), module.data.groups))
     if not trainer.is_global_zero:
         return summary  # rank zero writes the run's files

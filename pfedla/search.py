@@ -1,7 +1,8 @@
 """Hyperparameter search on validation accuracy (Hydra's Optuna sweeper, ``hparams_search=<algorithm>``).
 
-The objective of a run is ``objective_value``: its score-(a) validation accuracy averaged over its last
-``OBJECTIVE_LAST`` evaluations (one round's noise smoothed; the test split is never read). A failed run
+The objective of a run is ``objective_value``: its validation accuracy of score (a), or (b) with
+``objective=adapted`` (FedBABU, whose number is (b)), averaged over its last ``OBJECTIVE_LAST`` evaluations
+that have it (one round's noise smoothed; the test split is never read). A failed run
 returns nothing, which the sweeper records as a failed trial while the search goes on.
 
 Search spaces live in ``conf/hparams_search/<algorithm>.yaml``; the conditional part that a flat
@@ -17,9 +18,14 @@ OBJECTIVE_LAST = 3
 PFEDLA_HN_LR = {"adam": (1e-4, 1e-1), "sgd": (1e-1, 2e1)}
 
 
-def objective_value(history: list[dict], last: int = OBJECTIVE_LAST) -> float | None:
-    """Mean ``val/acc_mean`` over the last ``last`` evaluations (None before any evaluation)."""
-    values = [r["val/acc_mean"] for r in history if "val/acc_mean" in r][-last:]
+OBJECTIVES = {"personalized": "val/acc_mean", "adapted": "val/adapted_acc_mean"}  # ``objective``: the column
+
+
+def objective_value(history: list[dict], objective: str = "personalized", last: int = OBJECTIVE_LAST) -> float | None:
+    """Mean validation accuracy of score (a) (``personalized``) or (b) (``adapted``) over the last ``last``
+    evaluations that have it (None before any)."""
+    key = OBJECTIVES[objective]
+    values = [r[key] for r in history if r.get(key) is not None][-last:]
     return sum(values) / len(values) if values else None
 
 

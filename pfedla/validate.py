@@ -15,6 +15,7 @@ from pfedla.datasets.partition import QUANTITY_LAWS, build_label_skew
 from pfedla.datasets.sources import TEST_IMAGES, build_source
 from pfedla.errors import check, choice
 from pfedla.models import model_class
+from pfedla.search import OBJECTIVES
 from pfedla.unseen import num_unseen
 from pfedla.viz.wandb_logger import MODES
 
@@ -26,6 +27,10 @@ def validate_config(cfg) -> None:
     check(0 < fed.participation <= 1, "federation.participation", fed.participation, "must be in (0, 1]", "0.1")
     check(fed.eval_every >= 1, "federation.eval_every", fed.eval_every, "must be >= 1", "1")
     check(fed.adapt_every >= 0, "federation.adapt_every", fed.adapt_every, "must be >= 0 (0: never)", "5")
+    choice("objective", cfg.objective, tuple(OBJECTIVES))
+    if cfg.objective == "adapted":
+        check(fed.adapt_every > 0, "federation.adapt_every", fed.adapt_every,
+              "must be > 0 with objective=adapted: score (b) is the objective, so it must be computed", "5")
     check(0 <= fed.unseen_fraction < 1, "federation.unseen_fraction", fed.unseen_fraction, "must be in [0, 1)", "0.2")
     if fed.unseen_fraction > 0:
         held_out = num_unseen(fed.num_clients, fed.unseen_fraction)

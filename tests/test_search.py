@@ -23,6 +23,20 @@ def test_objective_is_the_mean_validation_accuracy_of_the_last_three_evaluations
     history = [{"round": r, "val/acc_mean": v, "test/acc_mean": 1.0} for r, v in enumerate([0.1, 0.2, 0.4, 0.6], 1)]
     assert objective_value(history) == pytest.approx((0.2 + 0.4 + 0.6) / 3)
     assert objective_value([]) is None
+    # objective=adapted: score (b)'s validation accuracy, over the evaluations that adapted (FedBABU's number)
+    history[1]["val/adapted_acc_mean"], history[3]["val/adapted_acc_mean"] = 0.5, 0.9
+    assert objective_value(history, "adapted") == pytest.approx((0.5 + 0.9) / 2)
+
+
+def test_an_adapted_objective_without_adaptation_is_refused_before_training(synthetic_cfg):
+    from pfedla.errors import ConfigError
+    from pfedla.validate import validate_config
+
+    with pytest.raises(ConfigError, match="federation.adapt_every"):
+        validate_config(synthetic_cfg("objective=adapted", "federation.adapt_every=0"))
+    with pytest.raises(ConfigError, match="objective"):
+        validate_config(synthetic_cfg("objective=test"))
+    validate_config(synthetic_cfg("objective=adapted", "federation.adapt_every=5"))
 
 
 @pytest.mark.slow
