@@ -123,8 +123,8 @@ def test_pfedme_steps_solve_the_moreau_inner_problem_then_move_the_local_model()
 
 
 def test_ditto_pulls_the_personal_model_towards_the_global_model_it_received():
-    from pfedla.algorithms.ditto import PERSONAL as P
     from pfedla.algorithms.ditto import Ditto
+    from pfedla.algorithms.stacked import PERSONAL as P
 
     model = tiny_model()
     algo = Ditto(model, 1, OmegaConf.create(dict(lam=0.5)))

@@ -20,9 +20,8 @@ from omegaconf import MISSING
 from torch import nn
 
 from pfedla.algorithms.base import LocalPlan, Objective, Options, options
-from pfedla.algorithms.ditto import prefixed, unprefixed
 from pfedla.algorithms.fedavg import FedAvg
-from pfedla.algorithms.stacked import ClientModel, StackedTensors
+from pfedla.algorithms.stacked import ClientModel, StackedTensors, prefixed, unprefixed
 from pfedla.errors import check
 
 LOCAL, ALPHA = "local/", "mix/alpha"

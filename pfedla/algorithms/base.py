@@ -255,6 +255,11 @@ class Algorithm(nn.Module):
         pass
 
     # --- helpers ----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the server state lives (its buffers follow the module: Lightning moves them)."""
+        return self.bytes_up.device
+
     def own_model(self, i: int) -> ClientModel:
         return ClientModel(
             {n: t.clone() for n, t in self.client_params.row(i).items()},

@@ -19,7 +19,7 @@ from torch import nn
 
 from pfedla.algorithms.base import LocalPlan, Objective, Options, options
 from pfedla.algorithms.fedavg import FedAvg
-from pfedla.algorithms.stacked import ClientModel
+from pfedla.algorithms.stacked import PERSONAL, ClientModel, prefixed, unprefixed
 from pfedla.errors import check
 from pfedla.local_rules import cross_entropy
 
@@ -28,20 +28,6 @@ from pfedla.local_rules import cross_entropy
 @dataclass
 class DittoOptions(Options):
     lam: float = MISSING  # the personal model's pull lambda/2 ||v - w||^2 towards the received global model
-
-
-PERSONAL = "personal/"
-
-
-def prefixed(model: ClientModel, prefix: str) -> ClientModel:
-    """``model``'s tensors under ``prefix`` + their names (a second model in a client's training state)."""
-    return ClientModel({prefix + n: t for n, t in model.params.items()},
-                       {prefix + n: t for n, t in model.buffers.items()})
-
-
-def unprefixed(params: dict, buffers: dict, prefix: str, param_names, buffer_names) -> ClientModel:
-    """The model stored under ``prefix`` in a client's training state, under the model's own names."""
-    return ClientModel({n: params[prefix + n] for n in param_names}, {n: buffers[prefix + n] for n in buffer_names})
 
 
 class Ditto(FedAvg):

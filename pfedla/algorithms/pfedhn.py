@@ -83,7 +83,7 @@ class PFedHN(Algorithm):
         """pFedHN's recipe for a new client (the paper's generalization experiment): the hypernetwork stays
         frozen and only a new embedding is trained, each local round by the same objective and optimizer
         settings as in training (hn_lr, momentum, weight decay, the gradient clipped to hn_max_grad_norm)."""
-        device = self.bytes_up.device
+        device = self.device
         embedding = torch.randn(1, self.embeddings.embedding_dim, generator=generator).to(device)  # as nn.Embedding
         velocity = torch.zeros_like(embedding) if self.momentum else None
         buffers = initial.buffers
@@ -106,7 +106,7 @@ class PFedHN(Algorithm):
 
     def begin_round(self, sampled: list[int]) -> None:
         super().begin_round(sampled)
-        self._clients = torch.tensor(sampled, device=self.bytes_up.device)
+        self._clients = torch.tensor(sampled, device=self.device)
         self._row = {c: r for r, c in enumerate(sampled)}
         self._generated = self.generate(self._clients)  # graph kept for end_round
         self._grad_outputs = {n: torch.zeros_like(t) for n, t in self._generated.items()}
@@ -134,7 +134,7 @@ class PFedHN(Algorithm):
                                             grad_outputs=[self._grad_outputs[n] for n in names]))
         total: list[torch.Tensor | None] = [None] * len(params)
         for i in self._trained:  # one client's own forward pass: O(clients), not O(clients^2)
-            generated = self.generate(torch.tensor([i], device=self.bytes_up.device))
+            generated = self.generate(torch.tensor([i], device=self.device))
             grads = torch.autograd.grad([generated[n][0] for n in names], params, allow_unused=True,
                                         grad_outputs=[self._grad_outputs[n][self._row[i]] for n in names])
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]))
@@ -159,7 +159,7 @@ class PFedHN(Algorithm):
     def personalized_models(self, clients: list[int]) -> list[ClientModel]:
         """pFedHN's personalized model is the one the hypernetwork generates for the client."""
         out = []
-        for chunk in torch.tensor(clients, device=self.bytes_up.device).split(256):  # bounded memory
+        for chunk in torch.tensor(clients, device=self.device).split(256):  # bounded memory
             generated = self.generate(chunk)
             out += [ClientModel({n: t[r] for n, t in generated.items()}, self.client_buffers.row(i))
                     for r, i in enumerate(chunk.tolist())]

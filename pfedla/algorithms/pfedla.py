@@ -114,7 +114,7 @@ class PFedLA(Algorithm):
     # --- round ------------------------------------------------------------------------------------
     def begin_round(self, sampled: list[int]) -> None:
         super().begin_round(sampled)
-        clients = torch.tensor(sampled, device=self.bytes_up.device)
+        clients = torch.tensor(sampled, device=self.device)
         self._clients, self._row = clients, {c: r for r, c in enumerate(sampled)}
         if self.alpha_rule == "similarity" and not getattr(self, "_similarity_known", False):
             raise RuntimeError("alpha=similarity needs set_label_counts(train_counts) before the first round")
@@ -172,7 +172,7 @@ class PFedLA(Algorithm):
         """theta_bar_i from the current hypernetworks and models: what client i would be sent now
         (HeurpFedLA: its retained layers are its own). Its local adaptation is score (b)."""
         out = []
-        for chunk in torch.tensor(clients, device=self.bytes_up.device).split(64):  # bounded memory
+        for chunk in torch.tensor(clients, device=self.device).split(64):  # bounded memory
             alpha, retained = self._effective_alpha(self._alpha(chunk), chunk)
             aggregated = aggregate(self.server_view, alpha, self.layers)
             for r, i in enumerate(chunk.tolist()):
@@ -197,8 +197,8 @@ class PFedLA(Algorithm):
         (``uniform``: 1/(N+1) each; ``self``: its own alone, Local's recipe) and has no hypernetwork to fit."""
         if self.hypernetworks is None:
             return self._new_client_fixed_alpha(initial, fit, rounds)
-        n, me = self.num_clients, torch.tensor([self.num_clients], device=self.bytes_up.device)
-        hypernetwork = LayerwiseHypernetworks(n + 1, *self.hn_settings, generator=generator).to(self.bytes_up.device)
+        n, me = self.num_clients, torch.tensor([self.num_clients], device=self.device)
+        hypernetwork = LayerwiseHypernetworks(n + 1, *self.hn_settings, generator=generator).to(self.device)
         pool = {name: torch.cat([t, initial.params[name][None].to(t.dtype)]) for name, t in self.server_view.items()}
         buffers = initial.buffers
         for r in range(1, rounds + 1):
@@ -221,7 +221,7 @@ class PFedLA(Algorithm):
 
     def _new_client_fixed_alpha(self, initial: ClientModel, fit, rounds: int) -> ClientModel:
         n = self.num_clients
-        rule = fixed_alpha(self.alpha_rule, n + 1, len(self.layers))[n:].to(self.bytes_up.device)  # [1, L, N+1]
+        rule = fixed_alpha(self.alpha_rule, n + 1, len(self.layers))[n:].to(self.device)  # [1, L, N+1]
         pool = {name: torch.cat([t, initial.params[name][None].to(t.dtype)]) for name, t in self.server_view.items()}
         buffers = initial.buffers
         for r in range(1, rounds + 1):
@@ -245,7 +245,7 @@ class PFedLA(Algorithm):
         nothing: with relu normalisation such a client's heads get no gradient for that layer, so it stays
         collapsed (tests/test_pfedla.py)."""
         own = []
-        for clients in torch.arange(self.num_clients, device=self.bytes_up.device).split(256):
+        for clients in torch.arange(self.num_clients, device=self.device).split(256):
             with torch.no_grad():
                 alpha = self._alpha(clients)
             peers = alpha.clone()
@@ -281,7 +281,7 @@ class PFedLA(Algorithm):
     def current_alpha(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha [N, L, N], retained [N, L]) that every client would get now; rows i -> columns j."""
         alphas, retains = [], []
-        for clients in torch.arange(self.num_clients, device=self.bytes_up.device).split(256):  # bounded memory
+        for clients in torch.arange(self.num_clients, device=self.device).split(256):  # bounded memory
             alpha, retained = self._effective_alpha(self._alpha(clients), clients)
             alphas.append(alpha)
             retains.append(torch.zeros(alpha.shape[:2], dtype=torch.bool, device=alpha.device)

@@ -22,9 +22,8 @@ from omegaconf import MISSING
 from torch import nn
 
 from pfedla.algorithms.base import LocalPlan, Objective, Options, options
-from pfedla.algorithms.ditto import PERSONAL, prefixed, unprefixed
 from pfedla.algorithms.fedavg import FedAvg
-from pfedla.algorithms.stacked import ClientModel
+from pfedla.algorithms.stacked import PERSONAL, ClientModel, prefixed, unprefixed
 from pfedla.errors import check
 
 

@@ -22,6 +22,20 @@ class ClientModel:
     buffers: Tensors
 
 
+PERSONAL = "personal/"  # a client's personal model in its training state (Ditto, pFedMe)
+
+
+def prefixed(model: ClientModel, prefix: str) -> ClientModel:
+    """``model``'s tensors under ``prefix`` + their names (a second model in a client's training state)."""
+    return ClientModel({prefix + n: t for n, t in model.params.items()},
+                       {prefix + n: t for n, t in model.buffers.items()})
+
+
+def unprefixed(params: dict, buffers: dict, prefix: str, param_names, buffer_names) -> ClientModel:
+    """The model stored under ``prefix`` in a client's training state, under the model's own names."""
+    return ClientModel({n: params[prefix + n] for n in param_names}, {n: buffers[prefix + n] for n in buffer_names})
+
+
 class StackedTensors(nn.Module):
     """Named tensors with a leading client axis, kept as buffers so Lightning checkpoints them."""
 
