@@ -15,7 +15,7 @@ from torch.func import functional_call, grad, vmap
 
 from pfedla import optim
 from pfedla.compute import REFERENCE, Compute
-from pfedla.local_rules import Tensors, clamp, epoch_phases, objective_grad, split
+from pfedla.local_rules import Tensors, active_objectives, clamp, epoch_phases, objective_grad, split
 
 TrainResult = tuple[Tensors, Tensors, torch.Tensor]
 
@@ -85,8 +85,9 @@ def train_clients_vmap(
             x = torch.stack([data[c][0][i] for c, i in zip(members, idx)])
             y = torch.stack([data[c][1][i] for c, i in zip(members, idx)])
             if steps:  # each objective in order, on these clients' rows, as the loop engine runs them
-                for k, (objective, vstep) in enumerate(zip(steps, objective_steps)):
-                    trained, fixed = split({n: v[rows] for n, v in params.items()}, objective.names)
+                for k, (objective, vstep, trained_names) in enumerate(
+                        active_objectives(steps, objective_steps, names_trained)):
+                    trained, fixed = split({n: v[rows] for n, v in params.items()}, trained_names)
                     received = {n: v[rows] for n, v in anchor.items()}
                     grads, (loss, new_b) = vstep(trained, fixed, received, {n: v[rows] for n, v in buffers.items()},
                                                  x, y)

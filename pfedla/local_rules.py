@@ -68,6 +68,17 @@ def objective_grad(objective, model: nn.Module, compute: Compute = REFERENCE):
     return grad(loss, has_aux=True)
 
 
+def active_objectives(steps, step_fns, in_phase) -> list[tuple]:
+    """(objective, its step function, the names it trains) for a phase training ``in_phase`` (None: every name):
+    each objective on its names within the phase's, those with none there left out."""
+    out = []
+    for objective, fn in zip(steps, step_fns):
+        names = objective.names if in_phase is None else objective.names & in_phase
+        if names:
+            out.append((objective, fn, names))
+    return out
+
+
 def split(params: Tensors, names) -> tuple[Tensors, Tensors]:
     """(the tensors an objective trains, the rest)."""
     return {n: t for n, t in params.items() if n in names}, {n: t for n, t in params.items() if n not in names}
@@ -92,14 +103,15 @@ def train_by_objectives(model, params, buffers, x, y, *, steps, epochs, phases, 
     grads_of = [objective_grad(o, model, compute) for o in steps]
     model.train()
     losses, done = [], 0
-    for _ in epoch_phases(epochs, phases):
+    for in_phase in epoch_phases(epochs, phases):
+        active = active_objectives(steps, grads_of, in_phase)
         order = torch.randperm(len(y), generator=generator).to(y.device)
         for start in range(0, len(y), batch_size):
             if max_batches is not None and done >= max_batches:
                 break
             batch = order[start : start + batch_size]
-            for k, (objective, grad_of) in enumerate(zip(steps, grads_of)):
-                trained, fixed = split(params, objective.names)
+            for k, (objective, grad_of, names) in enumerate(active):
+                trained, fixed = split(params, names)
                 grads, (loss, new_buffers) = grad_of(trained, fixed, received, buffers, x[batch], y[batch])
                 for n, g in grads.items():
                     optim.sgd(params[n], g, lr=lr if objective.lr is None else objective.lr, momentum=momentum,

@@ -158,8 +158,8 @@ def test_auto_devices_runs_one_process_per_core_and_equals_the_explicit_run(tmp_
                                        ["algorithm=pfedla", "federation.unseen_fraction=0.25",
                                         "federation.unseen_rounds=2"],
                                        ["algorithm=fedfomo", "algorithm.peers=2"], ["algorithm=apfl", "model=cnn_bn"],
-                                       ["algorithm=fedproto", "model=cnn_bn"]],
-                         ids=["pfedla-bn", "fedavg", "pfedla-unseen", "fedfomo", "apfl-bn", "fedproto-bn"])
+                                       ["algorithm=fedproto", "model=cnn_bn"], ["algorithm=fedpac", "model=cnn_bn"]],
+                         ids=["pfedla-bn", "fedavg", "pfedla-unseen", "fedfomo", "apfl-bn", "fedproto-bn", "fedpac-bn"])
 def test_two_processes_equal_one_process(tmp_path, algorithm):
     runs = {}
     for k in (1, 2):

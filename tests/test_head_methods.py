@@ -3,7 +3,9 @@
 reductions, and what their scores are."""
 
 import copy
+import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from torch.func import functional_call
 from pfedla.algorithms.base import ClientData, LocalPlan, Report
 from pfedla.algorithms.fedala import STARTED, WEIGHT, FedALA
 from pfedla.algorithms.fedbabu import FedBABU
+from pfedla.algorithms.fedpac import COUNTS, MEANS, TARGET, FedPAC, H, V, combination_weights, simplex_qp, statistics
 from pfedla.algorithms.fedproto import LOCAL, LOCAL_HAS, FedProto
 from pfedla.algorithms.fedrod import LOG_PRIOR, NO_CLASS, PERSONAL_HEAD, FedRoD
 from pfedla.algorithms.stacked import ClientModel
@@ -267,3 +270,119 @@ def test_fedala_skips_round_one_and_with_weights_held_at_one_is_fedavg(synthetic
     assert_states_close({n: ala.algorithm.global_model[n] for n in ala.algorithm.param_names},
                         fedavg.algorithm.global_model.as_dict(), rtol=1e-4, atol=1e-5)
     assert ala.algorithm.started.sum() == 4  # every client made its first adaptation in round 2
+
+
+def _qp_by_supports(matrix: np.ndarray) -> np.ndarray:
+    """argmin a'Ma over the simplex, exhaustively: on each support S the equality-constrained minimiser (KKT), the
+    feasible one of least value."""
+    m, best, value = len(matrix), None, np.inf
+    for size in range(1, m + 1):
+        for support in itertools.combinations(range(m), size):
+            s = list(support)
+            kkt = np.zeros((size + 1, size + 1))
+            kkt[:size, :size], kkt[:size, size], kkt[size, :size] = 2 * matrix[np.ix_(s, s)], 1, 1
+            solution = np.linalg.lstsq(kkt, np.r_[np.zeros(size), 1.0], rcond=None)[0][:size]
+            if solution.min() >= -1e-12:
+                a = np.zeros(m)
+                a[s] = solution
+                if a @ matrix @ a < value - 1e-15:
+                    best, value = a, a @ matrix @ a
+    return best
+
+
+def test_fedpacs_qp_solver_matches_the_exhaustive_solution():
+    rng = np.random.default_rng(0)
+    for m in (1, 2, 3, 4, 5):
+        for _ in range(8):
+            root = rng.normal(size=(m, m)) * rng.uniform(0.1, 3)
+            matrix = root @ root.T + np.diag(rng.uniform(0, 0.5, m))
+            got, want = simplex_qp(matrix), _qp_by_supports(matrix)
+            assert got @ matrix @ got == pytest.approx(want @ matrix @ want, abs=1e-9)
+            np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_fedpac_statistics_and_head_weights_by_hand():
+    gen = torch.Generator().manual_seed(8)
+    f, y = torch.randn(10, 4, generator=gen, dtype=torch.float64), torch.tensor([0, 0, 0, 2, 2, 0, 2, 0, 0, 2])
+    v, h = statistics(f, y, 3)
+    p = {c: float((y == c).sum()) / 10 for c in range(3)}
+    mu = {c: f[y == c].mean(0) if (y == c).any() else torch.zeros(4, dtype=torch.float64) for c in range(3)}
+    by_hand = sum(p[c] * float((f[y == c] ** 2).sum(1).mean()) - p[c] ** 2 * float(mu[c] @ mu[c])
+                  for c in range(3) if p[c] > 0) / 10
+    assert v.item() == pytest.approx(by_hand, rel=1e-12)
+    for c in range(3):
+        torch.testing.assert_close(h[c], p[c] * mu[c])
+    hs = torch.randn(3, 3, 4, generator=gen, dtype=torch.float64)  # three participants' h
+    vs = torch.tensor([0.5, 0.2, 0.9], dtype=torch.float64)
+    weights = combination_weights(vs, hs, 1)
+    matrix = np.diag(vs.numpy()).astype(float)
+    for j in range(3):
+        for k in range(3):
+            matrix[j, k] += sum(float((hs[1, c] - hs[j, c]) @ (hs[1, c] - hs[k, c])) for c in range(3))
+    want = _qp_by_supports(matrix)
+    want = np.where(want > 1e-3, want, 0)
+    np.testing.assert_allclose(weights.numpy(), want / want.sum(), atol=1e-4)
+    assert weights.sum().item() == pytest.approx(1.0) and weights[1] > 0
+
+
+def test_fedpac_trains_its_head_first_then_its_body_with_feature_alignment():
+    model = tiny_model(batch_norm=True)
+    algo = FedPAC(model, 2, OmegaConf.create(dict(lam=0.6, head_epochs=1, head_lr=0.3)))
+    gen = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        algo.centroids["centroids"][0].copy_(torch.randn(3, 4, generator=gen))
+        algo.centroids["has"][0].copy_(torch.tensor([1.0, 0.0, 1.0]))  # class 1: the client's own mean instead
+    algo.begin_round([0])
+    sent = algo.model_for(0)
+    x, y = toy_batch(12)
+    plan = algo.local_plan(1)
+    start, added = plan.prepare(sent, ClientData(None, x, y, torch.Generator(), 12))
+    got, _, _ = train_client(model, start.params, start.buffers, x, y, generator=torch.Generator().manual_seed(0),
+                             **plan.training_args(CLIENT))
+    own = {n: start.params[n].clone() for n in algo.param_names}
+    buffers = {n: b.clone() for n, b in start.buffers.items()}
+    model.eval()
+    f0 = functional_call(model, {**own, **buffers}, (x,), {"features": True}).double()
+    target = torch.stack([algo.centroids["centroids"][0][c] if c != 1 else f0[y == 1].mean(0).float()
+                          for c in range(3)])
+    torch.testing.assert_close(start.params[TARGET], target)
+    v, h = statistics(f0, y, 3)
+    torch.testing.assert_close(added[V], v.float())
+    # By hand: one step of the head alone at head_lr (one batch), then one of the body alone
+    model.train()
+    w = {n: t.clone().requires_grad_(n.startswith("fc3.")) for n, t in own.items()}
+    loss = F.cross_entropy(functional_call(model, {**w, **buffers}, (x,)), y)
+    grads = dict(zip(["fc3.weight", "fc3.bias"], torch.autograd.grad(loss, [w["fc3.weight"], w["fc3.bias"]])))
+    after_head = {n: (t.detach() - 0.3 * grads[n]) if n in grads else t.detach() for n, t in w.items()}
+    body = {n: t.clone().requires_grad_(not n.startswith("fc3.")) for n, t in after_head.items()}
+    features = functional_call(model, {**body, **buffers}, (x,), {"features": True})
+    logits = F.linear(features, body["fc3.weight"], body["fc3.bias"])
+    loss = F.cross_entropy(logits, y) + 0.6 * ((features - target[y]) ** 2).mean()
+    names = [n for n in body if not n.startswith("fc3.")]
+    grads = dict(zip(names, torch.autograd.grad(loss, [body[n] for n in names])))
+    for n, t in body.items():
+        want = t.detach() - 0.1 * grads[n] if n in grads else t.detach()
+        torch.testing.assert_close(got[n], want, rtol=1e-5, atol=1e-6)
+
+
+def test_fedpac_server_weights_centroids_by_counts_and_combines_heads_by_its_qp(synthetic_cfg, tmp_path):
+    module = setup(synthetic_cfg("algorithm=fedpac", "model=cnn_bn", "federation.rounds=1",
+                                 "federation.adapt_every=0"))
+    reports = []
+    algo = module.algorithm
+    original = algo.receive_round
+    algo.receive_round = lambda rs: (reports.extend(rs), original(rs))
+    run(module.cfg, tmp_path / "pac", module=module)
+    counts = torch.stack([r.trained.params[COUNTS].double() for r in reports])
+    means = torch.stack([r.trained.params[MEANS].double() for r in reports])
+    for c in range(counts.shape[1]):
+        if counts[:, c].sum() > 0:
+            by_hand = sum(counts[j, c] * means[j, c] for j in range(len(reports))) / counts[:, c].sum()
+            torch.testing.assert_close(algo.centroids["centroids"][0][c], by_hand.float())
+    v = torch.cat([r.trained.params[V].double() for r in reports])
+    h = torch.stack([r.trained.params[H].double() for r in reports])
+    for k, r in enumerate(reports):
+        weights = combination_weights(v, h, k)
+        assert algo.head_weights[r.client, [q.client for q in reports]].tolist() == pytest.approx(weights.tolist())
+        head = sum(weights[j] * reports[j].trained.params["fc3.weight"].double() for j in range(len(reports)))
+        torch.testing.assert_close(algo.client_params["fc3.weight"][r.client], head.float())

@@ -280,7 +280,8 @@ def test_fedfomo_affinities_add_up_and_pick_the_peers():
 
 
 ALL = ["fedavg", "fedprox", "fedper", "fedrep", "lgfedavg", "ditto", "apfl", "fedfomo", "pfedme", "perfedavg",
-       "pfedhn", "local", "heurpfedla", "fedamp", "pfedgraph", "fedrod", "fedbabu", "fedproto", "fedala"]
+       "pfedhn", "local", "heurpfedla", "fedamp", "pfedgraph", "fedrod", "fedbabu", "fedproto", "fedala",
+       "fedpac"]
 # pfedla, fedbn: tests/test_engines.py, tests/test_run.py
 
 

@@ -43,7 +43,7 @@ def test_held_out_clients_never_enter_a_training_round(synthetic_cfg, tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["pfedla", "heurpfedla", "pfedhn", "fedavg", "fedbn", "local", "fedamp",
                                        "pfedgraph", "fedrod", "fedbabu", "fedproto",
-                                       "fedala"])
+                                       "fedala", "fedpac"])
 def test_a_recipe_changes_only_the_new_clients_parameters(synthetic_cfg, algorithm):
     module = setup(synthetic_cfg(f"algorithm={algorithm}", "model=cnn_bn"))
     algo = module.algorithm
@@ -59,7 +59,7 @@ def test_a_recipe_changes_only_the_new_clients_parameters(synthetic_cfg, algorit
     out = algo.personalize_new_client(initial, fit, 2, torch.Generator().manual_seed(3))
     after = algo.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert len(sent) == (0 if algorithm in ("fedavg", "fedbn", "fedrod", "fedbabu", "fedala") else 2)
+    assert len(sent) == (0 if algorithm in ("fedavg", "fedbn", "fedrod", "fedbabu", "fedala", "fedpac") else 2)
     assert set(out.params) == set(initial.params)
 
 

@@ -74,11 +74,13 @@ class LocalPlan:
     By default SGD with the client.* settings on the cross-entropy of the model it received, in ``phases`` of
     (epochs, the parameter names trained then; None: all) one after another (FedRep: the head, then the
     body), plus ``prox_mu``/2 ||w - w_received||^2 in the loss (FedProx; 0: none). ``steps`` replaces that
-    loss: every batch runs these objectives in order (several models per client, learned mixing weights,
-    inner problems: Ditto, APFL, pFedMe, Per-FedAvg). ``prepare`` runs before training, with the client's
-    own data (FedFomo scores the models it received on validation, FedALA learns its aggregation weights);
-    ``finish`` after it, with its train data (FedProto computes its class prototypes). ``lr`` replaces
-    client.lr, ``max_batches`` stops after that many batches (Per-FedAvg's one-step adaptation)."""
+    loss: every batch runs these objectives in order (several models per client, learned mixing weights, inner
+    problems: Ditto, APFL, pFedMe, Per-FedAvg), each on its names within the phase's (one with none there is
+    skipped: FedPAC trains its head by one loss, then its body by another). ``prepare`` runs before training,
+    with the client's own data (FedFomo scores the models it received on validation, FedALA learns its
+    aggregation weights); ``finish`` after it, with its train data (FedProto computes its class prototypes).
+    ``lr`` replaces client.lr, ``max_batches`` stops after that many batches (Per-FedAvg's one-step
+    adaptation)."""
 
     phases: tuple[tuple[int, frozenset[str] | None], ...]
     prox_mu: float = 0.0
@@ -89,9 +91,9 @@ class LocalPlan:
     finish: Finish | None = None
 
     def __post_init__(self):
-        if self.steps and (self.prox_mu or any(names is not None for _, names in self.phases)):
-            raise ValueError("a LocalPlan with steps trains what each Objective names: put a proximal term or a "
-                             "subset of parameters into the objectives, not into prox_mu or phases")
+        if self.steps and self.prox_mu:
+            raise ValueError("a LocalPlan with steps trains what each Objective names: put a proximal term into "
+                             "the objectives, not into prox_mu")
 
     @classmethod
     def epochs(cls, epochs: int, prox_mu: float = 0.0, **fields) -> LocalPlan:
