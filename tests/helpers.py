@@ -48,3 +48,19 @@ def assert_states_close(got: dict, expected: dict, rtol: float = 1e-3, atol: flo
             torch.testing.assert_close(got[name], value, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
         else:
             assert torch.equal(got[name], value), name
+
+
+def trained_module(synthetic_cfg, run_dir, *overrides):
+    """A FederatedModule after a whole synthetic run with these overrides (its run dir: ``run_dir``)."""
+    from pfedla.run import run, setup
+
+    module = setup(synthetic_cfg(*overrides))
+    run(module.cfg, run_dir, module=module)
+    return module
+
+
+def assert_same_personalized_models(first, second, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Two trained modules score the same model (a) for every client, to float tolerance."""
+    for i in range(first.data.num_clients):
+        a, b = first.algorithm.personalized_model(i), second.algorithm.personalized_model(i)
+        assert_states_close({**a.params, **a.buffers}, {**b.params, **b.buffers}, rtol=rtol, atol=atol)

@@ -16,8 +16,8 @@ from pfedla.algorithms.fedamp import CLOUD, FedAMP
 from pfedla.algorithms.pfedgraph import CLUSTER, PFedGraph, graph_rows, project_to_simplex
 from pfedla.algorithms.stacked import ClientModel
 from pfedla.client import train_client
-from pfedla.run import run, setup
-from tests.helpers import assert_states_close, tiny_model, toy_batch
+from pfedla.run import setup
+from tests.helpers import assert_same_personalized_models, tiny_model, toy_batch, trained_module
 
 CLIENT = OmegaConf.create(dict(batch_size=12, lr=0.1, momentum=0.0, weight_decay=0.0))  # one batch of toy_batch(12)
 
@@ -145,17 +145,14 @@ def test_pfedgraph_local_step_is_sgd_on_cross_entropy_minus_lam_times_the_graph_
 
 def test_pfedgraph_with_a_huge_alpha_and_no_pull_is_fedavg(synthetic_cfg, tmp_path):
     common = ("model=cnn_bn", "federation.participation=1.0", "federation.adapt_every=0")
-    graph = setup(synthetic_cfg("algorithm=pfedgraph", "algorithm.alpha=1e12", "algorithm.lam=0", *common))
-    run(graph.cfg, tmp_path / "graph", module=graph)
-    fedavg = setup(synthetic_cfg("algorithm=fedavg", *common))
-    run(fedavg.cfg, tmp_path / "fedavg", module=fedavg)
+    graph = trained_module(synthetic_cfg, tmp_path / "graph", "algorithm=pfedgraph", "algorithm.alpha=1e12",
+                           "algorithm.lam=0", *common)
+    fedavg = trained_module(synthetic_cfg, tmp_path / "fedavg", "algorithm=fedavg", *common)
     header = (tmp_path / "graph/metrics.csv").read_text().splitlines()[0].split(",")
     assert header[-1] == "pfedgraph/self_weight"  # the method's own statistic, beside the scores
     sizes = torch.tensor(graph.data.train_sizes, dtype=torch.float64)
     assert torch.allclose(graph.algorithm.graph, (sizes / sizes.sum()).expand(4, 4))
-    for i in range(4):
-        a, b = graph.algorithm.personalized_model(i), fedavg.algorithm.personalized_model(i)
-        assert_states_close({**a.params, **a.buffers}, {**b.params, **b.buffers}, rtol=1e-4, atol=1e-5)
+    assert_same_personalized_models(graph, fedavg)
 
 
 def test_fedamp_cloud_models_follow_the_papers_attention_by_hand():
@@ -211,15 +208,9 @@ def test_fedamp_local_step_is_sgd_on_cross_entropy_plus_its_pull_towards_the_clo
 
 def test_fedamp_without_its_pull_is_local(synthetic_cfg, tmp_path):
     common = ("model=cnn_bn", "federation.adapt_every=0")
-    amp = setup(synthetic_cfg("algorithm=fedamp", "algorithm.lam=0", *common))
-    run(amp.cfg, tmp_path / "amp", module=amp)
-    local = setup(synthetic_cfg("algorithm=local", *common))
-    run(local.cfg, tmp_path / "local", module=local)
-    for i in range(4):
-        a, b = amp.algorithm.personalized_model(i), local.algorithm.personalized_model(i)
-        assert_states_close({**a.params, **a.buffers}, {**b.params, **b.buffers}, rtol=1e-4, atol=1e-5)
-    pulled = setup(synthetic_cfg("algorithm=fedamp", "algorithm.lam=0.05", *common))
-    run(pulled.cfg, tmp_path / "pulled", module=pulled)
+    amp = trained_module(synthetic_cfg, tmp_path / "amp", "algorithm=fedamp", "algorithm.lam=0", *common)
+    assert_same_personalized_models(amp, trained_module(synthetic_cfg, tmp_path / "local", "algorithm=local", *common))
+    pulled = trained_module(synthetic_cfg, tmp_path / "pulled", "algorithm=fedamp", "algorithm.lam=0.05", *common)
     assert not torch.allclose(pulled.algorithm.client_params["fc3.weight"], amp.algorithm.client_params["fc3.weight"])
 
 

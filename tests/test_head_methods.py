@@ -21,7 +21,7 @@ from pfedla.algorithms.fedrod import LOG_PRIOR, NO_CLASS, PERSONAL_HEAD, FedRoD
 from pfedla.algorithms.stacked import ClientModel
 from pfedla.client import features_of, train_client
 from pfedla.run import run, setup
-from tests.helpers import assert_states_close, tiny_model, toy_batch
+from tests.helpers import assert_same_personalized_models, assert_states_close, tiny_model, toy_batch, trained_module
 
 CLIENT = OmegaConf.create(dict(batch_size=12, lr=0.1, momentum=0.0, weight_decay=0.0))  # one batch of toy_batch(12)
 
@@ -197,16 +197,11 @@ def test_fedproto_local_step_is_cross_entropy_plus_ld_times_the_mse_to_the_label
 
 def test_fedproto_without_its_prototype_term_is_local(synthetic_cfg, tmp_path):
     common = ("model=cnn_bn", "federation.adapt_every=0")
-    proto = setup(synthetic_cfg("algorithm=fedproto", "algorithm.ld=0", *common))
-    run(proto.cfg, tmp_path / "proto", module=proto)
-    local = setup(synthetic_cfg("algorithm=local", *common))
-    run(local.cfg, tmp_path / "local", module=local)
-    for i in range(4):
-        a, b = proto.algorithm.personalized_model(i), local.algorithm.personalized_model(i)
-        assert_states_close({**a.params, **a.buffers}, {**b.params, **b.buffers}, rtol=1e-4, atol=1e-5)
+    proto = trained_module(synthetic_cfg, tmp_path / "proto", "algorithm=fedproto", "algorithm.ld=0", *common)
+    assert_same_personalized_models(proto, trained_module(synthetic_cfg, tmp_path / "local", "algorithm=local",
+                                                          *common))
     assert proto.algorithm.global_has.sum() > 0 and int(proto.algorithm.bytes_up) > 0
-    pulled = setup(synthetic_cfg("algorithm=fedproto", "algorithm.ld=10", *common))
-    run(pulled.cfg, tmp_path / "pulled", module=pulled)
+    pulled = trained_module(synthetic_cfg, tmp_path / "pulled", "algorithm=fedproto", "algorithm.ld=10", *common)
     moved = pulled.algorithm.client_params["fc2.weight"] - proto.algorithm.client_params["fc2.weight"]
     assert moved.abs().max() > 1e-4
 
