@@ -18,8 +18,9 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pfedla.client import client_generator, train_client
 from pfedla.compute import Compute
+from pfedla.engines.batches import client_generator
+from pfedla.engines.loop import train_client
 from pfedla.models.cnn import CNN
 
 

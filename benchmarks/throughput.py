@@ -70,7 +70,7 @@ def flops_per_sample(model, x: torch.Tensor, y: torch.Tensor) -> float:
 def reference_round(module, sampled: list[int], round_idx: int) -> float:
     """The same clients, batches and SGD as the framework's round, with nn.Module + torch.optim.SGD only
     (in the run's memory format, the standard ``model.to(memory_format=...)`` way)."""
-    from pfedla.client import client_generator
+    from pfedla.engines.batches import client_generator
 
     cl = module.cfg.client
     model = copy.deepcopy(module.model).to(memory_format=module.compute.memory_format)

@@ -75,13 +75,13 @@ MAX_AUTO_PROCESSES = 8  # every rank holds the data and the server state (pFedLA
 REFERENCE = Compute()  # NCHW, fp32: what every fast path is tested against
 
 
-def choose_compute(trainer_cfg, model: nn.Module, device: torch.device, engine: str) -> Compute:
-    """The run's Compute from ``trainer.memory_format`` (auto: the rule in the module docstring) and
-    ``trainer.precision``."""
+def choose_compute(trainer_cfg, model: nn.Module, device: torch.device, channels_last_engine: bool) -> Compute:
+    """The run's Compute from ``trainer.memory_format`` (auto: the rule in the module docstring;
+    ``channels_last_engine``: the engine can lay weights out as channels_last) and ``trainer.precision``."""
     setting = trainer_cfg.memory_format
     if setting == "auto":
         has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-        setting = "channels_last" if device.type == "cpu" and engine == "loop" and has_conv else "contiguous"
+        setting = "channels_last" if device.type == "cpu" and channels_last_engine and has_conv else "contiguous"
     memory_format = torch.channels_last if setting == "channels_last" else torch.contiguous_format
     return Compute(memory_format, torch.bfloat16 if str(trainer_cfg.precision) == "bf16" else None)
 

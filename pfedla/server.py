@@ -1,9 +1,10 @@
 """The LightningModule that runs federated rounds: one training step (and one epoch) == one round.
 
 Lightning gives the loop, progress bar, loggers and checkpoints; the round itself is plain tensor
-work: sample clients, send ``algorithm.model_for(i)``, train with ``client_trainer`` starting from
-exactly that, then hand every finite result to ``algorithm.receive_round`` in one call. Resume is clean because every
-round boundary is an epoch boundary and all randomness is a function of (seed, round, client).
+work: sample clients, send ``algorithm.model_for(i)``, train with the run's engine (pfedla/engines/)
+starting from exactly that, then hand every finite result to ``algorithm.receive_round`` in one call.
+Resume is clean because every round boundary is an epoch boundary and all randomness is a function of
+(seed, round, client).
 """
 
 from __future__ import annotations
@@ -20,22 +21,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from pfedla.algorithms.base import Algorithm, ClientData, LocalPlan, Report
+from pfedla.algorithms.base import Algorithm, ClientData, LocalPlan, Report, RoundContext
 from pfedla.algorithms.stacked import ClientModel
-from pfedla.client import (
-    STREAM_ADAPT_BATCHES,
-    STREAM_CLIENT_BATCHES,
-    STREAM_PREPARE,
-    client_generator,
-    features_of,
-    mean_loss,
-    predict,
-    train_client,
-)
-from pfedla.client_vmap import predict_clients_vmap, train_clients_vmap
 from pfedla.compute import Compute, choose_compute
 from pfedla.datasets import FederatedData
 from pfedla.distributed import Ranks, tensors_digest
+from pfedla.engines import Engine, make_engine
+from pfedla.engines.batches import STREAM_ADAPT_BATCHES, STREAM_CLIENT_BATCHES, STREAM_PREPARE, client_generator
+from pfedla.engines.evaluation import features_of, mean_loss
 from pfedla.outputs import write_metrics_csv
 from pfedla.sampling import sample_clients
 
@@ -81,7 +74,9 @@ class FederatedModule(L.LightningModule):
         self.partition = data if partition is None else partition  # every client, held out or not
         self.cfg = cfg
         self.run_dir = None  # where metrics.csv is kept current (set by run()); None: nowhere
-        self.client_trainer = train_client  # the seam tests use to observe what a client starts from
+        # How clients train and are scored (client.engine); its Compute is chosen at fit start. The loop engine's
+        # ``train_one`` is the seam tests use to observe what a client starts from.
+        self.engine: Engine = make_engine(cfg.client.engine, model, Compute(), cfg.trainer.eval_batch_size)
         self.client_progress = lambda done, total: None  # set by the progress display
         self.history: list[dict] = []  # one record per evaluation round
         self.rounds_done = 0  # rounds trained so far (checkpointed; evaluation may lag behind)
@@ -89,12 +84,16 @@ class FederatedModule(L.LightningModule):
         self.rejected: list[list[int]] = []  # [round, client] of updates with NaN/Inf, never applied
         self._round_losses: list[torch.Tensor] = []
         self.timings: list[dict] = []  # per round: seconds in client training, server work, evaluation
-        self.compute = Compute()  # memory format and precision of training and evaluation; chosen at fit start
         self.threads = torch.get_num_threads()
 
     @property
     def model(self) -> nn.Module:
         return self.arch[0]
+
+    @property
+    def compute(self) -> Compute:
+        """The memory format and precision of training and evaluation (the engine's; chosen at fit start)."""
+        return self.engine.compute
 
     # --- Lightning plumbing -----------------------------------------------------------------------
     def configure_optimizers(self):
@@ -104,7 +103,7 @@ class FederatedModule(L.LightningModule):
         return DataLoader([0], batch_size=None)  # one step per epoch: the epoch is the round
 
     def on_fit_start(self) -> None:
-        self.compute = choose_compute(self.cfg.trainer, self.model, self.device, self.cfg.client.engine)
+        self.engine.compute = choose_compute(self.cfg.trainer, self.model, self.device, self.engine.channels_last)
         self.threads = torch.get_num_threads()  # as training runs (a launcher may have changed it)
         self.data = self.data.to(self.device, self.compute)
         self.model.to(self.device)
@@ -145,7 +144,7 @@ class FederatedModule(L.LightningModule):
         timer = PhaseTimer(self.device)
         with timer("server"):
             sampled = sample_clients(self.cfg.seed, self.round, self.data.num_clients, fed.participation)
-            self.algorithm.begin_round(sampled)
+            self.algorithm.begin_round(RoundContext(self.round, sampled, self.cfg.seed, self.algorithm.device))
             sent = {i: self.algorithm.model_for(i) for i in sampled}  # all from the start-of-round state
             sizes = [self.data.train_sizes[i] for i in sampled]
             mine = self.ranks.share(sampled, sizes)  # every client when in one process
@@ -188,23 +187,12 @@ class FederatedModule(L.LightningModule):
                 data = ClientData(score, self.data.train_x[i], self.data.train_y[i],
                                   client_generator(self.cfg.seed, self.round, i, STREAM_PREPARE), cl.batch_size)
                 sent[i], added[i] = plan.prepare(sent[i], data)
-        sgd = plan.training_args(cl)
-        if cl.engine == "vmap":
-            results = train_clients_vmap(
-                self.model, [(sent[i].params, sent[i].buffers) for i in sampled],
-                [(self.data.train_x[i], self.data.train_y[i]) for i in sampled],
-                generators=[client_generator(self.cfg.seed, self.round, i, stream) for i in sampled],
-                compute=self.compute, **sgd,
-            )
-        else:
-            results = []
-            for done, i in enumerate(sampled):
-                self.client_progress(done, len(sampled))
-                results.append(self.client_trainer(
-                    self.model, sent[i].params, sent[i].buffers, self.data.train_x[i], self.data.train_y[i],
-                    generator=client_generator(self.cfg.seed, self.round, i, stream),
-                    compute=self.compute, **sgd,
-                ))
+        results = self.engine.train(
+            [(sent[i].params, sent[i].buffers) for i in sampled],
+            [(self.data.train_x[i], self.data.train_y[i]) for i in sampled],
+            [client_generator(self.cfg.seed, self.round, i, stream) for i in sampled],
+            progress=self.client_progress, **plan.training_args(cl),
+        )
         if plan.finish is not None:  # the client's own work on its train data, after it trained
             features = lambda m, x: features_of(self.model, m.params, m.buffers, x, compute=self.compute)
             for i, (params, buffers, _) in zip(sampled, results):
@@ -281,12 +269,7 @@ class FederatedModule(L.LightningModule):
         out = {}
         for split in ("val", "test"):
             xs, ys = data.split(split)
-            if self.cfg.client.engine == "vmap":
-                preds = predict_clients_vmap(self.model, [(m.params, m.buffers) for m in models],
-                                             [xs[i] for i in clients], compute=self.compute)
-            else:
-                preds = [predict(self.model, m.params, m.buffers, xs[i], self.cfg.trainer.eval_batch_size,
-                                 self.compute) for m, i in zip(models, clients)]
+            preds = self.engine.predict([(m.params, m.buffers) for m in models], [xs[i] for i in clients])
             accs = torch.zeros(data.num_clients, device=self.device)
             for i, p in zip(clients, preds):
                 accs[i] = multiclass_accuracy(p, ys[i], num_classes=data.num_classes, average="micro")

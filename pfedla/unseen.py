@@ -5,9 +5,9 @@ clients (renumbered 0..N_seen-1; ``FederatedData.client_ids`` keeps their partit
 client can enter no round, no aggregation and no hypernetwork. After the last round each method
 personalizes for every held-out client by its own published recipe
 (``Algorithm.personalize_new_client``), spending ``federation.unseen_rounds`` local rounds of that
-client's local training (``client.*``, on its train split), and the client is scored as a seen one is:
-(a) the model the recipe produces, (b) that model after the client's local adaptation. Server state is
-never changed, so the seen clients' scores and a resumed run are unaffected.
+client's local training (``client.*``, on its train split, on the run's engine), and the client is
+scored as a seen one is: (a) the model the recipe produces, (b) that model after the client's local
+adaptation. Server state is never changed, so the seen clients' scores and a resumed run are unaffected.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from pfedla.algorithms.stacked import ClientModel
-from pfedla.client import STREAM_ADAPT_BATCHES, client_generator, train_client
 from pfedla.datasets.federated import FederatedData
 from pfedla.datasets.partition import rng_for
+from pfedla.engines.batches import STREAM_ADAPT_BATCHES, client_generator
 from pfedla.fairness import spread
 
 STREAM_UNSEEN = 10  # which clients are held out
@@ -56,14 +56,14 @@ def evaluate_unseen(module, unseen: FederatedData) -> dict:
     cfg, algorithm = module.cfg, module.algorithm
     unseen = unseen.to(module.device, module.compute)
     cl, rounds = cfg.client, cfg.federation.unseen_rounds
-    sgd = {**algorithm.adapt_plan(cl.epochs).training_args(cl), "compute": module.compute}
+    plan_args = algorithm.adapt_plan(cl.epochs).training_args(cl)
     initial = {n: t.detach() for n, t in module.model.named_parameters()}, dict(module.model.named_buffers())
 
     def trainer_for(u: int, stream: int):
         def fit(model: ClientModel, round_idx: int) -> ClientModel:
-            params, buffers, _ = train_client(module.model, model.params, model.buffers, unseen.train_x[u],
-                                              unseen.train_y[u], **sgd,
-                                              generator=client_generator(cfg.seed, round_idx, unseen.ids[u], stream))
+            [(params, buffers, _)] = module.engine.train(
+                [(model.params, model.buffers)], [(unseen.train_x[u], unseen.train_y[u])],
+                [client_generator(cfg.seed, round_idx, unseen.ids[u], stream)], **plan_args)
             return ClientModel(params, buffers)
         return fit
 

@@ -13,6 +13,7 @@ from pfedla.compute import MEMORY_FORMATS, PRECISIONS
 from pfedla.datasets.feature_skew import FEATURES, MAX_GROUPS
 from pfedla.datasets.partition import QUANTITY_LAWS, build_label_skew
 from pfedla.datasets.sources import TEST_IMAGES, build_source
+from pfedla.engines import ENGINES
 from pfedla.errors import check, choice
 from pfedla.models import model_class
 from pfedla.search import OBJECTIVES
@@ -43,7 +44,7 @@ def validate_config(cfg) -> None:
     check(0 <= cl.momentum < 1, "client.momentum", cl.momentum, "must be in [0, 1)", "0.9")
     check(cl.weight_decay >= 0, "client.weight_decay", cl.weight_decay, "must be >= 0", "0.0")
     choice("client.on_nonfinite", cl.on_nonfinite, ("reject", "fail"))
-    choice("client.engine", cl.engine, ("loop", "vmap"))
+    choice("client.engine", cl.engine, tuple(ENGINES))
     tc = cfg.trainer
     check(tc.devices == "auto" or (type(tc.devices) is int and tc.devices >= 1), "trainer.devices", tc.devices,
            "must be auto or an integer >= 1 (processes per node)", "2")
@@ -51,7 +52,7 @@ def validate_config(cfg) -> None:
     choice("trainer.strategy", tc.strategy, ("auto", "ddp"))
     choice("trainer.memory_format", tc.memory_format, MEMORY_FORMATS)
     if tc.memory_format == "channels_last":
-        check(cl.engine == "loop", "trainer.memory_format", tc.memory_format,
+        check(ENGINES[cl.engine].channels_last, "trainer.memory_format", tc.memory_format,
                "needs client.engine=loop (vmap stacks weights into 5-D tensors, which have no channels_last layout)",
                "auto")
     choice("trainer.precision", str(tc.precision), PRECISIONS)

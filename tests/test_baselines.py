@@ -4,10 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pfedla.algorithms.base import RoundContext
 from pfedla.algorithms.fedavg import FedAvg, FedBN, Local
 from pfedla.algorithms.pfedhn import PFedHN
 from pfedla.algorithms.stacked import ClientModel
-from pfedla.client import client_generator
+from pfedla.engines.batches import client_generator
 from pfedla.errors import ConfigError
 from pfedla.models import build_model
 from pfedla.run import run, setup
@@ -40,7 +41,7 @@ def test_fedavg_with_one_client_equals_plain_local_sgd(synthetic_cfg, tmp_path):
 
 def test_fedavg_average_is_sample_weighted():
     algo = FedAvg(tiny_model(), 2)
-    algo.begin_round([0, 1])
+    algo.begin_round(RoundContext(1, [0, 1]))
     sent = {i: algo.model_for(i) for i in (0, 1)}
     for i, (value, samples) in {0: (1.0, 1), 1: (4.0, 3)}.items():
         trained = ClientModel({n: torch.full_like(t, value) for n, t in sent[i].params.items()}, {})
@@ -80,7 +81,7 @@ def test_pfedhn_step_moves_generated_model_toward_trained_model():
                                 hn_weight_decay=0.0))
     algo = PFedHN(tiny_model().double(), 3, cfg).double()
     gen = torch.Generator().manual_seed(0)
-    algo.begin_round([0, 2])
+    algo.begin_round(RoundContext(1, [0, 2]))
     sent = {i: algo.model_for(i) for i in (0, 2)}
     noise = lambda t: 0.1 * torch.randn(t.shape, generator=gen, dtype=t.dtype)
     trained = {i: ClientModel({n: t + noise(t) for n, t in s.params.items()}, {}) for i, s in sent.items()}
@@ -99,14 +100,14 @@ def test_pfedhn_step_moves_generated_model_toward_trained_model():
 def test_local_communicates_nothing_and_clients_only_see_their_own_model(synthetic_cfg, tmp_path):
     cfg = synthetic_cfg("algorithm=local", "federation.rounds=2")
     module = setup(cfg)
-    real, starts = module.client_trainer, []
+    real, starts = module.engine.train_one, []
 
     def spy(model, params, buffers, x, y, **kw):
         out = real(model, params, buffers, x, y, **kw)
         starts.append(({n: p.clone() for n, p in params.items()}, out[0]))
         return out
 
-    module.client_trainer = spy
+    module.engine.train_one = spy
     summary = run(cfg, tmp_path, module=module)
     assert summary["bytes_down"] == summary["bytes_up"] == 0
     for i in range(4):  # round 2 starts from exactly what client i itself produced in round 1
@@ -120,7 +121,7 @@ def test_every_algorithm_sees_the_same_sampled_clients_for_a_seed(synthetic_cfg,
                             "federation.participation=0.5", "federation.rounds=3", *extra)
         module = setup(cfg)
         seen, begin = [], module.algorithm.begin_round
-        module.algorithm.begin_round = lambda clients: (seen.append(list(clients)), begin(clients))
+        module.algorithm.begin_round = lambda ctx: (seen.append(list(ctx.sampled)), begin(ctx))
         run(cfg, tmp_path / f"{algorithm}{seed}", module=module)
         return seen
 
@@ -150,7 +151,7 @@ def test_pfedhn_round_applies_the_sum_of_each_clients_clipped_gradient(max_norm)
     algo = PFedHN(tiny_model().double(), 3, cfg).double()
     before = copy.deepcopy(algo)
     gen = torch.Generator().manual_seed(1)
-    algo.begin_round([0, 2])
+    algo.begin_round(RoundContext(1, [0, 2]))
     sent = {i: algo.model_for(i) for i in (0, 2)}
     trained = {i: ClientModel({n: t + torch.randn(t.shape, generator=gen, dtype=t.dtype) * (1 + i)
                                for n, t in s.params.items()}, {}) for i, s in sent.items()}
@@ -228,7 +229,7 @@ def test_fedprox_step_adds_mu_times_the_distance_to_the_received_model():
     # Reference: an nn.Module whose loss carries mu/2 ||w - w_received||^2, torch.optim.SGD, the same batches.
     import copy
 
-    from pfedla.client import train_client
+    from pfedla.engines.loop import train_client
     from tests.helpers import toy_batch
 
     model, mu, lr = tiny_model(), 0.5, 0.1
@@ -266,7 +267,7 @@ def test_fedprox_with_mu_zero_is_fedavg(synthetic_cfg, tmp_path):
 
 
 def test_fedrep_phases_train_only_the_head_then_only_the_body():
-    from pfedla.client import train_client
+    from pfedla.engines.loop import train_client
     from tests.helpers import toy_batch
 
     model = tiny_model()

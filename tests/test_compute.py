@@ -7,8 +7,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from pfedla.client import client_generator, predict, train_client
 from pfedla.compute import Compute, choose_compute
+from pfedla.engines import ENGINES
+from pfedla.engines.batches import client_generator
+from pfedla.engines.evaluation import predict
+from pfedla.engines.loop import train_client
 from pfedla.errors import ConfigError
 from pfedla.run import run, setup
 from tests.helpers import assert_states_close, tiny_model
@@ -24,7 +27,8 @@ def is_channels_last(t: torch.Tensor) -> bool:
 
 
 def choose(setting, model, device, engine, precision="32"):
-    return choose_compute(OmegaConf.create({"memory_format": setting, "precision": precision}), model, device, engine)
+    return choose_compute(OmegaConf.create({"memory_format": setting, "precision": precision}), model, device,
+                          ENGINES[engine].channels_last)
 
 
 def test_auto_picks_channels_last_only_for_conv_models_on_cpu_with_the_loop_engine():

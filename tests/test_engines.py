@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from pfedla.client import client_generator, train_client
-from pfedla.client_vmap import train_clients_vmap
+from pfedla.engines.batches import client_generator
+from pfedla.engines.loop import train_client
+from pfedla.engines.vmap import train_clients_vmap
 from pfedla.run import run, setup
 from tests.helpers import assert_states_close, tiny_model
 
@@ -52,8 +53,8 @@ def test_engines_give_the_same_server_state_after_rounds(synthetic_cfg, tmp_path
 
 
 def test_vmap_evaluation_predicts_what_each_model_predicts_alone():
-    from pfedla.client import predict
-    from pfedla.client_vmap import predict_clients_vmap
+    from pfedla.engines.evaluation import predict
+    from pfedla.engines.vmap import predict_clients_vmap
 
     gen = torch.Generator().manual_seed(3)
     model = tiny_model(batch_norm=True)

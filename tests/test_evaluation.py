@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pfedla.client import STREAM_ADAPT_BATCHES, client_generator
+from pfedla.engines.batches import STREAM_ADAPT_BATCHES, client_generator
 from pfedla.models import build_model
 from pfedla.run import run, setup
 

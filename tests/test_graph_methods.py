@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
-from pfedla.algorithms.base import Report
+from pfedla.algorithms.base import Report, RoundContext
 from pfedla.algorithms.fedamp import CLOUD, FedAMP
 from pfedla.algorithms.pfedgraph import CLUSTER, PFedGraph, graph_rows, project_to_simplex
 from pfedla.algorithms.stacked import ClientModel
-from pfedla.client import train_client
+from pfedla.engines.loop import train_client
 from pfedla.run import setup
 from tests.helpers import assert_same_personalized_models, tiny_model, toy_batch, trained_module
 
@@ -163,7 +163,7 @@ def test_fedamp_cloud_models_follow_the_papers_attention_by_hand():
         with torch.no_grad():
             for n in algo.param_names:
                 algo.client_params[n].add_(0.02 * torch.randn(algo.client_params[n].shape, generator=gen))
-        algo.begin_round([0, 2])
+        algo.begin_round(RoundContext(1, [0, 2]))
         sent = {i: algo.model_for(i) for i in (0, 2)}
         w = {j: algo.client_params.row(j) for j in range(3)}
         for i in (0, 2):
@@ -193,7 +193,7 @@ def test_fedamp_local_step_is_sgd_on_cross_entropy_plus_its_pull_towards_the_clo
     with torch.no_grad():
         for n in algo.param_names:
             algo.client_params[n].add_(0.3 * torch.randn(algo.client_params[n].shape, generator=gen))
-    algo.begin_round([0])
+    algo.begin_round(RoundContext(1, [0]))
     sent = algo.model_for(0)
     x, y = toy_batch(12)
     got, _, _ = train_client(model, sent.params, sent.buffers, x, y, generator=torch.Generator().manual_seed(0),

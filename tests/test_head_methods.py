@@ -12,14 +12,15 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
-from pfedla.algorithms.base import ClientData, LocalPlan, Report
+from pfedla.algorithms.base import ClientData, LocalPlan, Report, RoundContext
 from pfedla.algorithms.fedala import STARTED, WEIGHT, FedALA
 from pfedla.algorithms.fedbabu import FedBABU
 from pfedla.algorithms.fedpac import COUNTS, MEANS, TARGET, FedPAC, H, V, combination_weights, simplex_qp, statistics
 from pfedla.algorithms.fedproto import LOCAL, LOCAL_HAS, FedProto
 from pfedla.algorithms.fedrod import LOG_PRIOR, NO_CLASS, PERSONAL_HEAD, FedRoD
 from pfedla.algorithms.stacked import ClientModel
-from pfedla.client import features_of, train_client
+from pfedla.engines.evaluation import features_of
+from pfedla.engines.loop import train_client
 from pfedla.run import run, setup
 from tests.helpers import assert_same_personalized_models, assert_states_close, tiny_model, toy_batch, trained_module
 
@@ -39,7 +40,7 @@ def _fedrod(counts) -> tuple[FedRoD, torch.nn.Module]:
 
 def test_fedrod_local_step_is_balanced_softmax_for_the_generic_model_and_cross_entropy_for_the_personal_head():
     algo, model = _fedrod([[5, 0, 7], [4, 4, 4]])  # client 0 has no class 1: log prior -1e4, not -inf
-    algo.begin_round([0])
+    algo.begin_round(RoundContext(1, [0]))
     sent = algo.model_for(0)
     assert sent.params[LOG_PRIOR].tolist() == [torch.tensor(5.0).log().item(), NO_CLASS, torch.tensor(7.0).log().item()]
     x, y = toy_batch(12)
@@ -65,7 +66,7 @@ def test_fedrod_local_step_is_balanced_softmax_for_the_generic_model_and_cross_e
 
 def test_fedrod_on_balanced_labels_trains_the_generic_model_as_fedavg_does():
     algo, model = _fedrod([[4, 4, 4], [4, 4, 4]])  # equal counts: the prior shifts every logit alike
-    algo.begin_round([1])
+    algo.begin_round(RoundContext(1, [1]))
     sent = algo.model_for(1)
     x, y = toy_batch(12)
     got, _, _ = train_client(model, sent.params, sent.buffers, x, y, generator=torch.Generator().manual_seed(0),
@@ -117,7 +118,7 @@ def test_fedbabu_never_trains_the_head_and_fine_tunes_the_whole_model_for_score_
 def test_fedbabus_local_step_is_fedavgs_on_the_body_alone():
     model = tiny_model()
     algo = FedBABU(model, 2, OmegaConf.create(dict(finetune_epochs=5, finetune_lr=1e-3)))
-    algo.begin_round([0])
+    algo.begin_round(RoundContext(1, [0]))
     sent = algo.model_for(0)
     x, y = toy_batch(12)
     got, _, _ = train_client(model, sent.params, sent.buffers, x, y, generator=torch.Generator().manual_seed(0),
@@ -327,7 +328,7 @@ def test_fedpac_trains_its_head_first_then_its_body_with_feature_alignment():
     with torch.no_grad():
         algo.centroids["centroids"][0].copy_(torch.randn(3, 4, generator=gen))
         algo.centroids["has"][0].copy_(torch.tensor([1.0, 0.0, 1.0]))  # class 1: the client's own mean instead
-    algo.begin_round([0])
+    algo.begin_round(RoundContext(1, [0]))
     sent = algo.model_for(0)
     x, y = toy_batch(12)
     plan = algo.local_plan(1)

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from pfedla.algorithms.base import ClientData
+from pfedla.algorithms.base import ClientData, RoundContext
 from pfedla.algorithms.fedfomo import WEIGHTS, FedFomo, Scoring, peer
 from pfedla.algorithms.perfedavg import PerFedAvg
 from pfedla.algorithms.pfedme import PERSONAL, PFedMe
 from pfedla.algorithms.stacked import ClientModel
-from pfedla.client import mean_loss, train_client
+from pfedla.engines.evaluation import mean_loss
+from pfedla.engines.loop import train_client
 from pfedla.run import run, setup
 from tests.helpers import assert_states_close, tiny_model, toy_batch
 
@@ -31,7 +32,7 @@ def _assert_models_close(got: list[ClientModel], expected: list[ClientModel]) ->
 
 def _sent_apart(algo, prefix: str) -> ClientModel:
     """Client 0's send, with the model under ``prefix`` moved away from the global one (as after some rounds)."""
-    algo.begin_round([0])
+    algo.begin_round(RoundContext(1, [0]))
     sent = algo.model_for(0)
     with torch.no_grad():
         for n in algo.param_names:
@@ -98,7 +99,7 @@ def _pfedme(**over) -> tuple[PFedMe, torch.nn.Module]:
 
 def test_pfedme_steps_solve_the_moreau_inner_problem_then_move_the_local_model():
     algo, model = _pfedme()
-    algo.begin_round([0])
+    algo.begin_round(RoundContext(1, [0]))
     sent = algo.model_for(0)
     x, y = toy_batch(12)
     two_batches = OmegaConf.merge(CLIENT, {"batch_size": 6})  # the second batch's anchor is the moved w_i
@@ -153,7 +154,7 @@ def test_ditto_pulls_the_personal_model_towards_the_global_model_it_received():
 def test_pfedme_server_steps_beta_of_the_way_to_the_clients_average():
     algo, _ = _pfedme(beta=0.5)
     before = {n: algo.global_model[n][0].clone() for n in algo.param_names}
-    algo.begin_round([0, 1])
+    algo.begin_round(RoundContext(1, [0, 1]))
     sent = {i: algo.model_for(i) for i in (0, 1)}
     for i, (value, samples) in {0: (1.0, 1), 1: (4.0, 3)}.items():
         params = {n: torch.full_like(t, value) for n, t in sent[i].params.items()}
@@ -201,7 +202,7 @@ def test_perfedavg_step_is_the_maml_gradient_at_the_inner_step(variant):
 
 
 def test_perfedavg_adapts_by_one_sgd_step_of_lr_alpha_in_both_engines():
-    from pfedla.client_vmap import train_clients_vmap
+    from pfedla.engines.vmap import train_clients_vmap
 
     model = tiny_model()
     algo = PerFedAvg(model, 1, OmegaConf.create(dict(alpha=0.05, variant="fo", delta=1e-3)))
@@ -223,7 +224,7 @@ def test_perfedavg_adapts_by_one_sgd_step_of_lr_alpha_in_both_engines():
 
 def _fomo(num_clients=3, **over):
     model = tiny_model()
-    cfg = OmegaConf.create({**dict(peers=2, epsilon=0.0, epsilon_decay=0.0, seed=0), **over})
+    cfg = OmegaConf.create({**dict(peers=2, epsilon=0.0, epsilon_decay=0.0), **over})
     algo = FedFomo(model, num_clients, cfg)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -234,7 +235,7 @@ def _fomo(num_clients=3, **over):
 
 def test_fedfomo_weights_peers_by_their_validation_loss_decrease_per_distance():
     algo, model = _fomo()
-    algo.begin_round([0])
+    algo.begin_round(RoundContext(1, [0]))
     sent = algo.model_for(0)
     x, _ = toy_batch(30, seed=4)
     y = torch.func.functional_call(model, algo.client_params.row(1), (x,)).argmax(1)  # what peer 1 predicts: it helps
@@ -261,7 +262,7 @@ def test_fedfomo_weights_peers_by_their_validation_loss_decrease_per_distance():
 
 def test_fedfomo_affinities_add_up_and_pick_the_peers():
     algo, _ = _fomo(num_clients=4)
-    algo.begin_round([0])
+    algo.begin_round(RoundContext(1, [0]))
     assert algo._peers[0] == [1, 2]  # no affinity yet: ties broken by id
     sent = algo.model_for(0)
     trained = ClientModel({**{n: sent.params[n] for n in algo.param_names}, WEIGHTS: torch.tensor([0.0, 0.7])},
@@ -270,12 +271,11 @@ def test_fedfomo_affinities_add_up_and_pick_the_peers():
     algo.end_round()
     assert algo.affinity[0, 2] == pytest.approx(0.7) and algo.affinity[0, 1] == 0
     assert algo.summary_fields(None)["fedfomo_affinity"][0][2] == pytest.approx(0.7)
-    assert algo.peers_of(0)[0] == 2  # the highest affinity first
+    assert algo.peers_of(0, RoundContext(2, [0]))[0] == 2  # the highest affinity first
     explore = _fomo(num_clients=6, peers=1, epsilon=1.0)[0]
     picks = set()
     for r in range(12):
-        explore.rounds_done.fill_(r)
-        picks.add(explore.peers_of(0)[0])
+        picks.add(explore.peers_of(0, RoundContext(r + 1, [0]))[0])
     assert len(picks) > 1 and 0 not in picks  # epsilon = 1: random peers, never itself
 
 

@@ -5,9 +5,10 @@ import copy
 import pytest
 import torch
 
+from pfedla.algorithms.base import RoundContext
 from pfedla.algorithms.pfedla import aggregate
 from pfedla.algorithms.stacked import ClientModel
-from pfedla.client import train_client
+from pfedla.engines.loop import train_client
 from tests.helpers import make_pfedla, tiny_model, toy_batch
 
 
@@ -23,7 +24,7 @@ def _theta_bar(algo, i: int, thetas: dict) -> dict:
 
 
 def _one_round(algo, clients, trained_of):
-    algo.begin_round(clients)
+    algo.begin_round(RoundContext(1, clients))
     sent = {i: algo.model_for(i) for i in clients}
     trained = {i: trained_of(i, sent[i]) for i in clients}
     for i in clients:
@@ -137,7 +138,7 @@ def test_heurpfedla_keeps_top_k_self_weighted_layers_local_without_head_gradient
     own_before = {name: t.clone() for name, t in algo.client_params.as_dict().items()}
     uploaded_before = {name: t.clone() for name, t in algo.uploaded_params.as_dict().items()}
 
-    algo.begin_round([0, 1, 2])
+    algo.begin_round(RoundContext(1, [0, 1, 2]))
     retained = algo._retained
     assert retained.tolist() == [[True, False, False, False, True]] * n
     sent = {i: algo.model_for(i) for i in range(n)}

@@ -6,6 +6,7 @@ import csv
 import pytest
 import torch
 
+from pfedla.algorithms.base import RoundContext
 from pfedla.algorithms.fixed_alpha import label_similarity
 from pfedla.algorithms.stacked import ClientModel
 from pfedla.errors import ConfigError
@@ -40,7 +41,7 @@ def test_alpha_self_is_local_bit_for_bit(synthetic_cfg, tmp_path):
 
 def test_alpha_uniform_sends_every_client_the_plain_mean_of_the_clients_models():
     algo = make_pfedla(num_clients=4, alpha="uniform")
-    algo.begin_round([0, 2, 3])
+    algo.begin_round(RoundContext(1, [0, 2, 3]))
     for i in (0, 2, 3):
         sent = algo.model_for(i)
         for name in algo.param_names:

@@ -46,7 +46,7 @@ def test_synthetic_run_writes_contracted_files_and_learns(synthetic_cfg, tmp_pat
 def test_client_trains_starting_exactly_from_the_aggregated_model(synthetic_cfg, tmp_path):
     cfg = synthetic_cfg("federation.rounds=2", "algorithm.head_init=random", "federation.adapt_every=0")
     module = setup(cfg)
-    algo, real_trainer, starts = module.algorithm, module.client_trainer, []
+    algo, real_trainer, starts = module.algorithm, module.engine.train_one, []
 
     def spy(model, params, buffers, x, y, **kw):
         i = next(c for c in range(4) if torch.equal(x, module.data.train_x[c]))
@@ -61,7 +61,7 @@ def test_client_trains_starting_exactly_from_the_aggregated_model(synthetic_cfg,
         out = real_trainer(model, params, buffers, x, y, **kw)
         return out
 
-    module.client_trainer = spy
+    module.engine.train_one = spy
     run(cfg, tmp_path, module=module)
     assert [i for i, *_ in starts] == [0, 1, 2, 3, 0, 1, 2, 3]
     for _, got, expected, _ in starts:

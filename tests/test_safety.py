@@ -136,7 +136,7 @@ def test_checkpoint_writes_are_atomic(synthetic_cfg, finished_run, monkeypatch):
 def test_a_nan_update_is_rejected_and_server_state_stays_finite(synthetic_cfg, tmp_path):
     cfg = synthetic_cfg("federation.rounds=2")
     module = setup(cfg)
-    real = module.client_trainer
+    real = module.engine.train_one
 
     def poisoned(model, params, buffers, x, y, **kw):
         params, buffers, loss = real(model, params, buffers, x, y, **kw)
@@ -144,7 +144,7 @@ def test_a_nan_update_is_rejected_and_server_state_stays_finite(synthetic_cfg, t
             params = {n: torch.full_like(t, float("nan")) for n, t in params.items()}
         return params, buffers, loss
 
-    module.client_trainer = poisoned
+    module.engine.train_one = poisoned
     rounds, receive_round = [], module.algorithm.receive_round  # the server hands each round over in one call
 
     def recording(reports):
@@ -163,7 +163,7 @@ def test_a_nan_update_is_rejected_and_server_state_stays_finite(synthetic_cfg, t
     assert summary["final_adapted"]["test/adapted_acc_mean"] > 0.2
 
     module = setup(synthetic_cfg("federation.rounds=2", "client.on_nonfinite=fail"))
-    module.client_trainer = poisoned
+    module.engine.train_one = poisoned
     with pytest.raises(FloatingPointError, match="client 1 returned a non-finite update"):
         run(module.cfg, tmp_path / "fail", module=module)
 

@@ -18,22 +18,24 @@ def test_held_out_clients_never_enter_a_training_round(synthetic_cfg, tmp_path):
     unseen = held_out_clients(5, 0.4, cfg.seed)
     assert module.unseen.ids == unseen and len(unseen) == 2
     assert sorted(module.data.ids + unseen) == list(range(5))
-    sampled, trained_on = [], []
-    begin_round, trainer = module.algorithm.begin_round, module.client_trainer
+    sampled, trained_on, recipe_on = [], [], []
+    begin_round, trainer = module.algorithm.begin_round, module.engine.train_one
 
-    def spy_round(clients):
-        sampled.extend(module.data.ids[i] for i in clients)  # positions in the federation -> partition ids
-        return begin_round(clients)
+    def spy_round(ctx):
+        sampled.extend(module.data.ids[i] for i in ctx.sampled)  # positions in the federation -> partition ids
+        return begin_round(ctx)
 
-    def spy_trainer(model, params, buffers, x, y, **kwargs):
-        trained_on.append(x.clone())
+    def spy_trainer(model, params, buffers, x, y, **kwargs):  # training rounds, then the held-out clients' recipe
+        (trained_on if module.rounds_done < cfg.federation.rounds else recipe_on).append(x.clone())
         return trainer(model, params, buffers, x, y, **kwargs)
 
-    module.algorithm.begin_round, module.client_trainer = spy_round, spy_trainer
+    module.algorithm.begin_round, module.engine.train_one = spy_round, spy_trainer
     summary = run(cfg, tmp_path, module)
     assert sampled and not set(sampled) & set(unseen)
     held_out_images = module.unseen.train_x
     assert trained_on and not any(x.shape == h.shape and torch.equal(x, h) for x in trained_on for h in held_out_images)
+    # the recipe ran on the run's engine, on the held-out clients' own images
+    assert recipe_on and all(any(x.shape == h.shape and torch.equal(x, h) for h in held_out_images) for x in recipe_on)
     # seen and unseen are reported apart
     assert len(summary["final"]["client_acc"]) == 3 and summary["clients"] == module.data.ids
     assert summary["unseen"]["clients"] == unseen and len(summary["unseen"]["client_acc"]) == 2

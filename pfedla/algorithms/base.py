@@ -3,7 +3,7 @@
 An algorithm is an ``nn.Module`` owning all server-side state, so a Lightning checkpoint holds it.
 One round, driven by ``pfedla.server.FederatedModule``::
 
-    begin_round(sampled)                        # round-level set-up (batched over the sampled clients)
+    begin_round(ctx)                            # round-level set-up (batched over ctx.sampled, the sampled clients)
     for i in sampled:
         sent = model_for(i)                     # what the server sends client i
         trained = <client i trains from sent>
@@ -21,12 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 from torch import nn
 
 from pfedla.algorithms.stacked import ClientModel, StackedTensors
+from pfedla.engines.batches import client_generator
+from pfedla.engines.objectives import Objective
+
+__all__ = ["Algorithm", "ClientData", "LocalPlan", "Objective", "Options", "Report", "RoundContext", "options"]
 
 
 @dataclass
@@ -47,24 +52,6 @@ def options(schema: str):
         return cls
 
     return register
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One update of a client's training state on a batch (pfedla/local_rules.py): SGD (client.* momentum and
-    weight decay, lr ``lr`` or client.lr) on the parameters ``names``, by the gradient of ``loss``.
-
-    ``loss(params, received, buffers, x, y, forward) -> (loss, buffers')``: ``params`` every tensor of the state
-    (the prefixed copies of multi-model methods included), ``received`` the state as the client received it
-    this round (constants), ``forward(params, buffers, x, prefix)`` the model with the tensors named
-    ``prefix`` + its names, returning (logits, those buffers updated). The loss must be a function of the
-    ``names`` only through ``params``; anything else it reads is a constant (``.detach()``). ``bounds``
-    ({name: (low, high)}) clamps those tensors after each step (APFL's mixing weight stays in [0, 1])."""
-
-    loss: Callable
-    names: frozenset[str]
-    lr: float | None = None
-    bounds: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +137,26 @@ class Finish(Protocol):
 
 
 @dataclass(frozen=True)
+class RoundContext:
+    """What the server tells an algorithm about the round it begins: its 1-based ``index``, the clients ``sampled``
+    for it, the run's ``seed`` (randomness of the method's own, keyed by round and client, comes from
+    ``rng``/``generator``, never from a seed in its yaml or a counter it keeps) and the ``device`` of the state."""
+
+    index: int
+    sampled: list[int]
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+
+    def rng(self, stream: int, client: int) -> np.random.Generator:
+        """NumPy randomness of (seed, ``stream``, this round, ``client``): the same on every run and resume."""
+        return np.random.default_rng(np.random.SeedSequence([self.seed, stream, self.index, client]))
+
+    def generator(self, stream: int, client: int) -> torch.Generator:
+        """Torch randomness of (seed, ``stream``, this round, ``client``) (as a client's batch order is drawn)."""
+        return client_generator(self.seed, self.index, client, stream)
+
+
+@dataclass(frozen=True)
 class Report:
     """One client's result of a round, as the server hands it to ``Algorithm.receive_round``."""
 
@@ -178,7 +185,7 @@ class Algorithm(nn.Module):
         (``cfg``: the ``algorithm`` node), before any data is loaded. None to check by default."""
 
     # --- the round seam ---------------------------------------------------------------------------
-    def begin_round(self, sampled: list[int]) -> None:
+    def begin_round(self, ctx: RoundContext) -> None:
         pass
 
     def model_for(self, i: int) -> ClientModel:

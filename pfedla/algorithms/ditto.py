@@ -6,7 +6,7 @@ pull towards the global model w^t the client received this round. Both train on 
 the round (client.epochs, client.lr; the paper's Algorithm 1 takes its own local steps for each; here the
 personal model shares the global model's batch order). The personal model is the one scored; score (b)
 adapts it by plain local SGD. The client's state travels to the engines as one dict: the global model
-under its own names, the personal one under ``personal/`` (pfedla/local_rules.py).
+under its own names, the personal one under ``personal/`` (pfedla/engines/objectives.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from torch import nn
 from pfedla.algorithms.base import LocalPlan, Objective, Options, options
 from pfedla.algorithms.fedavg import FedAvg
 from pfedla.algorithms.stacked import PERSONAL, ClientModel, prefixed, unprefixed
+from pfedla.engines.objectives import cross_entropy
 from pfedla.errors import check
-from pfedla.local_rules import cross_entropy
 
 
 @options("schema_ditto")

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import nn
 
-from pfedla.algorithms.base import Algorithm, LocalPlan, Objective, Options, Report, options
+from pfedla.algorithms.base import Algorithm, LocalPlan, Objective, Options, Report, RoundContext, options
 from pfedla.algorithms.stacked import ClientModel, nbytes
 from pfedla.errors import check
 
@@ -97,7 +97,8 @@ class FedAMP(Algorithm):
                   for row in xi]
         return clouds, xi
 
-    def begin_round(self, sampled: list[int]) -> None:
+    def begin_round(self, ctx: RoundContext) -> None:
+        sampled = ctx.sampled
         pool = self.client_params.as_dict()
         self._clouds, xi = self.cloud_models([self.client_params.row(i) for i in sampled], pool, sampled)
         self._cloud = dict(zip(sampled, self._clouds))

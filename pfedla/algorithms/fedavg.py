@@ -19,7 +19,7 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
-from pfedla.algorithms.base import Algorithm, LocalPlan, Options, options
+from pfedla.algorithms.base import Algorithm, LocalPlan, Options, RoundContext, options
 from pfedla.algorithms.stacked import ClientModel, StackedTensors, nbytes
 from pfedla.errors import ConfigError, check
 from pfedla.models.layers import layer_groups
@@ -67,8 +67,8 @@ class FedAvg(Algorithm):
         """Tensors that never leave the client; FedAvg shares everything."""
         return []
 
-    def begin_round(self, sampled: list[int]) -> None:
-        super().begin_round(sampled)
+    def begin_round(self, ctx: RoundContext) -> None:
+        super().begin_round(ctx)
         zeros = lambda n: torch.zeros_like(self.global_model[n][0], dtype=torch.float64)  # exact sums
         self._weighted_sum = {n: zeros(n) for n in self.shared_names}
         self._total_samples = 0

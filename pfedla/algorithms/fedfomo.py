@@ -7,22 +7,22 @@ its validation loss per unit of distance; it starts from theta_i + sum_n (w_n / 
 (its own model if no peer helps) and trains as FedAvg's clients. The w_n go back to the server, which
 adds them to the affinity matrix P[i, n]; peers are the M highest-affinity clients, or, with probability
 epsilon_t for each slot, a random one (the paper's epsilon-greedy exploration, epsilon_t = ``epsilon`` -
-(t - 1) ``epsilon_decay``, at least 0; seeded by (seed, round, client)). Parameters are combined;
-BatchNorm statistics stay the client's own. The scored model is theta_i. The validation split thus takes
-part in training here (as in the paper), so FedFomo's val/acc, which picks its best round, is optimistic
-next to other methods'; a client with no validation data weighs no peer (trains as Local).
+(t - 1) ``epsilon_decay``, at least 0; seeded by (seed, round, client) through the round's context).
+Parameters are combined; BatchNorm statistics stay the client's own. The scored model is theta_i. The
+validation split thus takes part in training here (as in the paper), so FedFomo's val/acc, which picks its
+best round, is optimistic next to other methods'; a client with no validation data weighs no peer (trains
+as Local).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from omegaconf import MISSING
 from torch import nn
 
-from pfedla.algorithms.base import Algorithm, LocalPlan, Options, options
+from pfedla.algorithms.base import Algorithm, LocalPlan, Options, RoundContext, options
 from pfedla.algorithms.stacked import ClientModel, nbytes
 from pfedla.errors import check
 
@@ -33,7 +33,6 @@ class FedFomoOptions(Options):
     peers: int = MISSING  # M: models each client downloads
     epsilon: float = MISSING  # exploration: probability of a random peer, per slot, in the first round
     epsilon_decay: float = MISSING  # subtracted from epsilon each round
-    seed: int = MISSING  # the run's seed (${seed}): which peers are explored
 
 
 WEIGHTS = "fomo/weights"
@@ -87,24 +86,23 @@ class FedFomo(Algorithm):
     def __init__(self, model: nn.Module, num_clients: int, cfg):
         super().__init__(model, num_clients)
         self.peers = min(int(cfg.peers), max(num_clients - 1, 1))
-        self.epsilon, self.epsilon_decay, self.seed = float(cfg.epsilon), float(cfg.epsilon_decay), int(cfg.seed)
+        self.epsilon, self.epsilon_decay = float(cfg.epsilon), float(cfg.epsilon_decay)
         self.register_buffer("affinity", torch.zeros(num_clients, num_clients, dtype=torch.float64))
-        self.register_buffer("rounds_done", torch.zeros((), dtype=torch.int64))
 
-    def peers_of(self, i: int) -> list[int]:
-        """The M peers client i downloads this round: epsilon-greedy on its affinities (seeded)."""
+    def peers_of(self, i: int, ctx: RoundContext) -> list[int]:
+        """The M peers client i downloads in round ``ctx``: epsilon-greedy on its affinities (seeded)."""
         others = [n for n in range(self.num_clients) if n != i] or [i]
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, STREAM_FOMO_PEERS, int(self.rounds_done), i]))
+        rng = ctx.rng(STREAM_FOMO_PEERS, i)
         ranked = sorted(others, key=lambda n: (-float(self.affinity[i, n]), n))
-        epsilon = max(0.0, self.epsilon - self.epsilon_decay * int(self.rounds_done))
+        epsilon = max(0.0, self.epsilon - self.epsilon_decay * (ctx.index - 1))
         chosen: list[int] = []
         for _ in range(self.peers):
             left = [n for n in ranked if n not in chosen]
             chosen.append(int(rng.choice(left)) if rng.random() < epsilon else left[0])
         return chosen
 
-    def begin_round(self, sampled: list[int]) -> None:
-        self._peers = {i: self.peers_of(i) for i in sampled}
+    def begin_round(self, ctx: RoundContext) -> None:
+        self._peers = {i: self.peers_of(i, ctx) for i in ctx.sampled}
         self._trained: dict[int, ClientModel] = {}
 
     def model_for(self, i: int) -> ClientModel:
@@ -127,7 +125,6 @@ class FedFomo(Algorithm):
         for i, trained in self._trained.items():
             self.client_params.set_row(i, trained.params)
             self.client_buffers.set_row(i, trained.buffers)
-        self.rounds_done += 1
         del self._trained, self._peers
 
     def summary_fields(self, class_counts, groups=None) -> dict:

@@ -48,7 +48,7 @@ from torch import nn
 from pfedla.algorithms.base import ClientData, LocalPlan, Objective, Options, Report, options
 from pfedla.algorithms.fedavg import FedAvg
 from pfedla.algorithms.stacked import ClientModel, StackedTensors, nbytes
-from pfedla.client import features_of
+from pfedla.engines.evaluation import features_of
 from pfedla.errors import check
 from pfedla.models.contract import body_names, head_module, head_names
 

@@ -33,7 +33,7 @@ from torch import nn
 from pfedla.algorithms.base import LocalPlan, Objective, options
 from pfedla.algorithms.fedavg import AveragingOptions, FedAvg
 from pfedla.algorithms.stacked import ClientModel, StackedTensors
-from pfedla.local_rules import linear
+from pfedla.engines.objectives import linear
 from pfedla.models.contract import head_module, head_names
 
 PERSONAL_HEAD = "personal_head/"  # the personal head's weight and bias in a client's training state

@@ -22,7 +22,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from pfedla import optim
-from pfedla.algorithms.base import Algorithm, Options, options
+from pfedla.algorithms.base import Algorithm, Options, RoundContext, options
 from pfedla.algorithms.stacked import ClientModel, nbytes, tensor_key
 from pfedla.errors import check
 
@@ -104,8 +104,9 @@ class PFedHN(Algorithm):
         with torch.no_grad():
             return ClientModel({n: t[0] for n, t in self.generate_from(embedding).items()}, buffers)
 
-    def begin_round(self, sampled: list[int]) -> None:
-        super().begin_round(sampled)
+    def begin_round(self, ctx: RoundContext) -> None:
+        super().begin_round(ctx)
+        sampled = ctx.sampled
         self._clients = torch.tensor(sampled, device=self.device)
         self._row = {c: r for r, c in enumerate(sampled)}
         self._generated = self.generate(self._clients)  # graph kept for end_round

@@ -23,7 +23,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from pfedla.algorithms.alpha_stats import alpha_statistics
-from pfedla.algorithms.base import Algorithm, Options, options
+from pfedla.algorithms.base import Algorithm, Options, RoundContext, options
 from pfedla.algorithms.fixed_alpha import FIXED_ALPHAS, fixed_alpha
 from pfedla.algorithms.hypernetwork import HEAD_INITS, NORMALISATIONS, OPTIMIZERS, LayerwiseHypernetworks
 from pfedla.algorithms.stacked import ClientModel, StackedTensors, Tensors, nbytes
@@ -112,8 +112,9 @@ class PFedLA(Algorithm):
         return (self.client_params if self.uploaded_params is None else self.uploaded_params).as_dict()
 
     # --- round ------------------------------------------------------------------------------------
-    def begin_round(self, sampled: list[int]) -> None:
-        super().begin_round(sampled)
+    def begin_round(self, ctx: RoundContext) -> None:
+        super().begin_round(ctx)
+        sampled = ctx.sampled
         clients = torch.tensor(sampled, device=self.device)
         self._clients, self._row = clients, {c: r for r, c in enumerate(sampled)}
         if self.alpha_rule == "similarity" and not getattr(self, "_similarity_known", False):

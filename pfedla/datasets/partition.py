@@ -14,7 +14,7 @@ from pfedla.errors import ConfigError, check
 from pfedla.targets import build
 
 # Independent random streams derived from the run seed, so changing one use never shifts another.
-# (4 is pfedla.client's batch order, 6 its evaluation-time adaptation.)
+# (4 is a client's batch order, 6 its evaluation-time adaptation, 16 a plan's prepare: pfedla/engines/batches.py.)
 STREAM_FRACTION, STREAM_PARTITION, STREAM_SPLIT, STREAM_VAL = 1, 2, 3, 5
 STREAM_QUANTITY, STREAM_GROUPS, STREAM_FEATURE = 7, 8, 9
 STREAM_TEST_FRACTION, STREAM_TEST_DEAL = 14, 15  # (10-12: pfedla/unseen.py; 13: FedFomo's peers)
