@@ -19,18 +19,17 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
-from torchmetrics.functional.classification import multiclass_accuracy
 
-from pfedla.algorithms.base import Algorithm, ClientData, LocalPlan, Report, RoundContext
+from pfedla.algorithms.base import Algorithm, Report, RoundContext
 from pfedla.algorithms.stacked import ClientModel
 from pfedla.compute import Compute, choose_compute
 from pfedla.datasets import FederatedData
 from pfedla.distributed import Ranks, tensors_digest
 from pfedla.engines import Engine, make_engine
-from pfedla.engines.batches import STREAM_ADAPT_BATCHES, STREAM_CLIENT_BATCHES, STREAM_PREPARE, client_generator
-from pfedla.engines.evaluation import features_of, mean_loss
+from pfedla.engines.batches import STREAM_ADAPT_BATCHES, STREAM_CLIENT_BATCHES
 from pfedla.outputs import write_metrics_csv
 from pfedla.sampling import sample_clients
+from pfedla.transport import InProcess, plan_for
 
 log = logging.getLogger("pfedla")
 PHASES = ("client", "gather", "server", "eval", "adapt")  # adapt: local adaptation for score (b), at evaluation
@@ -78,6 +77,7 @@ class FederatedModule(L.LightningModule):
         # ``train_one`` is the seam tests use to observe what a client starts from.
         self.engine: Engine = make_engine(cfg.client.engine, model, Compute(), cfg.trainer.eval_batch_size)
         self.client_progress = lambda done, total: None  # set by the progress display
+        self.transport = InProcess(self)  # where clients work: here, on self.data (pfedla/transport.py)
         self.history: list[dict] = []  # one record per evaluation round
         self.rounds_done = 0  # rounds trained so far (checkpointed; evaluation may lag behind)
         self.stopped_by_signal = 0  # set by RoundCheckpoint
@@ -148,9 +148,9 @@ class FederatedModule(L.LightningModule):
             sent = {i: self.algorithm.model_for(i) for i in sampled}  # all from the start-of-round state
             sizes = [self.data.train_sizes[i] for i in sampled]
             mine = self.ranks.share(sampled, sizes)  # every client when in one process
-            plan = self.algorithm.local_plan(self.cfg.client.epochs)
+            plan = plan_for(self.algorithm, "local", self.cfg.client.epochs)
         with timer("client"):
-            trained = self._train_clients(mine, sent, plan)
+            trained = self.transport.train(self.round, mine, sent, "local", STREAM_CLIENT_BATCHES)
         with timer("gather"):  # identity in one process; with K ranks, every rank gets every result
             first = sent[sampled[0]]
             results = self.ranks.gather_clients(sampled, sizes, trained, plan.upload_template(first))
@@ -170,35 +170,6 @@ class FederatedModule(L.LightningModule):
             self._evaluate_and_log(adapt, timer)
         self.rounds_done = self.round
         self.timings.append({"round": self.round, "clients": len(sampled), **timer.seconds})
-
-    def _train_clients(self, sampled: list[int], sent: dict[int, ClientModel], plan: LocalPlan,
-                       stream: int = STREAM_CLIENT_BATCHES) -> list:
-        """Each client runs ``plan`` (with client.*) starting exactly from ``sent[i]``; returns (params, buffers,
-        loss), with what the plan's ``prepare`` adds to the upload in params."""
-        cl = self.cfg.client
-        if not sampled:  # a rank with no client this round (fewer sampled clients than ranks)
-            return []
-        added: dict[int, dict] = {i: {} for i in sampled}
-        if plan.prepare is not None:  # the client's own work on its own data, before it trains
-            sent = dict(sent)
-            for i in sampled:
-                val_x, val_y = self.data.val_x[i], self.data.val_y[i]
-                score = lambda m, x=val_x, y=val_y: mean_loss(self.model, m.params, m.buffers, x, y, self.compute)
-                data = ClientData(score, self.data.train_x[i], self.data.train_y[i],
-                                  client_generator(self.cfg.seed, self.round, i, STREAM_PREPARE), cl.batch_size)
-                sent[i], added[i] = plan.prepare(sent[i], data)
-        results = self.engine.train(
-            [(sent[i].params, sent[i].buffers) for i in sampled],
-            [(self.data.train_x[i], self.data.train_y[i]) for i in sampled],
-            [client_generator(self.cfg.seed, self.round, i, stream) for i in sampled],
-            progress=self.client_progress, **plan.training_args(cl),
-        )
-        if plan.finish is not None:  # the client's own work on its train data, after it trained
-            features = lambda m, x: features_of(self.model, m.params, m.buffers, x, compute=self.compute)
-            for i, (params, buffers, _) in zip(sampled, results):
-                added[i].update(plan.finish(ClientModel(params, buffers), self.data.train_x[i], self.data.train_y[i],
-                                            features))
-        return [({**params, **added[i]}, buffers, loss) for i, (params, buffers, loss) in zip(sampled, results)]
 
     def _reject(self, i: int) -> None:
         """A NaN/Inf update never reaches server state; the client counts as not having reported."""
@@ -244,13 +215,13 @@ class FederatedModule(L.LightningModule):
         clients = ranks.share(everyone, [a + b for a, b in zip(self.data.train_sizes, self.data.test_sizes)])
         with timer("eval"):
             models = self.algorithm.personalized_models(clients)
-            scores = {"personalized": self.score(self.data, clients, models)}
+            scores = {"personalized": self.transport.score(clients, models)}
         if adapt and self.algorithm.adapts:
             with timer("adapt"):
-                trained = self._train_clients(clients, dict(zip(clients, models)),
-                                              self.algorithm.adapt_plan(self.cfg.client.epochs), STREAM_ADAPT_BATCHES)
+                trained = self.transport.train(self.round, clients, dict(zip(clients, models)), "adapt",
+                                               STREAM_ADAPT_BATCHES)
             with timer("eval"):
-                scores["adapted"] = self.score(self.data, clients, [ClientModel(p, b) for p, b, _ in trained])
+                scores["adapted"] = self.transport.score(clients, [ClientModel(p, b) for p, b, _ in trained])
         # clone(): score()'s results are inference tensors, which in-place collectives must not touch
         return {score: {split: ranks.sum(a.clone()) for split, a in by_split.items()}
                 for score, by_split in scores.items()}
@@ -261,17 +232,3 @@ class FederatedModule(L.LightningModule):
         if self.unseen is not None:
             summary["unseen_clients"] = self.unseen.ids
         return summary
-
-    @torch.inference_mode()
-    def score(self, data: FederatedData, clients: list[int], models: list[ClientModel]) -> dict[str, torch.Tensor]:
-        """{split: accuracy [N] (zeros for clients not in ``clients``)} of ``data``'s clients (by position) on
-        their validation and test splits."""
-        out = {}
-        for split in ("val", "test"):
-            xs, ys = data.split(split)
-            preds = self.engine.predict([(m.params, m.buffers) for m in models], [xs[i] for i in clients])
-            accs = torch.zeros(data.num_clients, device=self.device)
-            for i, p in zip(clients, preds):
-                accs[i] = multiclass_accuracy(p, ys[i], num_classes=data.num_classes, average="micro")
-            out[split] = accs
-        return out

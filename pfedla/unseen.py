@@ -20,6 +20,7 @@ from pfedla.datasets.federated import FederatedData
 from pfedla.datasets.partition import rng_for
 from pfedla.engines.batches import STREAM_ADAPT_BATCHES, client_generator
 from pfedla.fairness import spread
+from pfedla.transport import score_models
 
 STREAM_UNSEEN = 10  # which clients are held out
 STREAM_UNSEEN_BATCHES = 11  # batch order of the personalization rounds
@@ -72,10 +73,11 @@ def evaluate_unseen(module, unseen: FederatedData) -> dict:
         ClientModel({n: t.clone() for n, t in initial[0].items()}, {n: t.clone() for n, t in initial[1].items()}),
         trainer_for(u, STREAM_UNSEEN_BATCHES), rounds, init_generator(cfg.seed, unseen.ids[u]),
     ) for u in clients]
-    out = {"clients": unseen.ids, "rounds": rounds, **_scores(module.score(unseen, clients, models), unseen, "")}
+    score = lambda scored: score_models(module.engine, unseen, clients, scored, module.device)
+    out = {"clients": unseen.ids, "rounds": rounds, **_scores(score(models), unseen, "")}
     if algorithm.adapts:
         adapted = [trainer_for(u, STREAM_ADAPT_BATCHES)(m, rounds + 1) for u, m in zip(clients, models)]
-        out.update(_scores(module.score(unseen, clients, adapted), unseen, "adapted_"))
+        out.update(_scores(score(adapted), unseen, "adapted_"))
     return out
 
 

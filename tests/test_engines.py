@@ -1,5 +1,7 @@
 """The vmap client engine equals the loop reference on the same batches (unequal sizes, BatchNorm)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -35,6 +37,33 @@ def test_vmap_engine_matches_loop_engine_with_unequal_sizes_and_batchnorm(moment
                 torch.testing.assert_close(vmapped[c][part][name], looped[c][part][name], rtol=1e-4, atol=1e-5,
                                            msg=f"client {c} {name}")
         torch.testing.assert_close(vmapped[c][2], looped[c][2], rtol=1e-4, atol=1e-5)
+
+
+def test_loop_engine_is_torch_optim_sgd_on_an_nn_module_in_float64():
+    """An independent reference: the module itself, autograd and torch.optim.SGD, on the engine's batches. In
+    float64 the two agree to rounding (1e-12), so nothing on the engine's path may round to float32."""
+    model = tiny_model(batch_norm=True).double()
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(13, 1, 16, 16, generator=gen, dtype=torch.float64), torch.randint(0, 3, (13,), generator=gen)
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    kw = dict(epochs=2, batch_size=5, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    got, got_buffers, _ = train_client(model, params, buffers, x, y, generator=client_generator(0, 1, 0), **kw)
+
+    reference = copy.deepcopy(model).train()
+    sgd = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    order = client_generator(0, 1, 0)
+    for _ in range(2):
+        perm = torch.randperm(13, generator=order)
+        for start in range(0, 13, 5):
+            batch = perm[start : start + 5]
+            sgd.zero_grad()
+            torch.nn.functional.cross_entropy(reference(x[batch]), y[batch]).backward()
+            sgd.step()
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(got[name], p.detach(), rtol=0, atol=1e-12, msg=name)
+    for name, b in reference.named_buffers():
+        torch.testing.assert_close(got_buffers[name], b, rtol=0, atol=1e-12, msg=name)
 
 
 @pytest.mark.parametrize("algorithm", ["pfedla", "fedbn"])

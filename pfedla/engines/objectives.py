@@ -55,7 +55,8 @@ def forward_fn(model: nn.Module, compute: Compute = REFERENCE):
         own = {n: buffers[prefix + n].clone() for n in buffer_names}
         with compute.autocast(x.device.type):
             out = functional_call(model, {**state, **own}, (x,), {"features": True} if features else None)
-        return out.float(), {prefix + n: t for n, t in own.items()}
+        # bf16 autocast's logits up to float32 for the loss; float64 ones stay float64
+        return out.to(torch.promote_types(out.dtype, torch.float32)), {prefix + n: t for n, t in own.items()}
 
     return forward
 
