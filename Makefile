@@ -2,35 +2,52 @@
 PYTHON ?= python3
 VENV   ?= .venv
 # Every install takes its versions from constraints.txt (the set the tests passed with); `make lock` refreshes it.
+# A deployment's environment (the flower extra) cannot share it (SQLAlchemy: flwr needs 2, optuna 2.10 needs 1.4):
+# `make install-flower` builds .venv-flower from constraints-flower.txt.
 LOCK   ?= constraints.txt
+FLOWER_VENV ?= .venv-flower
+FLOWER_LOCK ?= constraints-flower.txt
 PY     := $(VENV)/bin/python
 DATA   ?= data
 ARGS   ?=
 
-.PHONY: run test test-fast data install install-dev lint lock bench bench-scaling bench-gpu gpu-wheels clean
+.PHONY: run test test-fast data install install-dev install-flower lint lock bench bench-scaling bench-gpu gpu-wheels clean
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -c $(LOCK) -e .
+	$(PY) -m pip install -c $(LOCK) -e '.[search]'
 	$(PY) -m pip check
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install -c $(LOCK) -e '.[dev]'
+	$(PY) -m pip install -c $(LOCK) -e '.[search,dev]'
 	$(PY) -m pip check
 	touch $@
 
-# Resolve pyproject.toml's dependencies (base + dev) anew in a scratch venv, check them, and write the lock.
+$(FLOWER_VENV)/.installed: pyproject.toml $(FLOWER_LOCK)
+	$(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/pip install --upgrade pip
+	$(FLOWER_VENV)/bin/pip install -c $(FLOWER_LOCK) -e '.[flower,dev]'
+	$(FLOWER_VENV)/bin/pip check
+	touch $@
+
+# Resolve pyproject.toml's dependencies anew in scratch venvs (base + search + dev; base + flower + dev), check
+# them, and write both locks. Then run `make test` (and the flower tests) before committing them.
 lock:
+	$(MAKE) lock-one EXTRAS=search,dev OUT=$(LOCK) WHAT="the base install and the search and dev extras"
+	$(MAKE) lock-one EXTRAS=flower,dev OUT=$(FLOWER_LOCK) WHAT="the base install and the flower and dev extras (.venv-flower)"
+
+lock-one:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install -q --upgrade pip && .lock-venv/bin/pip install -q -e '.[dev]' && .lock-venv/bin/pip check
-	{ echo "# Every package of the base install and the dev extra at the versions the tests passed with (make lock refreshes it)."; \
-	  .lock-venv/bin/pip freeze --exclude-editable | grep -iv '^pfedla'; } > $(LOCK)
+	.lock-venv/bin/pip install -q --upgrade pip && .lock-venv/bin/pip install -q -e '.[$(EXTRAS)]' && .lock-venv/bin/pip check
+	{ echo "# Every package of $(WHAT) at the versions the tests passed with (make lock refreshes it)."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -iv '^pfedla'; } > $(OUT)
 	rm -rf .lock-venv
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+install-flower: $(FLOWER_VENV)/.installed
 
 # Fashion-MNIST offline: Debian's dataset-fashion-mnist, unpacked into $(DATA)/FashionMNIST/raw.
 # Without it (and not root with apt), torchvision downloads the files on first use (needs internet).

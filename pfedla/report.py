@@ -305,7 +305,7 @@ def plot_curves(groups: dict[str, list[Job]], path: Path) -> None:
 def _read_curve(path: Path, key: str) -> dict[int, float]:
     if not path.is_file():
         return {}
-    return {int(float(r["round"])): float(r[key]) for r in csv.DictReader(open(path)) if r.get(key)}
+    return {int(float(r["round"])): float(r[key]) for r in csv.DictReader(path.read_text().splitlines()) if r.get(key)}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

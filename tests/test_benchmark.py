@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -84,7 +85,7 @@ def _running_in_group(pgid: int, wait: float = 10.0) -> list[int]:
             if not entry.isdigit():
                 continue
             try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
             if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...

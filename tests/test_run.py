@@ -23,7 +23,7 @@ def test_synthetic_run_writes_contracted_files_and_learns(synthetic_cfg, tmp_pat
     contracted += ("checkpoints/last.ckpt",)
     for name in contracted:
         assert (tmp_path / name).is_file(), name
-    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
     assert [int(float(r["round"])) for r in rows] == [1, 2, 3]
     assert [r["test/adapted_acc_mean"] != "" for r in rows] == [False, False, True]  # adapt_every=5: last round
     on_disk = json.loads((tmp_path / "summary.json").read_text())
