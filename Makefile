@@ -60,7 +60,8 @@ data: $(VENV)/.installed
 run: data
 	$(PY) -m pfedla.run $(ARGS)
 
-test: install-dev data
+# The whole suite needs the flower extra's environment too (tests/test_flower.py runs a real deployment).
+test: install-dev install-flower data
 	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) -m pytest -q
 
 test-fast: install-dev

@@ -1,0 +1,208 @@
+"""``python -m pfedla.flower local --nodes N -- <python -m pfedla.run overrides>``: a real deployment on loopback.
+
+Starts a SuperLink and N SuperNodes as processes of this machine (free ports, a temporary FLWR_HOME), the
+training federation's clients split into N contiguous blocks, one per node (``--node-config clients=...``);
+submits the run with ``flwr run``; waits for it; writes the usual run dir; and stops exactly the processes it
+started, with every process they started in turn (by PID), whatever happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pfedla.errors import check
+
+APP_DIR = Path(__file__).resolve().parent / "app"  # the Flower App flwr run submits (pfedla/flower/app/)
+CONNECTION = "pfedla-local"  # the SuperLink's name in the temporary FLWR_HOME's config.toml
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, seconds: float, process: subprocess.Popen, what: str) -> None:
+    """Until something accepts connections on 127.0.0.1:``port``; an error if ``process`` died first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode} before it listened on port {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not listen on port {port} within {seconds:.0f} s")
+
+
+def client_blocks(num_clients: int, nodes: int) -> list[list[int]]:
+    """Clients 0..num_clients-1 in ``nodes`` contiguous blocks of sizes as equal as they can be."""
+    if not 1 <= nodes <= num_clients:
+        raise ValueError(f"--nodes {nodes}: needs 1..{num_clients} (one client at least per node)")
+    base, extra = divmod(num_clients, nodes)
+    blocks, start = [], 0
+    for k in range(nodes):
+        size = base + (k < extra)
+        blocks.append(list(range(start, start + size)))
+        start += size
+    return blocks
+
+
+@dataclass
+class Processes:
+    """The processes this command started (each in a session of its own: a Ctrl-C reaches only this command)."""
+
+    started: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    def start(self, what: str, command: list[str], log: Path, env: dict) -> subprocess.Popen:
+        with open(log, "wb") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.started.append((what, process))
+        return process
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM to every process started and all their descendants (Flower starts its SuperExec, ServerApp
+        and ClientApps in sessions of their own, so a process group is not enough), SIGKILL to what is left after
+        ``grace`` seconds; reaps the processes this command started."""
+        tree = set()
+        for _, process in self.started:
+            tree |= {process.pid, *descendants(process.pid)}
+        for pid in tree:
+            _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(alive(pid) for pid in tree):
+            for _, process in self.started:
+                process.poll()  # reaps a leader that exited, so it stops counting as alive
+            time.sleep(0.1)
+        for pid in tree:
+            if alive(pid):
+                _kill(pid, signal.SIGKILL)
+        for _, process in self.started:
+            process.wait()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living descendant of ``pid`` (Linux: parents read from /proc/<pid>/stat)."""
+    parent_of = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent_of[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, frontier = [], {pid}
+    while frontier:
+        children = {child for child, parent in parent_of.items() if parent in frontier}
+        out += sorted(children)
+        frontier = children
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped by its parent, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def training_clients(overrides: list[str]) -> int:
+    """The training federation's size for these overrides (checked as a run would be)."""
+    from pfedla.flower.runconfig import compose_run
+    from pfedla.validate import validate_config
+
+    cfg = compose_run(shlex.join(overrides))
+    validate_config(cfg)
+    check(cfg.federation.unseen_fraction == 0, "federation.unseen_fraction", cfg.federation.unseen_fraction,
+          "must be 0 in a deployment (clients never seen in training are not deployed yet)", "0")
+    return cfg.federation.num_clients
+
+
+def deploy(overrides: list[str], nodes: int, run_dir: Path, timeout: float = 3600.0, data_root: str | None = None,
+           logs: Path | None = None, node_overrides: dict[int, str] | None = None) -> dict:
+    """Run ``overrides`` on a SuperLink and ``nodes`` SuperNodes on loopback; the run's summary.json.
+    ``node_overrides``: overrides of node k's own, after the run's."""
+    blocks = client_blocks(training_clients(overrides), nodes)
+    run_dir = run_dir.resolve()
+    bin_dir = Path(sys.executable).parent  # flower-superlink, flower-supernode and flwr of this environment
+    with tempfile.TemporaryDirectory(prefix="pfedla-flower-") as scratch:
+        home = Path(scratch) / "flwr-home"
+        logs = Path(scratch) if logs is None else logs
+        logs.mkdir(parents=True, exist_ok=True)
+        home.mkdir()
+        port = free_port()
+        (home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+                                          f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+        env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1",
+               "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",  # Flower starts its tools by name
+               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+        # dataset.root's default, made absolute: Flower's processes need not start in this directory
+        env["PFEDLA_DATA_ROOT"] = str(Path(data_root or os.environ.get("PFEDLA_DATA_ROOT", "data")).resolve())
+        processes = Processes()
+        try:
+            link = processes.start("the SuperLink", [
+                str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
+                "--disable-runtime-dependency-installation", "--database", str(Path(scratch) / "superlink.db"),
+            ], logs / "superlink.log", env)
+            wait_for_port(port, 60, link, "the SuperLink")
+            for k, clients in enumerate(blocks):
+                node_port = free_port()
+                config = f'clients="{",".join(map(str, clients))}" data-root="{env["PFEDLA_DATA_ROOT"]}"'
+                if (node_overrides or {}).get(k):
+                    config += f" overrides={json.dumps(node_overrides[k])}"
+                node = processes.start(f"SuperNode {k}", [
+                    str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                    "--port", str(node_port), "--node-config", config,
+                ], logs / f"supernode{k}.log", env)
+                wait_for_port(node_port, 60, node, f"SuperNode {k}")
+            run_config = Path(scratch) / "run_config.toml"
+            run_config.write_text(f"overrides = {json.dumps(shlex.join(overrides))}\n"
+                                  f"run-dir = {json.dumps(str(run_dir))}\n")
+            submit = subprocess.run([str(bin_dir / "flwr"), "run", str(APP_DIR), CONNECTION, "--run-config",
+                                     str(run_config), "--stream"], env=env, capture_output=True, text=True,
+                                    timeout=timeout)
+            (logs / "flwr_run.log").write_text(submit.stdout + submit.stderr)
+            summary = run_dir / "summary.json"
+            if submit.returncode != 0 or not summary.is_file():
+                tail = "\n".join((submit.stdout + submit.stderr).strip().splitlines()[-15:])
+                raise RuntimeError(f"the deployed run wrote no {summary} (flwr run exited {submit.returncode}):\n"
+                                   f"{tail}")
+            return json.loads(summary.read_text())
+        finally:
+            processes.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pfedla.flower local", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=2, help="SuperNodes to start (default 2)")
+    parser.add_argument("--run-dir", type=Path, default=None, help="where the run dir goes (default "
+                        "outputs/flower/<date>_<time>)")
+    parser.add_argument("--data-root", default=None, help="the nodes' and server's PFEDLA_DATA_ROOT (default: "
+                        "$PFEDLA_DATA_ROOT, else ./data)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds the run may take")
+    parser.add_argument("overrides", nargs="*", help="python -m pfedla.run overrides (after --)")
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir or Path("outputs/flower") / time.strftime("%Y-%m-%d_%H-%M-%S")
+    summary = deploy(args.overrides, args.nodes, run_dir, args.timeout, args.data_root, logs=run_dir / "flower_logs")
+    final = summary.get("final") or {}
+    print(f"deployed run on {args.nodes} SuperNodes: {run_dir} (test/acc_mean {final.get('test/acc_mean')})")

@@ -1,0 +1,31 @@
+"""The ServerApp: the run's FederatedModule, its clients reached through FlowerTransport.
+
+``flwr run`` passes ``overrides`` (the ``python -m pfedla.run`` arguments, one string) and ``run-dir`` in the run
+config; the server composes the config, checks every node in a handshake, and runs the very round the
+simulation runs, with checkpoints and ``resume=``, writing the usual run dir.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from pfedla.errors import check
+from pfedla.flower.runconfig import compose_run
+from pfedla.flower.transport import FlowerTransport
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from pfedla.run import run, setup
+
+    cfg = compose_run(str(context.run_config["overrides"]))
+    check(cfg.federation.unseen_fraction == 0, "federation.unseen_fraction", cfg.federation.unseen_fraction,
+          "must be 0 in a deployment (clients never seen in training are not deployed yet)", "0")
+    module = setup(cfg)
+    transport = FlowerTransport(grid, module.data.num_clients, module.data.fingerprint)
+    transport.handshake()
+    module.transport = transport
+    run(cfg, str(context.run_config["run-dir"]), module=module)

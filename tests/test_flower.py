@@ -1,0 +1,96 @@
+"""A real deployment on loopback equals the simulation bit for bit: a SuperLink and two SuperNodes as processes
+(python -m pfedla.flower local), against python -m pfedla.run, both in the flower extra's environment
+(.venv-flower, `make install-flower`) with the same thread count."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+FLOWER_PYTHON = REPO / ".venv-flower" / "bin" / "python"
+RUN = ["dataset=synthetic", "federation.num_clients=2", "federation.rounds=2", "logger=none",
+       "trainer.progress_bar=false", "trainer.accelerator=cpu", "federation.adapt_every=2", "model=cnn_bn"]
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not FLOWER_PYTHON.is_file(), reason="no .venv-flower (make install-flower)")]
+
+
+def flower_processes() -> set[int]:
+    """PIDs of every Flower process on this machine (SuperLink, SuperNodes, SuperExec, ServerApp, ClientApps)."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"flower-super" in command or b"flwr-" in command or b"pfedla.flower" in command:
+                out.add(int(entry))
+    return out
+
+
+def _python(args: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    done = subprocess.run([str(FLOWER_PYTHON), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("algorithm", ["pfedla", "heurpfedla"])
+def test_a_deployment_on_loopback_equals_the_simulation_bit_for_bit(tmp_path, algorithm):
+    overrides = [*RUN, f"algorithm={algorithm}"]
+    before = flower_processes()
+    _python(["-m", "pfedla.flower", "local", "--nodes", "2", "--run-dir", str(tmp_path / "deployed"), "--",
+             *overrides], tmp_path)
+    assert flower_processes() <= before, "the command left Flower processes running"
+    logs = tmp_path / "deployed/flower_logs"
+    assert (logs / "supernode0.log").is_file() and (logs / "supernode1.log").is_file()
+    _python(["-m", "pfedla.run", *overrides, "trainer.devices=1", f"hydra.run.dir={tmp_path / 'simulated'}"],
+            tmp_path)
+
+    deployed, simulated = tmp_path / "deployed", tmp_path / "simulated"
+    assert (deployed / "metrics.csv").read_text() == (simulated / "metrics.csv").read_text()
+    a, b = np.load(deployed / "alpha.npz"), np.load(simulated / "alpha.npz")
+    assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    ckpt = {d: torch.load(d / "checkpoints/last.ckpt", weights_only=True)["state_dict"] for d in (deployed, simulated)}
+    assert ckpt[deployed].keys() == ckpt[simulated].keys()
+    assert all(torch.equal(ckpt[deployed][k], ckpt[simulated][k]) for k in ckpt[simulated])
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (deployed, simulated)]
+    for s in summaries:
+        for key in ("wall_seconds", "timing", "config"):
+            s.pop(key)
+    assert summaries[0] == summaries[1]
+
+
+def test_a_node_with_another_partition_is_refused_naming_both_fingerprints(tmp_path):
+    script = f"""
+from pathlib import Path
+from pfedla.flower.local import deploy
+try:
+    deploy({[*RUN, "federation.rounds=1"]!r}, 2, Path({str(tmp_path / "run")!r}), node_overrides={{1: "seed=7"}},
+           logs=Path({str(tmp_path / "logs")!r}))
+except RuntimeError as err:
+    print("REFUSED", err)
+"""
+    before = flower_processes()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    done = subprocess.run([str(FLOWER_PYTHON), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert flower_processes() <= before, "the command left Flower processes running"
+    assert "REFUSED" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    message = done.stdout[done.stdout.index("REFUSED"):]
+    simulated = subprocess.run([str(FLOWER_PYTHON), "-c", "import sys; from pfedla.flower.runconfig import "
+                                "compose_run; from pfedla.run import setup; print(setup(compose_run(sys.argv[1]))"
+                                ".data.fingerprint)", " ".join(RUN)], env=env, capture_output=True, text=True)
+    server = simulated.stdout.strip().splitlines()[-1]
+    node = [w for w in message.replace(",", " ").split() if len(w) == len(server) and w != server
+            and all(ch in "0123456789abcdef" for ch in w)]
+    assert f"holds partition {node[0]}" in message and f"the server's run {server}" in message, message
+    assert not (tmp_path / "run/metrics.csv").exists()  # refused before the first round
