@@ -94,3 +94,53 @@ except RuntimeError as err:
             and all(ch in "0123456789abcdef" for ch in w)]
     assert f"holds partition {node[0]}" in message and f"the server's run {server}" in message, message
     assert not (tmp_path / "run/metrics.csv").exists()  # refused before the first round
+
+
+KILL_NODE_ONE = """
+import os, signal, threading, time
+from pathlib import Path
+from pfedla.flower.local import deploy
+run = Path({run!r})
+
+def kill_node_holding_client_1():  # once round 2 is in metrics.csv: SIGKILL, as a crash would
+    while not (run / "metrics.csv").exists() or len((run / "metrics.csv").read_text().splitlines()) < 3:
+        time.sleep(0.2)
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = Path(f"/proc/{{entry}}/cmdline").read_bytes().replace(b"\\0", b" ")
+        except OSError:
+            continue
+        if int(entry) != os.getpid() and b"--node-config" in command and b'clients="1"' in command:
+            os.kill(int(entry), signal.SIGKILL)
+
+threading.Thread(target=kill_node_holding_client_1, daemon=True).start()
+try:
+    deploy({overrides!r}, 2, run, logs=Path({logs!r}), timeout=900)
+except RuntimeError as err:
+    print("STOPPED", err)
+"""
+
+
+def test_a_supernode_killed_mid_run_stops_it_by_name_and_resume_gives_the_uninterrupted_run(tmp_path):
+    overrides = [*RUN, "federation.rounds=5", "checkpoint.every=1"]
+    run_dir, before = tmp_path / "deployed", flower_processes()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    script = KILL_NODE_ONE.format(run=str(run_dir), overrides=overrides, logs=str(tmp_path / "logs"))
+    done = subprocess.run([str(FLOWER_PYTHON), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert "STOPPED" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    message = done.stdout[done.stdout.index("STOPPED"):]
+    assert "(clients 1) did not answer round" in message and "resume=" in message, message
+    assert not (run_dir / "summary.json").exists() and (run_dir / "checkpoints/last.ckpt").is_file()
+    assert flower_processes() <= before, "the command left Flower processes running"
+
+    # restart the nodes and resume from the last checkpoint: the run an uninterrupted one would have been
+    _python(["-m", "pfedla.flower", "local", "--nodes", "2", "--run-dir", str(run_dir), "--", *overrides,
+             f"resume={run_dir}"], tmp_path)
+    _python(["-m", "pfedla.run", *overrides, "trainer.devices=1", f"hydra.run.dir={tmp_path / 'simulated'}"],
+            tmp_path)
+    assert (run_dir / "metrics.csv").read_text() == (tmp_path / "simulated/metrics.csv").read_text()
+    ckpt = {d: torch.load(d / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+            for d in (run_dir, tmp_path / "simulated")}
+    assert all(torch.equal(ckpt[run_dir][k], v) for k, v in ckpt[tmp_path / "simulated"].items())
+    assert flower_processes() <= before

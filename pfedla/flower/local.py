@@ -64,6 +64,7 @@ class Processes:
     """The processes this command started (each in a session of its own: a Ctrl-C reaches only this command)."""
 
     started: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    marker: bytes = b""  # an environment entry every process of this deployment inherits (its FLWR_HOME)
 
     def start(self, what: str, command: list[str], log: Path, env: dict) -> subprocess.Popen:
         with open(log, "wb") as out:
@@ -75,9 +76,7 @@ class Processes:
         """SIGTERM to every process started and all their descendants (Flower starts its SuperExec, ServerApp
         and ClientApps in sessions of their own, so a process group is not enough), SIGKILL to what is left after
         ``grace`` seconds; reaps the processes this command started."""
-        tree = set()
-        for _, process in self.started:
-            tree |= {process.pid, *descendants(process.pid)}
+        tree = self.members()
         for pid in tree:
             _kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -85,11 +84,23 @@ class Processes:
             for _, process in self.started:
                 process.poll()  # reaps a leader that exited, so it stops counting as alive
             time.sleep(0.1)
+        tree |= self.members()
         for pid in tree:
             if alive(pid):
                 _kill(pid, signal.SIGKILL)
         for _, process in self.started:
             process.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(alive(pid) for pid in tree):  # SIGKILL takes a moment
+            time.sleep(0.05)
+
+    def members(self) -> set[int]:
+        """The processes started, their descendants, and any process carrying ``marker`` in its environment (a
+        child orphaned when its parent died, as a killed SuperNode's SuperExec is)."""
+        tree = set()
+        for _, process in self.started:
+            tree |= {process.pid, *descendants(process.pid)}
+        return tree | (with_environment(self.marker) if self.marker else set())
 
 
 def descendants(pid: int) -> list[int]:
@@ -107,6 +118,19 @@ def descendants(pid: int) -> list[int]:
         children = {child for child, parent in parent_of.items() if parent in frontier}
         out += sorted(children)
         frontier = children
+    return out
+
+
+def with_environment(entry: bytes) -> set[int]:
+    """PIDs of this user's processes whose environment holds ``entry`` (Linux: /proc/<pid>/environ)."""
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                if entry in Path(f"/proc/{name}/environ").read_bytes().split(b"\0"):
+                    out.add(int(name))
+            except OSError:
+                continue
     return out
 
 
@@ -158,7 +182,7 @@ def deploy(overrides: list[str], nodes: int, run_dir: Path, timeout: float = 360
                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
         # dataset.root's default, made absolute: Flower's processes need not start in this directory
         env["PFEDLA_DATA_ROOT"] = str(Path(data_root or os.environ.get("PFEDLA_DATA_ROOT", "data")).resolve())
-        processes = Processes()
+        processes = Processes(marker=f"FLWR_HOME={home}".encode())
         try:
             link = processes.start("the SuperLink", [
                 str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),

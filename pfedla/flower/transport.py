@@ -100,10 +100,19 @@ class FlowerTransport:
     def _exchange(self, messages: dict[int, tuple[RecordDict, str]], what: str) -> dict[int, Message]:
         """Send each node its message, wait for every reply; one clear error naming the node otherwise."""
         out = [Message(content, dst_node_id=node, message_type=kind) for node, (content, kind) in messages.items()]
+        started = time.monotonic()
         replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(out, timeout=self.timeout)}
+        waited = time.monotonic() - started
         for node in messages:
             if node not in replies:
-                raise DeploymentError(f"SuperNode {node} did not answer {what} within {self.timeout:.0f} s")
+                why = (f"timed out after {self.timeout:.0f} s" if waited >= self.timeout else
+                       f"the SuperLink gave up on it after {waited:.0f} s: it went offline")
+                raise DeploymentError(f"{self._name(node)} did not answer {what} ({why}); restart it and resume "
+                                      "the run from its last checkpoint (resume=<run dir>)")
             if replies[node].has_error():
-                raise DeploymentError(f"SuperNode {node} failed in {what}: {replies[node].error.reason}")
+                raise DeploymentError(f"{self._name(node)} failed in {what}: {replies[node].error.reason}")
         return replies
+
+    def _name(self, node: int) -> str:
+        clients = sorted(c for c, n in self.node_of.items() if n == node)
+        return f"SuperNode {node}" + (f" (clients {', '.join(map(str, clients))})" if clients else "")
