@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 import numpy as np  # noqa: E402
-from results_fmnist import cell_dir, cell_state  # noqa: E402  (the same cell layout and states)
 
+from pfedla.benchmark.fmnist_results import cell_dir, cell_state  # noqa: E402  (the same cell layout)
 from pfedla.report import (  # noqa: E402
     SCORES_EXPLAINED,
     alpha_markdown,

@@ -24,12 +24,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pfedla.benchmark.fields import SCALING_FIELDS
+
 REPO = Path(__file__).resolve().parent.parent
-FIELDS = (
-    "workload", "algorithm", "model", "setting", "processes", "threads", "memory_format", "device", "clients_per_round",
-    "round_s", "client_s", "gather_s", "server_s", "eval_s", "speedup", "model_amdahl_speedup", "wall_s",
-    "client_model_bytes", "gathered_bytes_per_rank_per_round", "final_acc_mean",
-)
+FIELDS = SCALING_FIELDS
 
 
 OLD_DEFAULT = ["trainer.devices=1", "trainer.memory_format=contiguous", "trainer.eval_batch_size=4096"]

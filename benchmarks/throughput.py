@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pfedla.benchmark.fields import THROUGHPUT_FIELDS
+
 CASES = {  # name: (num_clients, participation)
     "dirichlet20": (20, 1.0),  # the noniid_dirichlet workload
     "clients100": (100, 0.1),
@@ -37,11 +39,7 @@ SETTINGS = {  # name: overrides on top of the case's
     "default": [],
     "old-default": ["trainer.memory_format=contiguous", "trainer.eval_batch_size=4096"],
 }
-FIELDS = (
-    "case", "algorithm", "engine", "model", "settings", "memory_format", "device", "clients", "clients_per_round",
-    "round_s", "client_s", "server_s", "eval_s", "eval_share", "server_share", "samples_per_s", "peak_rss_mib",
-    "peak_cuda_mib", "client_gflops", "matmul_peak_gflops", "flop_efficiency", "reference_s", "ratio_to_reference",
-)
+FIELDS = THROUGHPUT_FIELDS
 
 
 def matmul_peak_gflops(device: torch.device, n: int = 1024, repeats: int = 10) -> float:

@@ -13,8 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_throughput_benchmark_smoke_prints_every_field():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from throughput import FIELDS
+    from pfedla.benchmark.fields import THROUGHPUT_FIELDS as FIELDS
 
     proc = subprocess.run(
         [sys.executable, "benchmarks/throughput.py", "--smoke", "--cases", "dirichlet20", "--algorithms", "pfedla",
@@ -35,8 +34,7 @@ def test_throughput_benchmark_smoke_prints_every_field():
 
 
 def test_scaling_benchmark_smoke_runs_one_and_two_processes():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from scaling import FIELDS
+    from pfedla.benchmark.fields import SCALING_FIELDS as FIELDS
 
     proc = subprocess.run(
         [sys.executable, "benchmarks/scaling.py", "--smoke", "--algorithms", "fedavg", "--rounds", "1"],

@@ -1,5 +1,4 @@
 import statistics
-import sys
 
 import numpy as np
 import pytest
@@ -94,8 +93,7 @@ def test_a_run_from_before_a_key_existed_groups_with_todays_runs_of_the_same_exp
 
 
 def test_the_results_verdict_pairs_methods_seed_by_seed():
-    sys.path.insert(0, str(REPO / "benchmarks"))  # the results script is not a package
-    from results_verdicts import _against, _paired, paired_difference
+    from pfedla.benchmark.fmnist_verdicts import _against, _paired, paired_difference
 
     # seeds 0..2 in both, seed 3 only in a: differences 2, 1, 3 points; mean 2, std 1, t = 2 / (1 / sqrt 3)
     diffs, mean, std, t = paired_difference({0: 0.90, 1: 0.80, 2: 0.85, 3: 0.5}, {0: 0.88, 1: 0.79, 2: 0.82})
@@ -117,8 +115,7 @@ def test_the_results_verdict_pairs_methods_seed_by_seed():
 
 
 def test_the_results_page_says_which_validation_curves_still_rise(tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from results_verdicts import late_slope, rising_markdown
+    from pfedla.benchmark.fmnist_verdicts import late_slope, rising_markdown
 
     # val = round / 100: one point a round, 10 points per 10 rounds; a constant curve: 0
     assert late_slope({r: r / 100 for r in range(1, 41)}) == pytest.approx(10)
@@ -157,9 +154,8 @@ def test_the_results_page_says_which_validation_curves_still_rise(tmp_path):
 
 def test_the_results_page_replaces_a_split_only_when_all_its_cells_finished_and_a_new_machine_skips_them(
         tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import results_fmnist
-    from results_fmnist import METHODS, ROUNDS, SEEDS, _copy_finished, _rounds, cells_to_run
+    from pfedla.benchmark import fmnist_results as results_fmnist
+    from pfedla.benchmark.fmnist_results import METHODS, ROUNDS, SEEDS, _copy_finished, _rounds, cells_to_run
 
     def cell(root, split, name, said, logged):
         path = root / split / name
@@ -196,10 +192,9 @@ def test_the_results_page_replaces_a_split_only_when_all_its_cells_finished_and_
 
 
 def test_extended_cells_are_scored_by_validation_up_to_the_protocols_rounds_and_past_them(tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import results_fmnist
-    from results_fmnist import ROUNDS, _copy_extended, _rounds, cmd_extend, extension_markdown
-    from results_verdicts import best_by_validation
+    from pfedla.benchmark import fmnist_results as results_fmnist
+    from pfedla.benchmark.fmnist_results import ROUNDS, _copy_extended, _rounds, cmd_extend, extension_markdown
+    from pfedla.benchmark.fmnist_verdicts import best_by_validation
 
     end = 2 * ROUNDS
 
