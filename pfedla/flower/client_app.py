@@ -55,30 +55,31 @@ class Node:
             raise ValueError(f"asked for client {foreign[0]}, which this SuperNode does not hold ({self.clients})")
 
 
-def _task(message: Message) -> ConfigRecord:
+def _received(message: Message, context: Context) -> tuple[ConfigRecord, Node, dict[int, ClientModel]]:
+    """(the task, this node, {client: the model the server sent it}) of a train or evaluate message."""
     task = message.content["task"]
     torch.set_num_threads(int(task["threads"]))  # the server's count: the same ops round the same way
-    return task
+    node = Node(context)
+    clients = [int(c) for c in task["clients"]]
+    node.check_asked(clients)
+    models = {}
+    for c in clients:
+        params, buffers, _ = split_model(message.content[f"model/{c}"])
+        models[c] = ClientModel(params, buffers)
+    return task, node, models
 
 
 @app.query()
 def handshake(message: Message, context: Context) -> Message:
     node = Node(context)
-    reply = ConfigRecord({"clients": node.clients, "fingerprint": node.data.fingerprint,
-                          "train_sizes": [node.data.train_sizes[c] for c in node.clients]})
+    reply = ConfigRecord({"clients": node.clients, "fingerprint": node.data.fingerprint})
     return Message(RecordDict({"node": reply}), reply_to=message)
 
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    task = _task(message)
-    node = Node(context)
-    clients = [int(c) for c in task["clients"]]
-    node.check_asked(clients)
-    sent = {}
-    for c in clients:
-        params, buffers, _ = split_model(message.content[f"sent/{c}"])
-        sent[c] = ClientModel(params, buffers)
+    task, node, sent = _received(message, context)
+    clients = list(sent)
     plan = plan_for(node.algorithm, str(task["kind"]), node.cfg.client.epochs)
     results = local_work(node.engine, plan, node.data, clients, sent, node.cfg.client, node.cfg.seed,
                          int(task["round"]), int(task["stream"]))
@@ -89,15 +90,9 @@ def train(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    task = _task(message)
-    node = Node(context)
-    clients = [int(c) for c in task["clients"]]
-    node.check_asked(clients)
-    models = []
-    for c in clients:
-        params, buffers, _ = split_model(message.content[f"model/{c}"])
-        models.append(ClientModel(params, buffers))
-    accs = score_models(node.engine, node.data, clients, models, torch.device("cpu"))
+    _, node, models = _received(message, context)
+    clients = list(models)
+    accs = score_models(node.engine, node.data, clients, list(models.values()), torch.device("cpu"))
     return Message(RecordDict({"accs": to_record({split: a[clients] for split, a in accs.items()})}),
                    reply_to=message)
 

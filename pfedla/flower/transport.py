@@ -55,13 +55,8 @@ class FlowerTransport:
 
     def train(self, round_idx: int, clients: list[int], sent: dict[int, ClientModel], kind: str, stream: int):
         by_node = self._by_node(clients)
-        messages = {}
-        for node, mine in by_node.items():
-            content = RecordDict({"task": self._task(mine, kind=kind, round=round_idx, stream=stream)})
-            for c in mine:
-                content[f"sent/{c}"] = model_record(sent[c].params, sent[c].buffers)
-            messages[node] = (content, MessageType.TRAIN)
-        replies = self._exchange(messages, f"round {round_idx} ({kind})")
+        replies = self._send_models(by_node, sent, MessageType.TRAIN, f"round {round_idx} ({kind})", kind=kind,
+                                    round=round_idx, stream=stream)
         out = {}
         for node, mine in by_node.items():
             for c in mine:
@@ -70,15 +65,8 @@ class FlowerTransport:
         return [out[c] for c in clients]
 
     def score(self, clients: list[int], models: list[ClientModel]) -> dict[str, torch.Tensor]:
-        model_of = dict(zip(clients, models))
         by_node = self._by_node(clients)
-        messages = {}
-        for node, mine in by_node.items():
-            content = RecordDict({"task": self._task(mine)})
-            for c in mine:
-                content[f"model/{c}"] = model_record(model_of[c].params, model_of[c].buffers)
-            messages[node] = (content, MessageType.EVALUATE)
-        replies = self._exchange(messages, "evaluation")
+        replies = self._send_models(by_node, dict(zip(clients, models)), MessageType.EVALUATE, "evaluation")
         out = {split: torch.zeros(self.num_clients) for split in ("val", "test")}
         for node, mine in by_node.items():
             accs = from_record(replies[node].content["accs"])
@@ -93,9 +81,18 @@ class FlowerTransport:
             by_node.setdefault(self.node_of[c], []).append(c)
         return by_node
 
-    @staticmethod
-    def _task(clients: list[int], **fields) -> ConfigRecord:
-        return ConfigRecord({"clients": clients, "threads": torch.get_num_threads(), **fields})
+    def _send_models(self, by_node: dict[int, list[int]], models: dict[int, ClientModel], message_type: str,
+                     what: str, **task) -> dict[int, Message]:
+        """One ``message_type`` message per node: its clients' models, the task (clients, this process's thread count,
+        ``task``); the replies by node."""
+        messages = {}
+        for node, mine in by_node.items():
+            content = RecordDict({"task": ConfigRecord({"clients": mine, "threads": torch.get_num_threads(),
+                                                        **task})})
+            for c in mine:
+                content[f"model/{c}"] = model_record(models[c].params, models[c].buffers)
+            messages[node] = (content, message_type)
+        return self._exchange(messages, what)
 
     def _exchange(self, messages: dict[int, tuple[RecordDict, str]], what: str) -> dict[int, Message]:
         """Send each node its message, wait for every reply; one clear error naming the node otherwise."""
