@@ -29,7 +29,7 @@ from pfedla.engines import Engine, make_engine
 from pfedla.engines.batches import STREAM_ADAPT_BATCHES, STREAM_CLIENT_BATCHES
 from pfedla.outputs import write_metrics_csv
 from pfedla.sampling import sample_clients
-from pfedla.transport import InProcess, plan_for
+from pfedla.transport import InProcess, all_finite, plan_for
 
 log = logging.getLogger("pfedla")
 PHASES = ("client", "gather", "server", "eval", "adapt")  # adapt: local adaptation for score (b), at evaluation
@@ -54,13 +54,6 @@ class PhaseTimer:
         self.seconds[phase] += time.perf_counter() - start
 
 
-def _all_finite(params: dict, buffers: dict, loss: torch.Tensor) -> torch.Tensor:
-    """A 0-d bool tensor (no host sync): are the loss and every floating tensor finite?"""
-    checks = [torch.isfinite(loss).all()] + [torch.isfinite(t).all() for d in (params, buffers) for t in d.values()
-                                             if t.is_floating_point()]
-    return torch.stack(checks).all()
-
-
 class FederatedModule(L.LightningModule):
     def __init__(self, model: nn.Module, algorithm: Algorithm, data: FederatedData, cfg,
                  unseen: FederatedData | None = None, partition: FederatedData | None = None):
@@ -82,6 +75,7 @@ class FederatedModule(L.LightningModule):
         self.rounds_done = 0  # rounds trained so far (checkpointed; evaluation may lag behind)
         self.stopped_by_signal = 0  # set by RoundCheckpoint
         self.rejected: list[list[int]] = []  # [round, client] of updates with NaN/Inf, never applied
+        self.checkpointed_round = 0  # rounds_done in the last checkpoint written or loaded
         self._round_losses: list[torch.Tensor] = []
         self.timings: list[dict] = []  # per round: seconds in client training, server work, evaluation
         self.threads = torch.get_num_threads()
@@ -126,12 +120,14 @@ class FederatedModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["pfedla_history"] = self.history
         checkpoint["pfedla_rounds_done"] = self.rounds_done
+        self.checkpointed_round = self.rounds_done
         checkpoint["pfedla_rejected"] = self.rejected
         checkpoint["pfedla_config"] = OmegaConf.to_container(self.cfg, resolve=True)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("pfedla_history", []))
         self.rounds_done = int(checkpoint.get("pfedla_rounds_done", 0))
+        self.checkpointed_round = self.rounds_done
         self.rejected = list(checkpoint.get("pfedla_rejected", []))
 
     # --- one round --------------------------------------------------------------------------------
@@ -155,7 +151,7 @@ class FederatedModule(L.LightningModule):
             first = sent[sampled[0]]
             results = self.ranks.gather_clients(sampled, sizes, trained, plan.upload_template(first))
         with timer("server"):
-            finite = torch.stack([_all_finite(*result) for result in results]).tolist()  # one sync per round
+            finite = torch.stack([all_finite(*result) for result in results]).tolist()  # one sync per round
             reports = []
             for i, size, (params, buffers, loss), ok in zip(sampled, sizes, results, finite):
                 if not ok:
@@ -170,6 +166,17 @@ class FederatedModule(L.LightningModule):
             self._evaluate_and_log(adapt, timer)
         self.rounds_done = self.round
         self.timings.append({"round": self.round, "clients": len(sampled), **timer.seconds})
+
+    def last_trained(self, client: int, through: int) -> int:
+        """The last round <= ``through`` in which ``client`` trained and its update was accepted (0: none): the
+        version of the tensors it keeps on its side (ClientModel.kept), from the sampling and ``rejected`` alone,
+        so a resumed run knows it too."""
+        fed, rejected = self.cfg.federation, {(r, c) for r, c in self.rejected}
+        for r in range(through, 0, -1):
+            if (r, client) not in rejected and client in sample_clients(self.cfg.seed, r, self.data.num_clients,
+                                                                        fed.participation):
+                return r
+        return 0
 
     def _reject(self, i: int) -> None:
         """A NaN/Inf update never reaches server state; the client counts as not having reported."""
@@ -217,11 +224,8 @@ class FederatedModule(L.LightningModule):
             models = self.algorithm.personalized_models(clients)
             scores = {"personalized": self.transport.score(clients, models)}
         if adapt and self.algorithm.adapts:
-            with timer("adapt"):
-                trained = self.transport.train(self.round, clients, dict(zip(clients, models)), "adapt",
-                                               STREAM_ADAPT_BATCHES)
-            with timer("eval"):
-                scores["adapted"] = self.transport.score(clients, [ClientModel(p, b) for p, b, _ in trained])
+            with timer("adapt"):  # the adaptation and the adapted models' scores
+                scores["adapted"] = self.transport.adapted_score(self.round, clients, models, STREAM_ADAPT_BATCHES)
         # clone(): score()'s results are inference tensors, which in-place collectives must not touch
         return {score: {split: ranks.sum(a.clone()) for split, a in by_split.items()}
                 for score, by_split in scores.items()}

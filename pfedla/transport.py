@@ -5,6 +5,8 @@ report back; it never touches client data itself. A transport carries that::
 
     transport.train(round_idx, clients, sent, kind, stream) -> [(params', buffers', loss)]  # one per client
     transport.score(clients, models) -> {"val": accs[N], "test": accs[N]}
+    transport.adapted_score(round_idx, clients, models, stream) -> the same, of the models after score (b)'s
+                                                                   local adaptation (never sent back)
 
 ``kind`` names the plan the client runs (``PLANS``: the round's ``local_plan`` or score (b)'s ``adapt_plan``);
 the client builds it from the algorithm's options itself, so only tensors and names travel. ``InProcess`` is
@@ -28,6 +30,14 @@ from pfedla.engines.evaluation import features_of, mean_loss
 
 TrainResult = tuple[dict, dict, torch.Tensor]
 PLANS = {"local": Algorithm.local_plan, "adapt": Algorithm.adapt_plan}  # kind -> the plan a client runs
+
+
+def all_finite(params: dict, buffers: dict, loss: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool tensor (no host sync): are the loss and every floating tensor finite? An update that is not is
+    rejected (client.on_nonfinite), and a node keeps none of it (pfedla/flower/kept.py)."""
+    checks = [torch.isfinite(loss).all()] + [torch.isfinite(t).all() for d in (params, buffers) for t in d.values()
+                                             if t.is_floating_point()]
+    return torch.stack(checks).all()
 
 
 def plan_for(algorithm: Algorithm, kind: str, epochs: int) -> LocalPlan:
@@ -98,3 +108,8 @@ class InProcess:
 
     def score(self, clients: list[int], models: list[ClientModel]) -> dict[str, torch.Tensor]:
         return score_models(self.module.engine, self.module.data, clients, models, self.module.device)
+
+    def adapted_score(self, round_idx: int, clients: list[int], models: list[ClientModel], stream: int
+                      ) -> dict[str, torch.Tensor]:
+        trained = self.train(round_idx, clients, dict(zip(clients, models)), "adapt", stream)
+        return self.score(clients, [ClientModel(p, b) for p, b, _ in trained])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -43,25 +44,60 @@ def _python(args: list[str], tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-@pytest.mark.parametrize("algorithm", ["pfedla", "heurpfedla"])
+def assert_server_states_equal_but_what_clients_keep(deployed: Path, simulated: Path, algorithm: str) -> None:
+    """Every tensor of the two last.ckpt equal, except the server's copies of what the clients keep (HeurpFedLA's
+    retained layers, FedPer's head), which never reached the server in the deployment: FedPer's head rows are
+    still the one initial head every client started from."""
+    ckpt = {d: torch.load(d / "checkpoints/last.ckpt", weights_only=True)["state_dict"] for d in (deployed, simulated)}
+    assert ckpt[deployed].keys() == ckpt[simulated].keys()
+    differ = {k for k in ckpt[simulated] if not torch.equal(ckpt[deployed][k], ckpt[simulated][k])}
+    if algorithm == "pfedla":
+        assert differ == set()
+    elif algorithm == "heurpfedla":  # k=2 layers retained per client: weight and bias (conv1/bn1 here)
+        assert differ and all(k.startswith("algorithm.client_params.") for k in differ), differ
+    else:
+        assert differ == {"algorithm.client_params.fc3__weight", "algorithm.client_params.fc3__bias"}, differ
+        for k in differ:
+            rows = ckpt[deployed][k]
+            assert all(torch.equal(row, rows[0]) for row in rows) and not torch.equal(ckpt[simulated][k][0],
+                                                                                      ckpt[simulated][k][1])
+
+
+TLS_WITH_AN_INTRUDER = """
+from pathlib import Path
+from pfedla.flower.local import deploy
+deploy({overrides!r}, 2, Path({run!r}), logs=Path({logs!r}), tls=True, unregistered=1, timeout=900)
+"""
+
+
+@pytest.mark.parametrize("algorithm", ["pfedla", "heurpfedla", "fedper"])
 def test_a_deployment_on_loopback_equals_the_simulation_bit_for_bit(tmp_path, algorithm):
+    """pFedLA's run goes over TLS with SuperNode authentication (credentials made for it), and a third SuperNode
+    whose key was never registered is refused; the others use the command line, without TLS."""
     overrides = [*RUN, f"algorithm={algorithm}"]
     before = flower_processes()
-    _python(["-m", "pfedla.flower", "local", "--nodes", "2", "--run-dir", str(tmp_path / "deployed"), "--",
-             *overrides], tmp_path)
-    assert flower_processes() <= before, "the command left Flower processes running"
     logs = tmp_path / "deployed/flower_logs"
+    if algorithm == "pfedla":
+        _python(["-c", TLS_WITH_AN_INTRUDER.format(overrides=overrides, run=str(tmp_path / "deployed"),
+                                                   logs=str(logs))], tmp_path)
+        assert "running on https://127.0.0.1" in (logs / "superlink.log").read_text()
+        refused = (logs / "unregistered0.log").read_text()
+        assert "Failed to activate SuperNode" in refused, refused[-2000:]
+        assert "No SuperNode found with the given public key" in (logs / "superlink.log").read_text()
+    else:
+        _python(["-m", "pfedla.flower", "local", "--nodes", "2", "--run-dir", str(tmp_path / "deployed"), "--",
+                 *overrides], tmp_path)
+    assert flower_processes() <= before, "the command left Flower processes running"
     assert (logs / "supernode0.log").is_file() and (logs / "supernode1.log").is_file()
     _python(["-m", "pfedla.run", *overrides, "trainer.devices=1", f"hydra.run.dir={tmp_path / 'simulated'}"],
             tmp_path)
 
     deployed, simulated = tmp_path / "deployed", tmp_path / "simulated"
     assert (deployed / "metrics.csv").read_text() == (simulated / "metrics.csv").read_text()
-    a, b = np.load(deployed / "alpha.npz"), np.load(simulated / "alpha.npz")
-    assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
-    ckpt = {d: torch.load(d / "checkpoints/last.ckpt", weights_only=True)["state_dict"] for d in (deployed, simulated)}
-    assert ckpt[deployed].keys() == ckpt[simulated].keys()
-    assert all(torch.equal(ckpt[deployed][k], ckpt[simulated][k]) for k in ckpt[simulated])
+    if algorithm != "fedper":
+        a, b = np.load(deployed / "alpha.npz"), np.load(simulated / "alpha.npz")
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert_server_states_equal_but_what_clients_keep(deployed, simulated, algorithm)
     summaries = [json.loads((d / "summary.json").read_text()) for d in (deployed, simulated)]
     for s in summaries:
         for key in ("wall_seconds", "timing", "config"):
@@ -122,7 +158,9 @@ except RuntimeError as err:
 
 
 def test_a_supernode_killed_mid_run_stops_it_by_name_and_resume_gives_the_uninterrupted_run(tmp_path):
-    overrides = [*RUN, "federation.rounds=5", "checkpoint.every=1"]
+    """HeurpFedLA: the restarted node recovers its clients' retained layers from its state directory; without
+    that directory, the resumed run stops naming the node and the client whose layers it lost."""
+    overrides = [*RUN, "federation.rounds=5", "checkpoint.every=1", "algorithm=heurpfedla"]
     run_dir, before = tmp_path / "deployed", flower_processes()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     script = KILL_NODE_ONE.format(run=str(run_dir), overrides=overrides, logs=str(tmp_path / "logs"))
@@ -140,7 +178,16 @@ def test_a_supernode_killed_mid_run_stops_it_by_name_and_resume_gives_the_uninte
     _python(["-m", "pfedla.run", *overrides, "trainer.devices=1", f"hydra.run.dir={tmp_path / 'simulated'}"],
             tmp_path)
     assert (run_dir / "metrics.csv").read_text() == (tmp_path / "simulated/metrics.csv").read_text()
-    ckpt = {d: torch.load(d / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
-            for d in (run_dir, tmp_path / "simulated")}
-    assert all(torch.equal(ckpt[run_dir][k], v) for k, v in ckpt[tmp_path / "simulated"].items())
+    assert_server_states_equal_but_what_clients_keep(run_dir, tmp_path / "simulated", "heurpfedla")
+    assert flower_processes() <= before
+
+    # a node whose state directory is gone cannot give client 1 its retained layers back: one error, by name
+    shutil.rmtree(run_dir / "flower_nodes/node1")
+    longer = [o if o != "federation.rounds=5" else "federation.rounds=6" for o in overrides]
+    done = subprocess.run([str(FLOWER_PYTHON), "-m", "pfedla.flower", "local", "--nodes", "2", "--run-dir",
+                           str(run_dir), "--", *longer, f"resume={run_dir}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode != 0
+    assert ("(clients 1) failed in round 6" in done.stderr and "client 1's own layers as of round 5 are not on "
+            "this SuperNode" in done.stderr), done.stderr[-3000:]
     assert flower_processes() <= before

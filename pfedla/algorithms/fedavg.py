@@ -54,6 +54,10 @@ class FedProxOptions(Options):
 
 
 class FedAvg(Algorithm):
+    # the personal tensors are the client's last trained ones, so they stay on it (ClientModel.kept); FedPAC's
+    # server combines the heads, which must travel
+    personal_stays_on_client = True
+
     def __init__(self, model: nn.Module, num_clients: int, cfg=None):
         super().__init__(model, num_clients)
         personal = set(self.personal_names(model))
@@ -75,7 +79,7 @@ class FedAvg(Algorithm):
         self._trained: dict[int, ClientModel] = {}
 
     def model_for(self, i: int) -> ClientModel:
-        sent = self._with_global(self.own_model(i))
+        sent = self._own_with_global(i)
         self.count_bytes(down=nbytes(self.global_model.as_dict()))
         return sent
 
@@ -101,7 +105,7 @@ class FedAvg(Algorithm):
 
     def personalized_model(self, i: int) -> ClientModel:
         """FedAvg: the global model; FedBN: with the client's BatchNorm; Local: the client's own model."""
-        return self._with_global(self.own_model(i))
+        return self._own_with_global(i)
 
     @torch.no_grad()
     def personalize_new_client(self, initial: ClientModel, fit, rounds: int, generator: torch.Generator
@@ -114,6 +118,13 @@ class FedAvg(Algorithm):
             mean = stacked.double().mean(0)
             (model.params if n in model.params else model.buffers)[n] = (
                 mean.to(stacked.dtype) if stacked.is_floating_point() else mean.round().to(stacked.dtype))
+        return model
+
+    def _own_with_global(self, i: int) -> ClientModel:
+        """Client ``i``'s model: the global tensors, and its own personal ones (kept on the client)."""
+        model = self._with_global(self.own_model(i))
+        if self.personal_stays_on_client:
+            model.kept = frozenset(self.personal_tensor_names)
         return model
 
     def _with_global(self, model: ClientModel) -> ClientModel:

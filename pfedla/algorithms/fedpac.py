@@ -151,6 +151,8 @@ class ClassMeans:
 
 
 class FedPAC(FedAvg):
+    personal_stays_on_client = False  # the server combines the clients' heads: they are uploaded and sent
+
     @staticmethod
     def check_config(cfg) -> None:
         check(cfg.lam >= 0, "algorithm.lam", cfg.lam, "must be >= 0 (0: no feature alignment)", "1.0")

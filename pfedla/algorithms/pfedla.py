@@ -134,7 +134,8 @@ class PFedLA(Algorithm):
         sent = self._sent_names(r)
         self.count_bytes(down=nbytes(params, sent))
         self.bytes_saved += nbytes(params, self._local_names(r))
-        return ClientModel(params, {n: t.clone() for n, t in self.client_buffers.row(i).items()})
+        return ClientModel(params, {n: t.clone() for n, t in self.client_buffers.row(i).items()},
+                           frozenset(self._local_names(r)))
 
     def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
         r = self._row[i]
@@ -177,11 +178,12 @@ class PFedLA(Algorithm):
             alpha, retained = self._effective_alpha(self._alpha(chunk), chunk)
             aggregated = aggregate(self.server_view, alpha, self.layers)
             for r, i in enumerate(chunk.tolist()):
-                params = {n: aggregated[n][r] for n in self.param_names}
+                params, kept = {n: aggregated[n][r] for n in self.param_names}, set()
                 for l, layer in enumerate(self.layer_names):
                     if retained is not None and retained[r, l]:
                         params.update({n: self.client_params[n][i] for n in self.layers[layer]})
-                out.append(ClientModel(params, self.client_buffers.row(i)))
+                        kept.update(self.layers[layer])
+                out.append(ClientModel(params, self.client_buffers.row(i), frozenset(kept)))
         return out
 
     def personalized_model(self, i: int) -> ClientModel:

@@ -16,10 +16,16 @@ Tensors = dict[str, torch.Tensor]
 
 @dataclass
 class ClientModel:
-    """One client's model as plain tensors: trainable parameters and (never mixed) buffers."""
+    """One client's model as plain tensors: trainable parameters and (never mixed) buffers.
+
+    ``kept`` names the tensors (params or buffers) that are the client's own copy as of its last accepted local
+    training, which the protocol keeps on the client (FedPer's head, LG-FedAvg's body, FedBN's BatchNorm,
+    HeurpFedLA's retained layers, all of Local's): a simulation holds that copy on the server, a deployment never
+    sends it either way (pfedla/flower/)."""
 
     params: Tensors
     buffers: Tensors
+    kept: frozenset[str] = frozenset()
 
 
 PERSONAL = "personal/"  # a client's personal model in its training state (Ditto, pFedMe)

@@ -1,6 +1,7 @@
 """``python -m pfedla.flower local --nodes N -- <python -m pfedla.run overrides>``: a real deployment on loopback.
 
-Starts a SuperLink and N SuperNodes as processes of this machine (free ports, a temporary FLWR_HOME), the
+Starts a SuperLink and N SuperNodes as processes of this machine (free ports, a temporary FLWR_HOME; with
+``--tls``, TLS and SuperNode authentication with credentials made for the run), the
 training federation's clients split into N contiguous blocks, one per node (``--node-config clients=...``);
 submits the run with ``flwr run``; waits for it; writes the usual run dir; and stops exactly the processes it
 started, with every process they started in turn (by PID), whatever happened.
@@ -163,9 +164,15 @@ def training_clients(overrides: list[str]) -> int:
 
 
 def deploy(overrides: list[str], nodes: int, run_dir: Path, timeout: float = 3600.0, data_root: str | None = None,
-           logs: Path | None = None, node_overrides: dict[int, str] | None = None) -> dict:
+           logs: Path | None = None, node_overrides: dict[int, str] | None = None, tls: bool = False,
+           unregistered: int = 0) -> dict:
     """Run ``overrides`` on a SuperLink and ``nodes`` SuperNodes on loopback; the run's summary.json.
-    ``node_overrides``: overrides of node k's own, after the run's."""
+    ``node_overrides``: overrides of node k's own, after the run's. ``tls``: TLS and SuperNode authentication,
+    with credentials made for this run (pfedla/flower/tls.py); each node's public key is registered with the
+    SuperLink before it starts. ``unregistered`` (with ``tls``): that many more SuperNodes whose keys are not
+    registered, started before the run: the SuperLink must refuse them (their logs: unregistered<k>.log)."""
+    check(tls or not unregistered, "unregistered", unregistered, "needs tls=True (without authentication every "
+          "node is let in)", "tls=True")
     blocks = client_blocks(training_clients(overrides), nodes)
     run_dir = run_dir.resolve()
     bin_dir = Path(sys.executable).parent  # flower-superlink, flower-supernode and flwr of this environment
@@ -175,8 +182,12 @@ def deploy(overrides: list[str], nodes: int, run_dir: Path, timeout: float = 360
         logs.mkdir(parents=True, exist_ok=True)
         home.mkdir()
         port = free_port()
+        from pfedla.flower.tls import make_credentials  # cryptography comes with the flower extra
+
+        credentials = make_credentials(Path(scratch) / "tls", nodes + unregistered) if tls else None
+        security = (f'root-certificates = "{credentials.ca_cert}"' if tls else "insecure = true")
         (home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-                                          f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+                                          f'address = "127.0.0.1:{port}"\n{security}\n')
         env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1",
                "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",  # Flower starts its tools by name
                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
@@ -184,21 +195,49 @@ def deploy(overrides: list[str], nodes: int, run_dir: Path, timeout: float = 360
         env["PFEDLA_DATA_ROOT"] = str(Path(data_root or os.environ.get("PFEDLA_DATA_ROOT", "data")).resolve())
         processes = Processes(marker=f"FLWR_HOME={home}".encode())
         try:
+            link_security = ["--insecure"] if not tls else [
+                "--ssl-ca-certfile", str(credentials.ca_cert), "--ssl-certfile", str(credentials.server_cert),
+                "--ssl-keyfile", str(credentials.server_key), "--enable-supernode-auth"]
             link = processes.start("the SuperLink", [
-                str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
+                str(bin_dir / "flower-superlink"), *link_security, "--host", "127.0.0.1", "--port", str(port),
                 "--disable-runtime-dependency-installation", "--database", str(Path(scratch) / "superlink.db"),
             ], logs / "superlink.log", env)
             wait_for_port(port, 60, link, "the SuperLink")
+
+            def node_security(k: int) -> list[str]:
+                if not tls:
+                    return ["--insecure"]
+                return ["--root-certificates", str(credentials.ca_cert), "--auth-supernode-private-key",
+                        str(credentials.node_keys[k][0])]
+
+            for k in range(nodes if tls else 0):  # the SuperLink lets in only the nodes whose keys it knows
+                register = subprocess.run([str(bin_dir / "flwr"), "supernode", "register",
+                                           str(credentials.node_keys[k][1]), CONNECTION], env=env,
+                                          capture_output=True, text=True, timeout=120)
+                if register.returncode != 0:
+                    raise RuntimeError(f"flwr supernode register (SuperNode {k}) exited {register.returncode}: "
+                                       f"{(register.stdout + register.stderr).strip()[-2000:]}")
+            for k in range(nodes, nodes + unregistered):  # keys the SuperLink was never told about
+                processes.start(f"unregistered SuperNode {k - nodes}", [
+                    str(bin_dir / "flower-supernode"), *node_security(k), "--superlink", f"127.0.0.1:{port}",
+                    "--port", str(free_port()), "--node-config", 'clients="0"',
+                ], logs / f"unregistered{k - nodes}.log", env)
             for k, clients in enumerate(blocks):
                 node_port = free_port()
-                config = f'clients="{",".join(map(str, clients))}" data-root="{env["PFEDLA_DATA_ROOT"]}"'
+                # what the node keeps of its clients' models lives beside the run (a resume finds it there)
+                state = run_dir / "flower_nodes" / f"node{k}"
+                config = (f'clients="{",".join(map(str, clients))}" data-root="{env["PFEDLA_DATA_ROOT"]}" '
+                          f'state-dir="{state}"')
                 if (node_overrides or {}).get(k):
                     config += f" overrides={json.dumps(node_overrides[k])}"
                 node = processes.start(f"SuperNode {k}", [
-                    str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                    str(bin_dir / "flower-supernode"), *node_security(k), "--superlink", f"127.0.0.1:{port}",
                     "--port", str(node_port), "--node-config", config,
                 ], logs / f"supernode{k}.log", env)
                 wait_for_port(node_port, 60, node, f"SuperNode {k}")
+            summary = run_dir / "summary.json"
+            # a resumed run dir holds the summary of the run it continues: only a newer one says this run finished
+            previous = summary.stat().st_mtime_ns if summary.is_file() else None
             run_config = Path(scratch) / "run_config.toml"
             run_config.write_text(f"overrides = {json.dumps(shlex.join(overrides))}\n"
                                   f"run-dir = {json.dumps(str(run_dir))}\n")
@@ -206,8 +245,8 @@ def deploy(overrides: list[str], nodes: int, run_dir: Path, timeout: float = 360
                                      str(run_config), "--stream"], env=env, capture_output=True, text=True,
                                     timeout=timeout)
             (logs / "flwr_run.log").write_text(submit.stdout + submit.stderr)
-            summary = run_dir / "summary.json"
-            if submit.returncode != 0 or not summary.is_file():
+            finished = summary.is_file() and summary.stat().st_mtime_ns != previous
+            if submit.returncode != 0 or not finished:
                 tail = "\n".join((submit.stdout + submit.stderr).strip().splitlines()[-15:])
                 raise RuntimeError(f"the deployed run wrote no {summary} (flwr run exited {submit.returncode}):\n"
                                    f"{tail}")
@@ -224,9 +263,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", default=None, help="the nodes' and server's PFEDLA_DATA_ROOT (default: "
                         "$PFEDLA_DATA_ROOT, else ./data)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds the run may take")
+    parser.add_argument("--tls", action="store_true", help="TLS and SuperNode authentication, with a CA, the "
+                        "SuperLink's certificate and the nodes' keys made for this run (pfedla/flower/tls.py)")
     parser.add_argument("overrides", nargs="*", help="python -m pfedla.run overrides (after --)")
     args = parser.parse_args(argv)
     run_dir = args.run_dir or Path("outputs/flower") / time.strftime("%Y-%m-%d_%H-%M-%S")
-    summary = deploy(args.overrides, args.nodes, run_dir, args.timeout, args.data_root, logs=run_dir / "flower_logs")
+    summary = deploy(args.overrides, args.nodes, run_dir, args.timeout, args.data_root, logs=run_dir / "flower_logs",
+                     tls=args.tls)
     final = summary.get("final") or {}
     print(f"deployed run on {args.nodes} SuperNodes: {run_dir} (test/acc_mean {final.get('test/acc_mean')})")

@@ -25,7 +25,7 @@ def main(grid: Grid, context: Context) -> None:
     check(cfg.federation.unseen_fraction == 0, "federation.unseen_fraction", cfg.federation.unseen_fraction,
           "must be 0 in a deployment (clients never seen in training are not deployed yet)", "0")
     module = setup(cfg)
-    transport = FlowerTransport(grid, module.data.num_clients, module.data.fingerprint)
+    transport = FlowerTransport(grid, module)
     transport.handshake()
     module.transport = transport
     run(cfg, str(context.run_config["run-dir"]), module=module)

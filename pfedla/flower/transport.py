@@ -1,30 +1,30 @@
-"""FlowerTransport: the round's clients reached through a Flower Grid, one message per node and step."""
+"""FlowerTransport: ``protocol.Remote`` over a Flower Grid, one message per node and step.
+
+Each request travels as a RecordDict: the task as a ConfigRecord, each client's flat model as an ArrayRecord
+(``model/<client>``); each reply's entries come back as ArrayRecords the same way. ``handshake`` learns which node
+holds which client and refuses a node whose partition differs from the server's.
+"""
 
 from __future__ import annotations
 
 import time
 
-import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from pfedla.algorithms.stacked import ClientModel
-from pfedla.flower.wire import from_record, model_record, split_model
+from pfedla.flower.protocol import DeploymentError, Remote, Request
+from pfedla.flower.wire import from_record, to_record
 
 TIMEOUT = 3600.0  # seconds a step waits for its nodes' replies
+MESSAGE_TYPES = {"train": MessageType.TRAIN, "evaluate": MessageType.EVALUATE}
 
 
-class DeploymentError(RuntimeError):
-    """A node that did not answer, answered with an error, or holds other data than the server's run."""
-
-
-class FlowerTransport:
-    """``pfedla.transport``'s interface over a Flower Grid. ``handshake`` learns which node holds which client and
-    refuses a node whose partition differs from the server's."""
-
-    def __init__(self, grid: Grid, num_clients: int, fingerprint: str, timeout: float = TIMEOUT):
-        self.grid, self.num_clients, self.fingerprint, self.timeout = grid, num_clients, fingerprint, timeout
-        self.node_of: dict[int, int] = {}
+class FlowerTransport(Remote):
+    def __init__(self, grid: Grid, module, timeout: float = TIMEOUT):
+        """``module``: the run's FederatedModule (its data's size and fingerprint, and which version of its kept
+        tensors each client holds)."""
+        super().__init__(module, self._flower_exchange)
+        self.grid, self.timeout, self.fingerprint = grid, timeout, module.data.fingerprint
 
     def handshake(self, wait: float = 120.0) -> dict[int, int]:
         """{client: node id} from the connected nodes' answers (each client on exactly one node), asking nodes as
@@ -53,46 +53,16 @@ class FlowerTransport:
                                       f"connected; clients 0..{self.num_clients - 1} must each be on one node)")
             time.sleep(1.0)
 
-    def train(self, round_idx: int, clients: list[int], sent: dict[int, ClientModel], kind: str, stream: int):
-        by_node = self._by_node(clients)
-        replies = self._send_models(by_node, sent, MessageType.TRAIN, f"round {round_idx} ({kind})", kind=kind,
-                                    round=round_idx, stream=stream)
-        out = {}
-        for node, mine in by_node.items():
-            for c in mine:
-                params, buffers, extra = split_model(replies[node].content[f"trained/{c}"])
-                out[c] = (params, buffers, extra["loss"])
-        return [out[c] for c in clients]
-
-    def score(self, clients: list[int], models: list[ClientModel]) -> dict[str, torch.Tensor]:
-        by_node = self._by_node(clients)
-        replies = self._send_models(by_node, dict(zip(clients, models)), MessageType.EVALUATE, "evaluation")
-        out = {split: torch.zeros(self.num_clients) for split in ("val", "test")}
-        for node, mine in by_node.items():
-            accs = from_record(replies[node].content["accs"])
-            for split in out:
-                out[split][mine] = accs[split]
-        return out
-
-    # --- plumbing ------------------------------------------------------------------------------------
-    def _by_node(self, clients: list[int]) -> dict[int, list[int]]:
-        by_node: dict[int, list[int]] = {}
-        for c in clients:
-            by_node.setdefault(self.node_of[c], []).append(c)
-        return by_node
-
-    def _send_models(self, by_node: dict[int, list[int]], models: dict[int, ClientModel], message_type: str,
-                     what: str, **task) -> dict[int, Message]:
-        """One ``message_type`` message per node: its clients' models, the task (clients, this process's thread count,
-        ``task``); the replies by node."""
+    def _flower_exchange(self, message_type: str, requests: dict[int, Request], what: str) -> dict[int, dict]:
         messages = {}
-        for node, mine in by_node.items():
-            content = RecordDict({"task": ConfigRecord({"clients": mine, "threads": torch.get_num_threads(),
-                                                        **task})})
-            for c in mine:
-                content[f"model/{c}"] = model_record(models[c].params, models[c].buffers)
-            messages[node] = (content, message_type)
-        return self._exchange(messages, what)
+        for node, request in requests.items():
+            content = RecordDict({"task": ConfigRecord(request.task)})
+            for c, tensors in request.models.items():
+                content[f"model/{c}"] = to_record(tensors)
+            messages[node] = (content, MESSAGE_TYPES[message_type])
+        replies = self._exchange(messages, what)
+        return {node: {key: from_record(record) for key, record in reply.content.array_records.items()}
+                for node, reply in replies.items()}
 
     def _exchange(self, messages: dict[int, tuple[RecordDict, str]], what: str) -> dict[int, Message]:
         """Send each node its message, wait for every reply; one clear error naming the node otherwise."""

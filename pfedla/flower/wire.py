@@ -18,16 +18,3 @@ def to_record(tensors: Tensors) -> ArrayRecord:
 def from_record(record: ArrayRecord) -> Tensors:
     """The tensors an ArrayRecord holds, as torch tensors (each its own copy)."""
     return {name: torch.from_numpy(array.numpy().copy()) for name, array in record.items()}
-
-
-def model_record(params: Tensors, buffers: Tensors, **extra: torch.Tensor) -> ArrayRecord:
-    """One client's model (and ``extra`` tensors such as its loss) in one record: names prefixed by their part."""
-    return to_record({**{f"p/{n}": t for n, t in params.items()}, **{f"b/{n}": t for n, t in buffers.items()},
-                      **{f"x/{n}": t for n, t in extra.items()}})
-
-
-def split_model(record: ArrayRecord) -> tuple[Tensors, Tensors, Tensors]:
-    """(params, buffers, extra) of a ``model_record``."""
-    tensors = from_record(record)
-    part = lambda p: {n[len(p):]: t for n, t in tensors.items() if n.startswith(p)}
-    return part("p/"), part("b/"), part("x/")

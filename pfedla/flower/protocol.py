@@ -1,0 +1,208 @@
+"""The deployment's protocol as plain data, apart from Flower: what the server sends each node, what the node
+does with it, and what comes back.
+
+- ``Remote`` is ``pfedla.transport``'s interface over an ``exchange(message_type, {node: Request}) -> {node:
+  reply}``. It sends each client's model without its kept tensors (ClientModel.kept), naming them and the
+  version the node fills them from, and puts the server's own copy back into what it hands its algorithm.
+- ``NodeWork`` is a node's side: it builds the run from the run's and its own config (the same
+  ``pfedla.run.setup`` the simulation calls), fills in kept tensors from its state directory
+  (pfedla/flower/kept.py), runs ``local_work``/``score_models`` and replies without the kept tensors.
+
+FlowerTransport and the ClientApp only carry these over Flower's records and Grid; tests/test_protocol.py runs
+every method through ``Remote`` and ``NodeWork`` in one process, against the simulation.
+
+Tensors travel flat, ``{"p/<name>": params, "b/<name>": buffers, "x/<name>": extras}`` per client model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pfedla.algorithms.stacked import ClientModel
+from pfedla.compute import choose_compute
+from pfedla.flower.kept import KeptStore, settle
+from pfedla.flower.runconfig import compose_run, node_clients
+from pfedla.transport import local_work, plan_for, score_models
+
+Tensors = dict[str, torch.Tensor]
+TRAIN, EVALUATE = "train", "evaluate"  # the two message types a round sends (Flower's names)
+STATE_DIR = Path.home() / ".cache" / "pfedla" / "flower-node"  # --node-config state-dir's default
+
+
+class DeploymentError(RuntimeError):
+    """A node that did not answer, answered with an error, or holds other data than the server's run."""
+
+
+@dataclass
+class Request:
+    """One node's message: the task (flat scalars and lists: Flower's ConfigRecord) and its clients' models."""
+
+    task: dict
+    models: dict[int, Tensors]
+
+
+def flat(params: Tensors, buffers: Tensors, **extra: torch.Tensor) -> Tensors:
+    """One client's model (and ``extra`` tensors such as its loss) as one flat dict: names prefixed by part."""
+    return {**{f"p/{n}": t for n, t in params.items()}, **{f"b/{n}": t for n, t in buffers.items()},
+            **{f"x/{n}": t for n, t in extra.items()}}
+
+
+def unflat(tensors: Tensors) -> tuple[Tensors, Tensors, Tensors]:
+    """(params, buffers, extra) of a ``flat`` dict."""
+    part = lambda p: {n[len(p):]: t for n, t in tensors.items() if n.startswith(p)}
+    return part("p/"), part("b/"), part("x/")
+
+
+def without_kept(model: ClientModel, **extra: torch.Tensor) -> Tensors:
+    """``model`` flat, without the tensors it keeps on the client."""
+    return flat({n: t for n, t in model.params.items() if n not in model.kept},
+                {n: t for n, t in model.buffers.items() if n not in model.kept}, **extra)
+
+
+Exchange = Callable[[str, dict[int, Request], str], dict[int, dict[str, Tensors]]]
+
+
+class Remote:
+    """``pfedla.transport``'s interface over ``exchange(message_type, {node: request}, what)`` (``what`` names
+    the step in errors), which returns each node's reply: {key: flat tensors}. ``node_of``: {client: node}.
+    ``module``: the run's FederatedModule (which version of its kept tensors each client holds)."""
+
+    def __init__(self, module, exchange: Exchange, node_of: dict[int, int] | None = None):
+        self.module, self.exchange, self.node_of = module, exchange, dict(node_of or {})
+        self.num_clients = module.data.num_clients
+
+    def train(self, round_idx: int, clients: list[int], sent: dict[int, ClientModel], kind: str, stream: int):
+        """The round's local training (score (b)'s adaptation is ``adapted_score``)."""
+        keep_from = {c: self.module.last_trained(c, self.module.checkpointed_round) for c in clients}
+        replies = self._send(clients, sent, TRAIN, f"round {round_idx} ({kind})", round_idx - 1, kind=kind,
+                             round=round_idx, stream=stream, **{f"keep-from/{c}": v for c, v in keep_from.items()})
+        out = []
+        for c in clients:
+            params, buffers, extra = unflat(replies[self.node_of[c]][f"trained/{c}"])
+            own = sent[c]  # the server's copy of what the client kept (it never moves)
+            params.update({n: own.params[n] for n in own.kept if n in own.params})
+            buffers.update({n: own.buffers[n] for n in own.kept if n in own.buffers})
+            out.append((params, buffers, extra["loss"]))
+        return out
+
+    def score(self, clients: list[int], models: list[ClientModel]) -> dict[str, torch.Tensor]:
+        return self._scores(clients, models, "evaluation", self.module.round)  # after this round's training
+
+    def adapted_score(self, round_idx: int, clients: list[int], models: list[ClientModel], stream: int
+                      ) -> dict[str, torch.Tensor]:
+        return self._scores(clients, models, "score (b)'s adaptation", round_idx, adapt=True, round=round_idx,
+                            stream=stream)
+
+    def _scores(self, clients: list[int], models: list[ClientModel], what: str, through: int, **task
+                ) -> dict[str, torch.Tensor]:
+        replies = self._send(clients, dict(zip(clients, models)), EVALUATE, what, through, **task)
+        out = {split: torch.zeros(self.num_clients) for split in ("val", "test")}
+        for node, reply in replies.items():
+            mine = [c for c in clients if self.node_of[c] == node]
+            for split in out:
+                out[split][mine] = reply["accs"][split]
+        return out
+
+    def _send(self, clients: list[int], models: dict[int, ClientModel], message_type: str, what: str,
+              through: int, **task) -> dict[int, dict[str, Tensors]]:
+        """One request per node holding some of ``clients``: their models without their kept tensors, and the
+        task (clients, this process's thread count, each client's kept names and their version as of round
+        ``through``, ``task``); the replies by node."""
+        requests: dict[int, Request] = {}
+        for c in clients:
+            node = self.node_of[c]
+            if node not in requests:
+                requests[node] = Request({"clients": [], "threads": torch.get_num_threads(), **task}, {})
+            request, model = requests[node], models[c]
+            request.task["clients"].append(c)
+            if model.kept:
+                request.task[f"kept/{c}"] = sorted(model.kept)
+                request.task[f"version/{c}"] = self.module.last_trained(c, through)
+            request.models[c] = without_kept(model)
+        return self.exchange(message_type, requests, what)
+
+
+class NodeWork:
+    """The run as a node sees it: config, its clients, the data (the partition's, on the CPU in the run's
+    layout), the algorithm (for its plans), the engine and what it keeps. Built anew for every message, as a
+    deployment's fresh ClientApp process does; ``node_config``: the node's (clients, data-root, state-dir,
+    overrides), ``run_config``: the run's (overrides, run-dir), ``threads``: the server's torch thread count
+    (every request's task carries it)."""
+
+    def __init__(self, node_config: dict, run_config: dict, threads: int | None = None):
+        from pfedla.run import setup
+
+        if threads is not None:  # the server's count, before anything runs: the same ops round the same way
+            torch.set_num_threads(int(threads))
+        root = node_config.get("data-root")
+        if root:
+            os.environ["PFEDLA_DATA_ROOT"] = str(root)
+        # the run's overrides, then the node's own (--node-config 'overrides="dataset.root=/site/data"'); the
+        # handshake's fingerprint shows whether the node still holds the run's partition
+        self.cfg = compose_run(f'{run_config["overrides"]} {node_config.get("overrides", "")}')
+        self.clients = node_clients(node_config)
+        module = setup(self.cfg)
+        self.algorithm, self.engine = module.algorithm, module.engine
+        self.engine.compute = choose_compute(self.cfg.trainer, module.model, torch.device("cpu"),
+                                             self.engine.channels_last)
+        self.data = module.data.to(torch.device("cpu"), self.engine.compute)
+        outside = [c for c in self.clients if not 0 <= c < self.data.num_clients]
+        if outside:
+            raise ValueError(f"this SuperNode names client {outside[0]}, but the run has clients 0.."
+                             f"{self.data.num_clients - 1}")
+        run_key = KeptStore.run_key(str(run_config.get("run-dir", "")), self.data.fingerprint)
+        self.kept = KeptStore(Path(node_config.get("state-dir") or STATE_DIR), run_key)
+
+    def handshake(self) -> dict:
+        return {"clients": self.clients, "fingerprint": self.data.fingerprint}
+
+    def train(self, task: dict, models: dict[int, Tensors]) -> dict[str, Tensors]:
+        """Each named client runs the plan of ``kind`` from the model it was sent, its kept tensors filled in from
+        its own copy, which the trained ones then replace (``settle``); replies without them."""
+        sent = self._received(task, models)
+        clients, round_idx = list(sent), int(task["round"])
+        plan = plan_for(self.algorithm, str(task["kind"]), self.cfg.client.epochs)
+        results = local_work(self.engine, plan, self.data, clients, sent, self.cfg.client, self.cfg.seed,
+                             round_idx, int(task["stream"]))
+        reply = {}
+        for c, (params, buffers, loss) in zip(clients, results):
+            if sent[c].kept:
+                loss = settle(self.kept, c, round_idx, ClientModel(params, buffers), loss, int(task[f"keep-from/{c}"]))
+            reply[f"trained/{c}"] = without_kept(ClientModel(params, buffers, sent[c].kept), loss=loss)
+        return reply
+
+    def evaluate(self, task: dict, models: dict[int, Tensors]) -> dict[str, Tensors]:
+        """Each named client's model scored on its validation and test splits, after score (b)'s adaptation when
+        the task says ``adapt`` (the adapted models never leave the node)."""
+        received = self._received(task, models)
+        clients = list(received)
+        if task.get("adapt", False):
+            plan = plan_for(self.algorithm, "adapt", self.cfg.client.epochs)
+            trained = local_work(self.engine, plan, self.data, clients, received, self.cfg.client, self.cfg.seed,
+                                 int(task["round"]), int(task["stream"]))
+            received = {c: ClientModel(params, buffers) for c, (params, buffers, _) in zip(clients, trained)}
+        accs = score_models(self.engine, self.data, clients, list(received.values()), torch.device("cpu"))
+        return {"accs": {split: a[clients] for split, a in accs.items()}}
+
+    def _received(self, task: dict, models: dict[int, Tensors]) -> dict[int, ClientModel]:
+        """{client: the model the server sent it, its kept tensors filled in from the version the server names}."""
+        clients = [int(c) for c in task["clients"]]
+        foreign = sorted(set(clients) - set(self.clients))
+        if foreign:
+            raise ValueError(f"asked for client {foreign[0]}, which this SuperNode does not hold ({self.clients})")
+        out = {}
+        for c in clients:
+            params, buffers, _ = unflat(models[c])
+            kept = frozenset(task.get(f"kept/{c}", []))
+            if kept:
+                version = int(task[f"version/{c}"])
+                own = self.algorithm.own_model(c) if version == 0 else self.kept.load(c, version)
+                params.update({n: own.params[n] for n in kept if n in own.params})
+                buffers.update({n: own.buffers[n] for n in kept if n in own.buffers})
+            out[c] = ClientModel(params, buffers, kept)
+        return out

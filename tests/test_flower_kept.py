@@ -1,0 +1,87 @@
+"""What a SuperNode keeps of its clients' models (pfedla/flower/kept.py) and which tensors a method keeps there
+(ClientModel.kept), without Flower: the store round-trips bit for bit, prunes only what no checkpoint needs, and
+names the client and what it holds when asked for a version it lost."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pfedla.algorithms.stacked import ClientModel
+from pfedla.flower.kept import KeptMissing, KeptStore, settle
+
+
+def test_the_store_returns_each_version_bit_for_bit_and_prunes_only_older_ones(tmp_path):
+    store = KeptStore(tmp_path, KeptStore.run_key("outputs/run", "abc"))
+    versions = {v: ClientModel({"w": torch.randn(3, 4, dtype=torch.float64)}, {"n": torch.tensor(v)})
+                for v in (1, 3, 4)}
+    for v, model in versions.items():
+        store.save(0, v, model)
+    assert store.versions(0) == [1, 3, 4] and store.versions(1) == []
+    for v, model in versions.items():
+        loaded = store.load(0, v)
+        assert loaded.params.keys() == {"w"} and loaded.buffers.keys() == {"n"}
+        assert torch.equal(loaded.params["w"], model.params["w"])
+        assert torch.equal(loaded.buffers["n"], model.buffers["n"])
+    store.prune(0, keep_from=3)  # the last checkpoint expects round 3: round 1 can never be asked for again
+    assert store.versions(0) == [3, 4]
+    with pytest.raises(KeptMissing, match=r"client 0's own layers as of round 1 .*holds rounds 3, 4"):
+        store.load(0, 1)
+    with pytest.raises(KeptMissing, match="client 2's own layers as of round 5 .*holds none"):
+        store.load(2, 5)
+    # another run (or partition) never reads this one's versions
+    assert KeptStore(tmp_path, KeptStore.run_key("outputs/run", "abd")).versions(0) == []
+
+
+def test_a_result_the_server_will_reject_is_not_kept_and_its_loss_says_so(tmp_path):
+    store = KeptStore(tmp_path, "run")
+    good = ClientModel({"head": torch.ones(2)}, {"stat": torch.zeros(2)})
+    assert settle(store, 0, 1, good, torch.tensor(0.5), keep_from=0) == 0.5 and store.versions(0) == [1]
+    # NaN in a kept tensor the server never sees: not kept (round 1 stays the client's own), loss NaN (rejected)
+    bad = ClientModel({"head": torch.tensor([1.0, float("nan")])}, {"stat": torch.zeros(2)})
+    assert torch.isnan(settle(store, 0, 2, bad, torch.tensor(0.4), keep_from=1)) and store.versions(0) == [1]
+    bad_loss = ClientModel({"head": torch.ones(2)}, {"stat": torch.zeros(2)})
+    assert torch.isnan(settle(store, 0, 3, bad_loss, torch.tensor(float("inf")), keep_from=1))
+    assert store.versions(0) == [1]
+    assert settle(store, 0, 4, good, torch.tensor(0.3), keep_from=1) == 0.3 and store.versions(0) == [1, 4]
+    assert settle(store, 0, 5, good, torch.tensor(0.3), keep_from=4) == 0.3 and store.versions(0) == [4, 5]
+
+
+HEAD = ("fc3.weight", "fc3.bias")  # cnn_bn's classifier: head_layers=1 in fedper.yaml and lgfedavg.yaml
+
+
+@pytest.mark.parametrize("algorithm, kept", [
+    ("fedavg", lambda names: set()),
+    ("pfedla", lambda names: set()),
+    ("fedper", lambda names: set(HEAD)),
+    ("lgfedavg", lambda names: set(names) - set(HEAD)),
+    ("fedbn", lambda names: {n for n in names if n.startswith(("bn1.", "bn2."))}),
+    ("local", lambda names: set(names)),
+])
+def test_the_tensors_a_method_keeps_on_the_client_are_the_ones_it_never_shares(synthetic_cfg, algorithm, kept):
+    from pfedla.algorithms.base import RoundContext
+    from pfedla.run import setup
+
+    alg = setup(synthetic_cfg(f"algorithm={algorithm}", "model=cnn_bn")).algorithm
+    names = [*alg.param_names, *alg.buffer_names]
+    assert set(alg.personalized_model(1).kept) == kept(names)
+    alg.begin_round(RoundContext(1, [0, 1], 0, alg.device))
+    assert set(alg.model_for(1).kept) == kept(names)
+
+
+def test_heurpfedla_keeps_its_retained_layers_whole_and_sends_them_as_the_clients_own(synthetic_cfg):
+    from pfedla.algorithms.base import RoundContext
+    from pfedla.run import setup
+
+    alg = setup(synthetic_cfg("algorithm=heurpfedla", "model=cnn_bn", "algorithm.k=2")).algorithm
+    for i in range(alg.num_clients):  # every client's model differs from every other's, as the server knows it too
+        for stacked in (alg.client_params, alg.uploaded_params):
+            stacked.set_row(i, {n: torch.full_like(t, i + 1.0) for n, t in stacked.row(i).items()})
+    alg.begin_round(RoundContext(1, [0, 1, 2], 0, alg.device))
+    for i in (0, 2):
+        sent = alg.model_for(i)
+        layers = [layer for layer, members in alg.layers.items() if set(members) <= sent.kept]
+        assert len(layers) == 2 and sent.kept == {n for layer in layers for n in alg.layers[layer]}
+        assert all(torch.equal(sent.params[n], alg.client_params[n][i]) for n in sent.kept)
+        assert not any(torch.equal(sent.params[n], alg.client_params[n][i]) for n in alg.param_names
+                       if n not in sent.kept)  # the rest is a mix of the clients' models

@@ -1,0 +1,95 @@
+"""Every method through the deployment's protocol (pfedla/flower/protocol.py) equals its simulation bit for bit:
+the server's ``Remote`` transport and two nodes' ``NodeWork``, each built anew for every message as a fresh
+ClientApp process is, exchanging only flat tensors in this process (tests/test_flower.py runs the same protocol
+over a real SuperLink and SuperNodes). What a method keeps on the client never reaches the server."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+
+from pfedla.flower.protocol import EVALUATE, TRAIN, NodeWork, Remote
+from pfedla.flower.runconfig import compose_run
+from tests.conftest import SYNTHETIC
+
+ALGORITHMS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "conf/algorithm").glob("*.yaml"))
+CLIENTS = 4  # SYNTHETIC's; nodes 0 and 1 hold clients 0-1 and 2-3
+
+
+def in_process_nodes(run_config: dict, state: Path):
+    """An exchange that hands each node's request to a fresh ``NodeWork`` of that node, and what crossed."""
+    node_config = {node: {"clients": f"{2 * node},{2 * node + 1}", "state-dir": str(state / f"node{node}")}
+                   for node in (0, 1)}
+    crossed: list[tuple[str, set[str], set[str]]] = []  # per client and message: (type, kept, names that travelled)
+
+    def exchange(message_type, requests, what):
+        replies = {}
+        for node, request in requests.items():
+            work = NodeWork(node_config[node], run_config, request.task["threads"])
+            reply = (work.train if message_type == TRAIN else work.evaluate)(request.task, request.models)
+            replies[node] = reply
+            for c, tensors in request.models.items():
+                up = reply[f"trained/{c}"] if message_type == TRAIN else {}
+                names = {n.split("/", 1)[1] for n in [*tensors, *up]}
+                crossed.append((message_type, set(request.task.get(f"kept/{c}", [])), names))
+        return replies
+
+    return exchange, crossed
+
+
+def run_deployed(overrides: list[str], run_dir: Path, state: Path):
+    from pfedla.run import run, setup
+
+    text = shlex.join(overrides)
+    cfg = compose_run(text)
+    module = setup(cfg)
+    exchange, crossed = in_process_nodes({"overrides": text, "run-dir": str(run_dir)}, state)
+    module.transport = Remote(module, exchange, {c: c // 2 for c in range(CLIENTS)})
+    run(cfg, str(run_dir), module=module)
+    return module, crossed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_method_through_the_protocol_equals_its_simulation(tmp_path, algorithm):
+    from pfedla.run import run, setup
+
+    overrides = [*SYNTHETIC, f"algorithm={algorithm}", "model=cnn_bn", "federation.adapt_every=2",
+                 "federation.participation=0.75", "checkpoint.every=1"]
+    simulated_cfg = compose_run(shlex.join(overrides))
+    simulated = setup(simulated_cfg)
+    run(simulated_cfg, str(tmp_path / "simulated"), module=simulated)
+    deployed, crossed = run_deployed(overrides, tmp_path / "deployed", tmp_path / "nodes")
+
+    assert (tmp_path / "deployed/metrics.csv").read_text() == (tmp_path / "simulated/metrics.csv").read_text()
+    assert {t for t, _, _ in crossed} == {TRAIN, EVALUATE}
+    assert all(not kept & names for _, kept, names in crossed), "a kept tensor travelled"
+    keeps = algorithm in ("fedper", "fedrep", "lgfedavg", "fedbn", "local", "heurpfedla")
+    assert any(kept for _, kept, _ in crossed) == keeps
+    a, b = deployed.algorithm.state_dict(), simulated.algorithm.state_dict()
+    differ = {k for k in b if not torch.equal(a[k], b[k])}
+    if keeps:
+        # the server's copies of what clients keep never moved; everything else is the simulation's
+        assert differ and all(k.startswith(("client_params.", "client_buffers.")) for k in differ), differ
+    else:
+        assert differ == set(), differ
+
+
+@pytest.mark.slow
+def test_updates_the_server_rejects_are_not_what_a_node_keeps(tmp_path):
+    """FedPer at lr 3: NaN updates from round 2 on. The server rejects them as in simulation, and the nodes keep
+    the heads of the last accepted round (round 1 for most), which the server asks for by that version."""
+    from pfedla.run import run, setup
+
+    overrides = [*SYNTHETIC, "algorithm=fedper", "model=cnn_bn", "federation.participation=0.75", "client.lr=3",
+                 "federation.rounds=3"]
+    simulated_cfg = compose_run(shlex.join(overrides))
+    simulated = setup(simulated_cfg)
+    run(simulated_cfg, str(tmp_path / "simulated"), module=simulated)
+    deployed, _ = run_deployed(overrides, tmp_path / "deployed", tmp_path / "nodes")
+    assert simulated.rejected and deployed.rejected == simulated.rejected
+    assert min(r for r, _ in simulated.rejected) == 2  # round 1 accepted: versions 1 to fill from later
+    assert (tmp_path / "deployed/metrics.csv").read_text() == (tmp_path / "simulated/metrics.csv").read_text()
