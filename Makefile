@@ -62,7 +62,7 @@ run: data
 
 # The whole suite needs the flower extra's environment too (tests/test_flower.py runs a real deployment).
 test: install-dev install-flower data
-	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) -m pytest -q
+	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) -m pytest -q --durations=25
 
 test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow"
