@@ -37,9 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
-from pfedla.benchmark.fmnist_verdicts import (  # noqa: E402
+from pfedla.benchmark.fmnist_verdicts import (
     WINDOW,
     WINDOW_ADAPTED,
     _against,
@@ -50,8 +48,8 @@ from pfedla.benchmark.fmnist_verdicts import (  # noqa: E402
     late_slope,
     rising_markdown,
 )
-from pfedla.benchmark.grid import rounds_of as _rounds  # noqa: E402  (a run dir's rounds by summary and curve)
-from pfedla.report import (  # noqa: E402
+from pfedla.benchmark.grid import rounds_of as _rounds  # a run dir's rounds by summary and curve
+from pfedla.report import (
     SCORES_EXPLAINED,
     alpha_markdown,
     find_jobs,
@@ -62,6 +60,7 @@ from pfedla.report import (  # noqa: E402
     table_rows,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 METHODS = ("pfedla", "heurpfedla", "fedavg", "fedbn", "pfedhn", "local")
 SEEDS = (0, 1, 2)
 # split -> (overrides, dataset fraction). The headline split uses all of Fashion-MNIST; the other two a

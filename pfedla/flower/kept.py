@@ -47,9 +47,9 @@ class KeptStore:
         return sorted(int(p.stem[len("round"):]) for p in folder.glob("round*.pt")) if folder.is_dir() else []
 
     def save(self, client: int, version: int, model: ClientModel) -> None:
-        tensors = {**{f"p/{n}": t for n, t in model.params.items()}, **{f"b/{n}": t for n, t in model.buffers.items()}}
+        cpu = lambda tensors: {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
         buffer = io.BytesIO()
-        torch.save({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, buffer)
+        torch.save({"params": cpu(model.params), "buffers": cpu(model.buffers)}, buffer)
         path = self._path(client, version)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, buffer.getvalue())
@@ -63,9 +63,8 @@ class KeptStore:
                 f"{'rounds ' + ', '.join(map(str, held)) if held else 'none'} under {self.dir}): its state directory "
                 "(--node-config state-dir) was lost or belongs to another node. Start it with the state directory "
                 "it used, or begin a new run")
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
-        part = lambda p: {n[len(p):]: t for n, t in tensors.items() if n.startswith(p)}
-        return ClientModel(part("p/"), part("b/"))
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return ClientModel(saved["params"], saved["buffers"])
 
     def prune(self, client: int, keep_from: int) -> None:
         """Drop the versions older than ``keep_from``, the one the server's last checkpoint expects."""

@@ -64,6 +64,12 @@ def without_kept(model: ClientModel, **extra: torch.Tensor) -> Tensors:
                 {n: t for n, t in model.buffers.items() if n not in model.kept}, **extra)
 
 
+def fill_kept(params: Tensors, buffers: Tensors, names: frozenset[str], source: ClientModel) -> None:
+    """Put ``source``'s tensors named ``names`` into ``params`` and ``buffers``, each where it belongs."""
+    params.update({n: source.params[n] for n in names if n in source.params})
+    buffers.update({n: source.buffers[n] for n in names if n in source.buffers})
+
+
 Exchange = Callable[[str, dict[int, Request], str], dict[int, dict[str, Tensors]]]
 
 
@@ -78,15 +84,12 @@ class Remote:
 
     def train(self, round_idx: int, clients: list[int], sent: dict[int, ClientModel], kind: str, stream: int):
         """The round's local training (score (b)'s adaptation is ``adapted_score``)."""
-        keep_from = {c: self.module.last_trained(c, self.module.checkpointed_round) for c in clients}
         replies = self._send(clients, sent, TRAIN, f"round {round_idx} ({kind})", round_idx - 1, kind=kind,
-                             round=round_idx, stream=stream, **{f"keep-from/{c}": v for c, v in keep_from.items()})
+                             round=round_idx, stream=stream)
         out = []
         for c in clients:
             params, buffers, extra = unflat(replies[self.node_of[c]][f"trained/{c}"])
-            own = sent[c]  # the server's copy of what the client kept (it never moves)
-            params.update({n: own.params[n] for n in own.kept if n in own.params})
-            buffers.update({n: own.buffers[n] for n in own.kept if n in own.buffers})
+            fill_kept(params, buffers, sent[c].kept, sent[c])  # the server's copy of them (it never moves)
             out.append((params, buffers, extra["loss"]))
         return out
 
@@ -112,7 +115,8 @@ class Remote:
               through: int, **task) -> dict[int, dict[str, Tensors]]:
         """One request per node holding some of ``clients``: their models without their kept tensors, and the
         task (clients, this process's thread count, each client's kept names and their version as of round
-        ``through``, ``task``); the replies by node."""
+        ``through``, for training also the version the last checkpoint expects, ``task``); the replies by
+        node."""
         requests: dict[int, Request] = {}
         for c in clients:
             node = self.node_of[c]
@@ -123,6 +127,8 @@ class Remote:
             if model.kept:
                 request.task[f"kept/{c}"] = sorted(model.kept)
                 request.task[f"version/{c}"] = self.module.last_trained(c, through)
+                if message_type == TRAIN:
+                    request.task[f"keep-from/{c}"] = self.module.last_trained(c, self.module.checkpointed_round)
             request.models[c] = without_kept(model)
         return self.exchange(message_type, requests, what)
 
@@ -171,9 +177,10 @@ class NodeWork:
                              round_idx, int(task["stream"]))
         reply = {}
         for c, (params, buffers, loss) in zip(clients, results):
-            if sent[c].kept:
-                loss = settle(self.kept, c, round_idx, ClientModel(params, buffers), loss, int(task[f"keep-from/{c}"]))
-            reply[f"trained/{c}"] = without_kept(ClientModel(params, buffers, sent[c].kept), loss=loss)
+            trained = ClientModel(params, buffers, sent[c].kept)
+            if trained.kept:
+                loss = settle(self.kept, c, round_idx, trained, loss, int(task[f"keep-from/{c}"]))
+            reply[f"trained/{c}"] = without_kept(trained, loss=loss)
         return reply
 
     def evaluate(self, task: dict, models: dict[int, Tensors]) -> dict[str, Tensors]:
@@ -201,8 +208,7 @@ class NodeWork:
             kept = frozenset(task.get(f"kept/{c}", []))
             if kept:
                 version = int(task[f"version/{c}"])
-                own = self.algorithm.own_model(c) if version == 0 else self.kept.load(c, version)
-                params.update({n: own.params[n] for n in kept if n in own.params})
-                buffers.update({n: own.buffers[n] for n in kept if n in own.buffers})
+                fill_kept(params, buffers, kept,
+                          self.algorithm.own_model(c) if version == 0 else self.kept.load(c, version))
             out[c] = ClientModel(params, buffers, kept)
         return out
