@@ -154,3 +154,23 @@ def test_a_whole_tiny_benchmark_runs_end_to_end_and_resumes_exactly_after_a_kill
     for cell in _cells(root):  # equal threads, the same ops: every curve bit for bit
         a = (root / "store/runs/dirichlet0.5" / cell / "metrics.csv").read_text()
         assert (cut / "store/runs/dirichlet0.5" / cell / "metrics.csv").read_text() == a, cell
+
+
+@pytest.mark.parametrize("name", ["fmnist", "feature_skew"])
+def test_every_cell_of_a_committed_benchmark_composes_a_valid_run_at_its_chosen_values(name):
+    """Each (method, split) of the repository's benchmarks, with the values its committed search chose, passes the
+    run's own checks (pfedla/validate.py): a method added to a yaml that cannot run there (feature skew's clients
+    never seen in training need a recipe) fails here, not hours into the grid."""
+    from pfedla.benchmark.grid import cell_command
+    from pfedla.benchmark.paths import Cell, Places
+    from pfedla.validate import validate_config
+    from tests.conftest import compose_config
+
+    spec = load_spec(name)
+    places = Places.of(spec)
+    for method in spec.methods:
+        for split, about in spec.splits.items():
+            args = cell_command(spec, places, Cell(split, method, about.seeds[0]))[3:]
+            cfg = compose_config([a for a in args if not a.startswith(("hydra.", "resume="))])
+            validate_config(cfg)
+            assert cfg.algorithm.name == spec.methods[method].algorithm and cfg.seed == about.seeds[0]
