@@ -85,6 +85,17 @@ def _scores(summaries: list[dict], which: str, key: str) -> tuple[float, float] 
     return _mean_std(values) if len(values) == len(summaries) else None
 
 
+def run_wall(summary: dict) -> tuple[float, bool]:
+    """A run's wall seconds over all its rounds, and whether that is an estimate. A run resumed from a checkpoint
+    that predates the run's clock (pfedla/server.py, run_seconds) timed only its last process: its seconds are
+    scaled by the rounds over the rounds that process trained."""
+    timed = summary.get("timing") or {}
+    covered = summary.get("wall_seconds_rounds", timed.get("rounds_timed", summary["rounds"]))
+    if 0 < covered < summary["rounds"]:
+        return summary["wall_seconds"] * summary["rounds"] / covered, True
+    return summary["wall_seconds"], False
+
+
 def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
     rows = []
     for label, jobs in groups.items():
@@ -98,7 +109,8 @@ def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
             "best_adapted": _scores(s, "best_adapted", "test/adapted_acc_mean"),
             "final_adapted": _scores(s, "final_adapted", "test/adapted_acc_mean"),
             "mb": statistics.fmean([(x["bytes_down"] + x["bytes_up"]) / 1e6 for x in s]),
-            "wall": statistics.fmean([x["wall_seconds"] for x in s]),
+            "wall": statistics.fmean([run_wall(x)[0] for x in s]),
+            "wall_estimated": any(run_wall(x)[1] for x in s),
             "rounds": max(x["rounds"] for x in s),
             "alpha": _mean_alpha_stats([x["alpha_stats"] for x in s if x.get("alpha_stats")]),
             "unseen": _scores(s, "unseen", "test/acc_mean"),  # held-out clients (pfedla/unseen.py)
@@ -181,8 +193,11 @@ def table_markdown(rows: list[dict]) -> list[str]:
         final_b = "= (a)" if one_score else pct(r["final_adapted"])
         lines.append(
             f"| {r['label']} | {seeds} | {r['rounds']} | {pct(r['best'])} | {pct(r['final'])} | {best_b} "
-            f"| {final_b} | {r['best_round']:.0f} | {r['mb']:.1f} | {r['wall']:.0f} |"
+            f"| {final_b} | {r['best_round']:.0f} | {r['mb']:.1f} | {'~' * r['wall_estimated']}{r['wall']:.0f} |"
         )
+    if any(r["wall_estimated"] for r in rows):
+        lines += ["", "~: a run resumed from a checkpoint older than the run's clock timed only its last process; "
+                  "its wall time is that process's, scaled to all rounds."]
     return lines
 
 

@@ -153,7 +153,7 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     module.run_dir = run_dir
     ensure_writable(run_dir)
 
-    started = time.perf_counter()
+    started = module.clock_started = time.perf_counter()
     # W&B on rank zero only (a launched rank > 0 knows it is one from its environment, before training)
     use_wandb = cfg.logger.name == "wandb" and launch_rank() == 0
     wandb_logger = make_wandb_logger(cfg, run_dir, resolved) if use_wandb else None
@@ -174,6 +174,14 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
     communication = {"bytes_down": int(algorithm.bytes_down), "bytes_up": int(algorithm.bytes_up)}
     summary = build_summary(module.history, resolved, wall_seconds, communication, module.rounds_done,
                             module.data.groups)
+    # wall_seconds: the whole run's, over a resume (pfedla/server.py, run_seconds); a checkpoint from before that
+    # clock leaves only this process's, and wall_seconds_rounds says how many rounds it covers
+    summary["wall_seconds_process"] = wall_seconds
+    if module.seconds_before is None:
+        summary["wall_seconds_rounds"] = module.rounds_done - module.resumed_round
+    else:
+        summary["wall_seconds"] = module.seconds_before + wall_seconds
+        summary["wall_seconds_rounds"] = module.rounds_done
     summary["partition_fingerprint"] = module.data.fingerprint
     summary["rejected_updates"] = module.rejected  # [round, client] pairs with NaN/Inf, never applied
     summary["processes"] = trainer.world_size

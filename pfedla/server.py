@@ -77,7 +77,12 @@ class FederatedModule(L.LightningModule):
         self.rejected: list[list[int]] = []  # [round, client] of updates with NaN/Inf, never applied
         self.checkpointed_round = 0  # rounds_done in the last checkpoint written or loaded
         self._round_losses: list[torch.Tensor] = []
-        self.timings: list[dict] = []  # per round: seconds in client training, server work, evaluation
+        self.timings: list[dict] = []  # per round: seconds in client training, server work, evaluation (checkpointed)
+        # The run's clock: seconds its earlier processes trained, through the checkpoint this one resumed (None: that
+        # checkpoint predates the clock), and when this process's training began (at fit start)
+        self.seconds_before: float | None = 0.0
+        self.resumed_round = 0
+        self.clock_started = time.perf_counter()
         self.threads = torch.get_num_threads()
 
     @property
@@ -123,12 +128,22 @@ class FederatedModule(L.LightningModule):
         self.checkpointed_round = self.rounds_done
         checkpoint["pfedla_rejected"] = self.rejected
         checkpoint["pfedla_config"] = OmegaConf.to_container(self.cfg, resolve=True)
+        checkpoint["pfedla_timings"] = self.timings
+        if self.seconds_before is not None:
+            checkpoint["pfedla_seconds"] = self.run_seconds()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("pfedla_history", []))
-        self.rounds_done = int(checkpoint.get("pfedla_rounds_done", 0))
+        self.rounds_done = self.resumed_round = int(checkpoint.get("pfedla_rounds_done", 0))
         self.checkpointed_round = self.rounds_done
         self.rejected = list(checkpoint.get("pfedla_rejected", []))
+        self.timings = list(checkpoint.get("pfedla_timings", []))
+        self.seconds_before = checkpoint.get("pfedla_seconds")
+
+    def run_seconds(self) -> float:
+        """Seconds the run has trained so far, over its processes: each earlier one through the checkpoint the next
+        resumed (rounds trained after it were trained again, and counted once). Needs ``seconds_before``."""
+        return self.seconds_before + time.perf_counter() - self.clock_started
 
     # --- one round --------------------------------------------------------------------------------
     @property

@@ -116,6 +116,29 @@ def test_resume_with_a_changed_federation_is_refused_naming_the_keys(synthetic_c
     assert summary["rounds"] == 3
 
 
+def test_a_resumed_runs_wall_time_and_timings_cover_every_round_over_its_processes(synthetic_cfg, finished_run):
+    """A checkpoint carries the run's clock and per-round timings: the resumed summary's wall_seconds is the
+    checkpoint's seconds plus this process's, over all rounds. A checkpoint from before that clock leaves only
+    this process's seconds, says which rounds they cover, and the report scales them to all rounds, marked."""
+    from pfedla.report import run_wall
+
+    ckpt = finished_run / "checkpoints/last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["pfedla_seconds"] > 0 and [t["round"] for t in saved["pfedla_timings"]] == [1, 2]
+    summary = run(synthetic_cfg("federation.rounds=3", f"resume={finished_run}"), finished_run)
+    assert summary["wall_seconds"] == saved["pfedla_seconds"] + summary["wall_seconds_process"]
+    assert summary["wall_seconds_rounds"] == 3 and summary["timing"]["rounds_timed"] == 3
+    assert run_wall(summary) == (summary["wall_seconds"], False)
+
+    older = {k: v for k, v in torch.load(ckpt, weights_only=True).items()
+             if k not in ("pfedla_seconds", "pfedla_timings")}  # as written before the clock
+    torch.save(older, ckpt)
+    summary = run(synthetic_cfg("federation.rounds=4", f"resume={finished_run}"), finished_run)
+    assert summary["wall_seconds"] == summary["wall_seconds_process"] and summary["wall_seconds_rounds"] == 1
+    assert summary["timing"]["rounds_timed"] == 1
+    assert run_wall(summary) == (4 * summary["wall_seconds"], True)
+
+
 def test_checkpoint_writes_are_atomic(synthetic_cfg, finished_run, monkeypatch):
     """A crash in the middle of writing leaves the previous checkpoint intact."""
     import pfedla.outputs as outputs

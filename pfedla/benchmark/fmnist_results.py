@@ -55,6 +55,7 @@ from pfedla.report import (
     find_jobs,
     group_jobs,
     plot_curves,
+    run_wall,
     spread_markdown,
     table_markdown,
     table_rows,
@@ -270,7 +271,7 @@ def cmd_render(args) -> None:
         jobs = find_jobs(runs / split) if (runs / split).is_dir() else []
         groups = group_jobs(jobs)
         rows = table_rows(groups)
-        total += sum(j.summary["wall_seconds"] for j in jobs if j.summary)
+        total += sum(run_wall(j.summary)[0] for j in jobs if j.summary)
         counts = sorted({j.summary["rounds"] for j in jobs if j.summary and j.summary.get("final")})
         mixed = " (mixed: each group says which)" if len(counts) > 1 else ""
         rounds = " and ".join(map(str, counts)) + " rounds" + mixed if counts else "no finished runs"

@@ -19,6 +19,7 @@ from pfedla.report import (
     alpha_markdown,
     find_jobs,
     plot_curves,
+    run_wall,
     spread_markdown,
     table_markdown,
     table_rows,
@@ -165,7 +166,7 @@ def cells_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
         summary = places.stored(Cell(split, m, s)) / "summary.json"
         if summary.is_file():
             done.append((split, m, s))
-            seconds += json.loads(summary.read_text())["wall_seconds"]
+            seconds += run_wall(json.loads(summary.read_text()))[0]
     lines = ["## Cells", "", f"{len(done)} of {len(expected)} cells finished ({seconds / 3600:.1f} h of run time "
              "in all, summed over cells, two at a time on the machine that ran them)."]
     missing = [c for c in expected if c not in done]
