@@ -27,7 +27,7 @@ import pfedla.config  # noqa: F401  (registers the schemas with Hydra's ConfigSt
 from pfedla.algorithms import build_algorithm
 from pfedla.checkpointing import AtomicCheckpointIO, RoundCheckpoint, check_resume_compatible, load_checkpoint
 from pfedla.compute import choose_processes, runs_on_cpu
-from pfedla.datasets import build_federated_data
+from pfedla.datasets import FederatedData, build_federated_data
 from pfedla.distributed import FederatedDDPStrategy, launch_rank, restored_process_state
 from pfedla.errors import ConfigError
 from pfedla.models import build_model
@@ -51,11 +51,12 @@ def quiet_third_parties() -> None:
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
 
 
-def setup(cfg: DictConfig) -> FederatedModule:
+def setup(cfg: DictConfig, federation: FederatedData | None = None) -> FederatedModule:
     """Everything before training: validation, data, model, algorithm; ``trainer.devices=auto`` becomes a
-    number in ``cfg`` (pfedla/compute.py). Raises ConfigError early."""
+    number in ``cfg`` (pfedla/compute.py). Raises ConfigError early. ``federation``: the clients' data as built
+    elsewhere (a deployed server's: their facts alone, pfedla/flower/server_app.py) instead of from ``cfg``."""
     validate_config(cfg)
-    partition = build_federated_data(cfg)
+    partition = build_federated_data(cfg) if federation is None else federation
     fed = cfg.federation
     data, unseen = hold_out(partition, fed.unseen_fraction, cfg.seed)  # held-out clients never train
     with open_dict(cfg):

@@ -94,6 +94,8 @@ def test_a_deployment_on_loopback_equals_the_simulation_bit_for_bit(tmp_path, al
 
     deployed, simulated = tmp_path / "deployed", tmp_path / "simulated"
     assert (deployed / "metrics.csv").read_text() == (simulated / "metrics.csv").read_text()
+    # the server ran on the clients' facts from the handshake (it loads no data): the same partition to the count
+    assert (deployed / "partition.json").read_text() == (simulated / "partition.json").read_text()
     if algorithm != "fedper":
         a, b = np.load(deployed / "alpha.npz"), np.load(simulated / "alpha.npz")
         assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
@@ -105,7 +107,7 @@ def test_a_deployment_on_loopback_equals_the_simulation_bit_for_bit(tmp_path, al
     assert summaries[0] == summaries[1]
 
 
-def test_a_node_with_another_partition_is_refused_naming_both_fingerprints(tmp_path):
+def test_nodes_on_different_partitions_are_refused_naming_both_fingerprints(tmp_path):
     script = f"""
 from pathlib import Path
 from pfedla.flower.local import deploy
@@ -128,7 +130,8 @@ except RuntimeError as err:
     server = simulated.stdout.strip().splitlines()[-1]
     node = [w for w in message.replace(",", " ").split() if len(w) == len(server) and w != server
             and all(ch in "0123456789abcdef" for ch in w)]
-    assert f"holds partition {node[0]}" in message and f"the server's run {server}" in message, message
+    assert "hold different partitions" in message and f"partition {node[0]} on SuperNode" in message, message
+    assert f"partition {server} on SuperNode" in message, message
     assert not (tmp_path / "run/metrics.csv").exists()  # refused before the first round
 
 

@@ -1,7 +1,8 @@
 """Every method through the deployment's protocol (pfedla/flower/protocol.py) equals its simulation bit for bit:
 the server's ``Remote`` transport and two nodes' ``NodeWork``, each built anew for every message as a fresh
 ClientApp process is, exchanging only flat tensors in this process (tests/test_flower.py runs the same protocol
-over a real SuperLink and SuperNodes). What a method keeps on the client never reaches the server."""
+over a real SuperLink and SuperNodes). The server runs on the facts the nodes' handshake gave it, without an
+image. What a method keeps on the client never reaches the server."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pfedla.flower.protocol import EVALUATE, TRAIN, NodeWork, Remote
+from pfedla.flower.protocol import EVALUATE, TRAIN, NodeWork, Remote, node_of_clients, server_federation
 from pfedla.flower.runconfig import compose_run
 from tests.conftest import SYNTHETIC
 
@@ -25,6 +26,9 @@ def in_process_nodes(run_config: dict, state: Path):
                    for node in (0, 1)}
     crossed: list[tuple[str, set[str], set[str]]] = []  # per client and message: (type, kept, names that travelled)
 
+    def handshake():
+        return {node: NodeWork(node_config[node], run_config).handshake() for node in node_config}
+
     def exchange(message_type, requests, what):
         replies = {}
         for node, request in requests.items():
@@ -37,7 +41,7 @@ def in_process_nodes(run_config: dict, state: Path):
                 crossed.append((message_type, set(request.task.get(f"kept/{c}", [])), names))
         return replies
 
-    return exchange, crossed
+    return handshake, exchange, crossed
 
 
 def run_deployed(overrides: list[str], run_dir: Path, state: Path):
@@ -45,9 +49,11 @@ def run_deployed(overrides: list[str], run_dir: Path, state: Path):
 
     text = shlex.join(overrides)
     cfg = compose_run(text)
-    module = setup(cfg)
-    exchange, crossed = in_process_nodes({"overrides": text, "run-dir": str(run_dir)}, state)
-    module.transport = Remote(module, exchange, {c: c // 2 for c in range(CLIENTS)})
+    handshake, exchange, crossed = in_process_nodes({"overrides": text, "run-dir": str(run_dir)}, state)
+    answers = handshake()
+    module = setup(cfg, server_federation(answers, CLIENTS))  # the server's: what the nodes told it, no image
+    assert all(t.is_meta for split in ("train", "val", "test") for t in module.data.split(split)[0])
+    module.transport = Remote(module, exchange, node_of_clients(answers))
     run(cfg, str(run_dir), module=module)
     return module, crossed
 

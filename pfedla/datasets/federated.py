@@ -191,3 +191,48 @@ def _feature_generator(seed: int, client: int, split: str) -> torch.Generator:
     """The fixed random stream of one client's split for a random transform (noise): the same every run."""
     stream = np.random.SeedSequence([seed, STREAM_FEATURE, client, ("train", "val", "test").index(split)])
     return torch.Generator().manual_seed(int(stream.generate_state(1, dtype=np.uint64)[0] >> 1))
+
+
+def client_facts(data: FederatedData, positions: list[int]) -> dict:
+    """What a server needs to know of these clients (by position) to run their federation without an image: the
+    partition's fingerprint and shape, and per client its id, group and each split's class counts. JSON-able."""
+    def counts(y: torch.Tensor) -> list[int]:
+        return torch.bincount(y.cpu(), minlength=data.num_classes).tolist()
+
+    return {
+        "fingerprint": data.fingerprint, "num_classes": data.num_classes, "input_shape": list(data.input_shape),
+        "feature": data.feature,
+        "clients": {str(p): {"id": data.ids[p], "group": None if data.groups is None else data.groups[p],
+                             **{split: counts(getattr(data, f"{split}_y")[p]) for split in ("train", "val", "test")}}
+                    for p in positions},
+    }
+
+
+class FactsOnly(FederatedData):
+    """A federation known by its facts alone (``client_facts``): what a deployed server runs on. Every image is a
+    shape-only "meta" tensor, so code that would read one fails instead of computing on nothing; each split's
+    labels are its class counts in class order, so sizes, label counts, partition.json and the weights of every
+    size-weighted mean equal those of the federation the facts came from."""
+
+    def to(self, device, compute: Compute = REFERENCE) -> FactsOnly:
+        return self  # nothing to move: no image is here
+
+
+def federation_from_facts(facts: list[dict], num_clients: int) -> FactsOnly:
+    """The federation of clients 0..``num_clients``-1 from ``client_facts`` of one partition (one per node,
+    together covering every client once)."""
+    first = facts[0]
+    rows = {int(p): row for f in facts for p, row in f["clients"].items()}
+    assert sorted(rows) == list(range(num_clients)), f"facts of clients {sorted(rows)}, not 0..{num_clients - 1}"
+    shape = tuple(first["input_shape"])
+
+    def labels(counts: list[int]) -> torch.Tensor:
+        return torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long))
+
+    split = {s: [labels(rows[c][s]) for c in range(num_clients)] for s in ("train", "val", "test")}
+    images = {s: [torch.empty((len(y), *shape), device="meta") for y in ys] for s, ys in split.items()}
+    ids = [rows[c]["id"] for c in range(num_clients)]
+    groups = [rows[c]["group"] for c in range(num_clients)]
+    return FactsOnly(images["train"], split["train"], images["val"], split["val"], images["test"], split["test"],
+                     first["num_classes"], first["fingerprint"], None if groups[0] is None else groups,
+                     first["feature"], None if ids == list(range(num_clients)) else ids)

@@ -7,6 +7,9 @@ does with it, and what comes back.
 - ``NodeWork`` is a node's side: it builds the run from the run's and its own config (the same
   ``pfedla.run.setup`` the simulation calls), fills in kept tensors from its state directory
   (pfedla/flower/kept.py), runs ``local_work``/``score_models`` and replies without the kept tensors.
+- The handshake: each node answers with the clients it holds and their facts (sizes, class counts, groups: no
+  image, pfedla/datasets/federated.py ``client_facts``). ``node_of_clients`` checks the answers and
+  ``server_federation`` assembles the federation the server runs on, so the server never loads the data.
 
 FlowerTransport and the ClientApp only carry these over Flower's records and Grid; tests/test_protocol.py runs
 every method through ``Remote`` and ``NodeWork`` in one process, against the simulation.
@@ -16,6 +19,7 @@ Tensors travel flat, ``{"p/<name>": params, "b/<name>": buffers, "x/<name>": ext
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ import torch
 
 from pfedla.algorithms.stacked import ClientModel
 from pfedla.compute import choose_compute
+from pfedla.datasets.federated import FederatedData, client_facts, federation_from_facts
 from pfedla.flower.kept import KeptStore, settle
 from pfedla.flower.runconfig import compose_run, node_clients
 from pfedla.transport import local_work, plan_for, score_models
@@ -35,7 +40,7 @@ STATE_DIR = Path.home() / ".cache" / "pfedla" / "flower-node"  # --node-config s
 
 
 class DeploymentError(RuntimeError):
-    """A node that did not answer, answered with an error, or holds other data than the server's run."""
+    """A node that did not answer, answered with an error, or holds other data than the other nodes or the run."""
 
 
 @dataclass
@@ -68,6 +73,38 @@ def fill_kept(params: Tensors, buffers: Tensors, names: frozenset[str], source: 
     """Put ``source``'s tensors named ``names`` into ``params`` and ``buffers``, each where it belongs."""
     params.update({n: source.params[n] for n in names if n in source.params})
     buffers.update({n: source.buffers[n] for n in names if n in source.buffers})
+
+
+def node_of_clients(answers: dict[int, dict]) -> dict[int, int]:
+    """{client: node} from the nodes' handshake answers ({node: NodeWork.handshake()}). The server holds no data
+    to tell which partition is the run's, so the nodes must agree on one; each client is on one node."""
+    nodes_of: dict[str, list[int]] = {}
+    for node, info in sorted(answers.items()):
+        nodes_of.setdefault(str(info["fingerprint"]), []).append(node)
+    if len(nodes_of) > 1:
+        which = "; ".join(f"partition {f} on SuperNode {', '.join(map(str, n))}" for f, n in nodes_of.items())
+        raise DeploymentError(f"the SuperNodes hold different partitions ({which}): start every node with the "
+                              "run's data and config")
+    node_of: dict[int, int] = {}
+    for node, info in sorted(answers.items()):
+        for c in info["clients"]:
+            if int(c) in node_of:
+                raise DeploymentError(f"client {c} is held by SuperNodes {node_of[int(c)]} and {node}")
+            node_of[int(c)] = node
+    return node_of
+
+
+def server_federation(answers: dict[int, dict], num_clients: int) -> FederatedData:
+    """The federation the server runs on, from every node's facts (checked by ``node_of_clients``)."""
+    return federation_from_facts([json.loads(info["facts"]) for _, info in sorted(answers.items())], num_clients)
+
+
+def check_same_partition(run_dir: Path, fingerprint: str) -> None:
+    """A resumed run goes on only on the partition it started on (its partition.json's fingerprint)."""
+    written = run_dir / "partition.json"
+    if written.is_file() and (before := json.loads(written.read_text())["fingerprint"]) != fingerprint:
+        raise DeploymentError(f"the SuperNodes hold partition {fingerprint}, but the run resumed from {run_dir} "
+                              f"trained on partition {before}: start them with the run's data and config")
 
 
 Exchange = Callable[[str, dict[int, Request], str], dict[int, dict[str, Tensors]]]
@@ -165,7 +202,9 @@ class NodeWork:
         self.kept = KeptStore(Path(node_config.get("state-dir") or STATE_DIR), run_key)
 
     def handshake(self) -> dict:
-        return {"clients": self.clients, "fingerprint": self.data.fingerprint}
+        """The clients this node holds, its partition's fingerprint, and those clients' facts (JSON)."""
+        return {"clients": self.clients, "fingerprint": self.data.fingerprint,
+                "facts": json.dumps(client_facts(self.data, self.clients))}
 
     def train(self, task: dict, models: dict[int, Tensors]) -> dict[str, Tensors]:
         """Each named client runs the plan of ``kind`` from the model it was sent, its kept tensors filled in from

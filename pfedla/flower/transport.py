@@ -2,7 +2,8 @@
 
 Each request travels as a RecordDict: the task as a ConfigRecord, each client's flat model as an ArrayRecord
 (``model/<client>``); each reply's entries come back as ArrayRecords the same way. ``handshake`` learns which node
-holds which client and refuses a node whose partition differs from the server's.
+holds which client and what the server knows of the clients (their facts, no image), and refuses nodes whose
+partitions differ.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import time
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from pfedla.flower.protocol import DeploymentError, Remote, Request
+from pfedla.datasets.federated import FederatedData
+from pfedla.flower.protocol import DeploymentError, Remote, Request, node_of_clients, server_federation
 from pfedla.flower.wire import from_record, to_record
 
 TIMEOUT = 3600.0  # seconds a step waits for its nodes' replies
@@ -20,38 +22,33 @@ MESSAGE_TYPES = {"train": MessageType.TRAIN, "evaluate": MessageType.EVALUATE}
 
 
 class FlowerTransport(Remote):
-    def __init__(self, grid: Grid, module, timeout: float = TIMEOUT):
-        """``module``: the run's FederatedModule (its data's size and fingerprint, and which version of its kept
-        tensors each client holds)."""
-        super().__init__(module, self._flower_exchange)
-        self.grid, self.timeout, self.fingerprint = grid, timeout, module.data.fingerprint
+    """``handshake`` first (the federation the server's module is then set up on), then ``attach`` that module."""
 
-    def handshake(self, wait: float = 120.0) -> dict[int, int]:
-        """{client: node id} from the connected nodes' answers (each client on exactly one node), asking nodes as
-        they connect until every client is held, for at most ``wait`` seconds."""
+    def __init__(self, grid: Grid, timeout: float = TIMEOUT):
+        self.grid, self.timeout, self.node_of = grid, timeout, {}
+
+    def handshake(self, num_clients: int, wait: float = 120.0) -> FederatedData:
+        """The federation of clients 0..``num_clients``-1 as their nodes describe it (no image), asking nodes as
+        they connect until every client is held, for at most ``wait`` seconds; learns {client: node}."""
         deadline, answers = time.monotonic() + wait, {}
         while True:
             new = sorted(set(self.grid.get_node_ids()) - set(answers))
             if new:
                 replies = self._exchange({n: (RecordDict({}), MessageType.QUERY) for n in new}, "the handshake")
                 answers.update({node: reply.content["node"] for node, reply in replies.items()})
-            node_of: dict[int, int] = {}
-            for node, info in sorted(answers.items()):
-                if info["fingerprint"] != self.fingerprint:
-                    raise DeploymentError(f"SuperNode {node} holds partition {info['fingerprint']}, the server's run "
-                                          f"{self.fingerprint}: start it with the run's data and config")
-                for c in info["clients"]:
-                    if int(c) in node_of:
-                        raise DeploymentError(f"client {c} is held by SuperNodes {node_of[int(c)]} and {node}")
-                    node_of[int(c)] = node
-            missing = sorted(set(range(self.num_clients)) - set(node_of))
+            node_of = node_of_clients(answers)
+            missing = sorted(set(range(num_clients)) - set(node_of))
             if not missing:
                 self.node_of = node_of
-                return node_of
+                return server_federation(answers, num_clients)
             if time.monotonic() > deadline:
                 raise DeploymentError(f"no SuperNode holds client {missing[0]} after {wait:.0f} s ({len(answers)} "
-                                      f"connected; clients 0..{self.num_clients - 1} must each be on one node)")
+                                      f"connected; clients 0..{num_clients - 1} must each be on one node)")
             time.sleep(1.0)
+
+    def attach(self, module) -> None:
+        """Serve ``module``'s rounds (its FederatedModule, set up on the handshake's federation)."""
+        super().__init__(module, self._flower_exchange, self.node_of)
 
     def _flower_exchange(self, message_type: str, requests: dict[int, Request], what: str) -> dict[int, dict]:
         messages = {}
