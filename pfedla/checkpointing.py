@@ -99,16 +99,18 @@ def check_resume_compatible(saved: dict, current: dict) -> None:
         if isinstance(node, dict) and "_target_" not in node:
             # from before they were built from _target_: their name chose the class (the name is still compared)
             node["_target_"] = _select(current, f"{group}._target_")
-    differing = []
-    for key in FEDERATION_KEYS:
-        before, after = _select(saved, key), _select(current, key)
-        if before != after:
-            differing += _diff(before, after, key)
+    differing = federation_differences(saved, current)
     if differing:
         raise ConfigError(
             "resume: the config changes the federation of the checkpointed run: " + "; ".join(differing)
             + ". Use the original values (only rounds, eval_every, logger, trainer, checkpoint, viz may change)"
         )
+
+
+def federation_differences(before: dict, after: dict) -> list[str]:
+    """"key: before -> after" for every leaf of FEDERATION_KEYS that differs between two resolved configs."""
+    return [d for key in FEDERATION_KEYS if _select(before, key) != _select(after, key)
+            for d in _diff(_select(before, key), _select(after, key), key)]
 
 
 def _select(cfg: dict, dotted: str):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,9 +92,13 @@ def run_wall(summary: dict) -> tuple[float, bool]:
     scaled by the rounds over the rounds that process trained."""
     timed = summary.get("timing") or {}
     covered = summary.get("wall_seconds_rounds", timed.get("rounds_timed", summary["rounds"]))
-    if 0 < covered < summary["rounds"]:
-        return summary["wall_seconds"] * summary["rounds"] / covered, True
+    if covered < summary["rounds"]:  # none timed: unknown
+        return (summary["wall_seconds"] * summary["rounds"] / covered if covered else math.nan), True
     return summary["wall_seconds"], False
+
+
+def _seconds(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.0f}"
 
 
 def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
@@ -193,11 +198,11 @@ def table_markdown(rows: list[dict]) -> list[str]:
         final_b = "= (a)" if one_score else pct(r["final_adapted"])
         lines.append(
             f"| {r['label']} | {seeds} | {r['rounds']} | {pct(r['best'])} | {pct(r['final'])} | {best_b} "
-            f"| {final_b} | {r['best_round']:.0f} | {r['mb']:.1f} | {'~' * r['wall_estimated']}{r['wall']:.0f} |"
+            f"| {final_b} | {r['best_round']:.0f} | {r['mb']:.1f} | {'~' * r['wall_estimated']}{_seconds(r['wall'])} |"
         )
     if any(r["wall_estimated"] for r in rows):
         lines += ["", "~: a run resumed from a checkpoint older than the run's clock timed only its last process; "
-                  "its wall time is that process's, scaled to all rounds."]
+                  "its wall time is that process's, scaled to all rounds (unknown, –, where it trained none)."]
     return lines
 
 

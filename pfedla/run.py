@@ -236,8 +236,9 @@ def compute_summary(module: FederatedModule) -> dict:
 
 
 def timing_summary(timings: list[dict]) -> dict:
-    """Seconds per round phase (client training, gathering results across ranks, server, evaluation) in this
-    process: medians over the rounds after the first (which pays one-off start-up costs), and totals."""
+    """Seconds per round phase (client training, gathering results across ranks, server, evaluation) over the
+    run's rounds (a resumed run's checkpoint carries the earlier ones): medians over the rounds after the first
+    (which pays one-off start-up costs; so does a resumed process's first round), and totals."""
     phases = PHASES
     steady = timings[1:] or timings
     medians = {f"{p}_s_median": statistics.median(t[p] for t in steady) for p in phases} if steady else {}

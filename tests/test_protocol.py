@@ -53,7 +53,7 @@ def run_deployed(overrides: list[str], run_dir: Path, state: Path):
     answers = handshake()
     module = setup(cfg, server_federation(answers, CLIENTS))  # the server's: what the nodes told it, no image
     assert all(t.is_meta for split in ("train", "val", "test") for t in module.data.split(split)[0])
-    module.transport = Remote(module, exchange, node_of_clients(answers))
+    module.transport = Remote(module, exchange, node_of_clients(answers, cfg))
     run(cfg, str(run_dir), module=module)
     return module, crossed
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from pfedla.datasets.federated import build_federated_data, client_facts, federation_from_facts
 from pfedla.flower.protocol import DeploymentError, check_same_partition, node_of_clients, server_federation
@@ -48,6 +49,18 @@ def test_a_server_set_up_on_facts_holds_what_one_set_up_on_the_data_holds():
     assert on_facts.partition_summary() == on_data.partition_summary()
 
 
+def test_the_handshake_refuses_a_node_that_runs_another_federation_naming_the_keys():
+    server = compose_config(SYNTHETIC)
+    same = json.dumps(OmegaConf.to_container(compose_config([*SYNTHETIC, "federation.rounds=9"]), resolve=True))
+    other = json.dumps(OmegaConf.to_container(compose_config([*SYNTHETIC, "seed=7", "client.lr=0.5"]), resolve=True))
+    answers = {1: {"clients": [0, 1], "fingerprint": "aaa", "config": same}}
+    assert node_of_clients(answers, server) == {0: 1, 1: 1}  # a key that does not define the federation may differ
+    answers[2] = {"clients": [2, 3], "fingerprint": "aaa", "config": other}
+    with pytest.raises(DeploymentError, match=r"SuperNode 2 runs another federation than the server's \(seed: 0 -> 7; "
+                                              r"client.lr: 0.05 -> 0.5"):
+        node_of_clients(answers, server)
+
+
 def test_the_handshake_refuses_nodes_on_different_partitions_and_a_client_held_twice(tmp_path):
     with pytest.raises(DeploymentError, match=r"different partitions \(partition aaa on SuperNode 1, 3; "
                                               r"partition bbb on SuperNode 2\)"):
@@ -55,8 +68,13 @@ def test_the_handshake_refuses_nodes_on_different_partitions_and_a_client_held_t
                          3: {"clients": [2], "fingerprint": "aaa"}})
     with pytest.raises(DeploymentError, match="client 1 is held by SuperNodes 1 and 2"):
         node_of_clients({1: {"clients": [0, 1], "fingerprint": "aaa"}, 2: {"clients": [1], "fingerprint": "aaa"}})
+    with pytest.raises(DeploymentError, match="no partition.json"):
+        check_same_partition(tmp_path, "aaa")
     (tmp_path / "partition.json").write_text(json.dumps({"fingerprint": "aaa"}))
-    check_same_partition(tmp_path, "aaa")
-    with pytest.raises(DeploymentError, match=f"hold partition bbb, but the run resumed from {tmp_path} trained on "
-                                              "partition aaa"):
-        check_same_partition(tmp_path, "bbb")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints/last.ckpt").write_bytes(b"")
+    for resume in (tmp_path, tmp_path / "checkpoints/last.ckpt"):  # a run dir or its checkpoint
+        check_same_partition(resume, "aaa")
+        with pytest.raises(DeploymentError, match=f"hold partition bbb, but the run resumed from {tmp_path} "
+                                                  "trained on partition aaa"):
+            check_same_partition(resume, "bbb")

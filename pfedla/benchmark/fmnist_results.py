@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import shutil
 import statistics
@@ -271,7 +272,7 @@ def cmd_render(args) -> None:
         jobs = find_jobs(runs / split) if (runs / split).is_dir() else []
         groups = group_jobs(jobs)
         rows = table_rows(groups)
-        total += sum(run_wall(j.summary)[0] for j in jobs if j.summary)
+        total += sum(w for j in jobs if j.summary and not math.isnan(w := run_wall(j.summary)[0]))
         counts = sorted({j.summary["rounds"] for j in jobs if j.summary and j.summary.get("final")})
         mixed = " (mixed: each group says which)" if len(counts) > 1 else ""
         rounds = " and ".join(map(str, counts)) + " rounds" + mixed if counts else "no finished runs"

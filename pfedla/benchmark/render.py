@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
@@ -161,14 +162,16 @@ def _link(path: Path, page: Path) -> str:
 
 def cells_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
     expected = [(split, m, s) for split, sp in spec.splits.items() for s in sp.seeds for m in spec.methods]
-    done, seconds = [], 0.0
+    done, seconds, estimated = [], 0.0, 0
     for split, m, s in expected:
         summary = places.stored(Cell(split, m, s)) / "summary.json"
         if summary.is_file():
             done.append((split, m, s))
-            seconds += run_wall(json.loads(summary.read_text()))[0]
+            wall, guessed = run_wall(json.loads(summary.read_text()))
+            seconds, estimated = seconds + (0.0 if math.isnan(wall) else wall), estimated + guessed
+    guessed = f"; {estimated} of them estimated, marked ~ in the tables" if estimated else ""
     lines = ["## Cells", "", f"{len(done)} of {len(expected)} cells finished ({seconds / 3600:.1f} h of run time "
-             "in all, summed over cells, two at a time on the machine that ran them)."]
+             f"in all, summed over cells, two at a time on the machine that ran them{guessed})."]
     missing = [c for c in expected if c not in done]
     if missing:
         lines += [f"Not finished yet (`python -m pfedla.benchmark {spec.name} run` runs them, resuming any that has a "

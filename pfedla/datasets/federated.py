@@ -217,13 +217,19 @@ class FactsOnly(FederatedData):
     def to(self, device, compute: Compute = REFERENCE) -> FactsOnly:
         return self  # nothing to move: no image is here
 
+    def clients(self, positions: list[int]) -> FactsOnly:
+        part = super().clients(positions)
+        return FactsOnly(part.train_x, part.train_y, part.val_x, part.val_y, part.test_x, part.test_y,
+                         part.num_classes, part.fingerprint, part.groups, part.feature, part.client_ids)
+
 
 def federation_from_facts(facts: list[dict], num_clients: int) -> FactsOnly:
     """The federation of clients 0..``num_clients``-1 from ``client_facts`` of one partition (one per node,
     together covering every client once)."""
     first = facts[0]
     rows = {int(p): row for f in facts for p, row in f["clients"].items()}
-    assert sorted(rows) == list(range(num_clients)), f"facts of clients {sorted(rows)}, not 0..{num_clients - 1}"
+    if sorted(rows) != list(range(num_clients)):
+        raise ValueError(f"facts of clients {sorted(rows)}, not of each of 0..{num_clients - 1} once")
     shape = tuple(first["input_shape"])
 
     def labels(counts: list[int]) -> torch.Tensor:

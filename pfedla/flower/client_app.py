@@ -5,7 +5,8 @@ Every message runs in a fresh process, which builds ``protocol.NodeWork`` from t
 tensors a method keeps on the client: pfedla/flower/kept.py, under ``--node-config state-dir=...``). Three
 messages:
 
-- ``query``: the handshake, the clients this node holds and its partition fingerprint;
+- ``query``: the handshake, the clients this node holds, their facts (no image), its config and its partition's
+  fingerprint;
 - ``train``: each named client runs its plan from the model it was sent, its kept tensors its own;
 - ``evaluate``: each named client's model scored, after score (b)'s adaptation when the task says ``adapt``.
 """

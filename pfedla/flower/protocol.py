@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from pfedla.algorithms.stacked import ClientModel
+from pfedla.checkpointing import federation_differences
 from pfedla.compute import choose_compute
 from pfedla.datasets.federated import FederatedData, client_facts, federation_from_facts
 from pfedla.flower.kept import KeptStore, settle
@@ -75,9 +77,19 @@ def fill_kept(params: Tensors, buffers: Tensors, names: frozenset[str], source: 
     buffers.update({n: source.buffers[n] for n in names if n in source.buffers})
 
 
-def node_of_clients(answers: dict[int, dict]) -> dict[int, int]:
-    """{client: node} from the nodes' handshake answers ({node: NodeWork.handshake()}). The server holds no data
-    to tell which partition is the run's, so the nodes must agree on one; each client is on one node."""
+def node_of_clients(answers: dict[int, dict], cfg=None) -> dict[int, int]:
+    """{client: node} from the nodes' handshake answers ({node: NodeWork.handshake()}). Every node must run the
+    server's federation (``cfg``'s FEDERATION_KEYS: seed, data, partition, model, algorithm, client; a node's own
+    overrides may change only the rest, such as dataset.root) and, since the server holds no data to tell which
+    partition is the run's, the nodes must agree on one; each client is on one node."""
+    if cfg is not None:
+        mine = OmegaConf.to_container(cfg, resolve=True)
+        for node, info in sorted(answers.items()):
+            differing = federation_differences(mine, json.loads(info["config"]))
+            if differing:
+                raise DeploymentError(f"SuperNode {node} runs another federation than the server's ("
+                                      f"{'; '.join(differing)}, server -> node): drop those overrides of its "
+                                      "--node-config")
     nodes_of: dict[str, list[int]] = {}
     for node, info in sorted(answers.items()):
         nodes_of.setdefault(str(info["fingerprint"]), []).append(node)
@@ -99,10 +111,15 @@ def server_federation(answers: dict[int, dict], num_clients: int) -> FederatedDa
     return federation_from_facts([json.loads(info["facts"]) for _, info in sorted(answers.items())], num_clients)
 
 
-def check_same_partition(run_dir: Path, fingerprint: str) -> None:
-    """A resumed run goes on only on the partition it started on (its partition.json's fingerprint)."""
+def check_same_partition(resume: Path, fingerprint: str) -> None:
+    """A resumed run goes on only on the partition it started on: the fingerprint in partition.json of the run
+    dir that ``resume`` (a run dir or its checkpoints/last.ckpt) names."""
+    run_dir = resume.parent.parent if resume.is_file() else resume
     written = run_dir / "partition.json"
-    if written.is_file() and (before := json.loads(written.read_text())["fingerprint"]) != fingerprint:
+    if not written.is_file():
+        raise DeploymentError(f"resume={resume}: no partition.json in {run_dir} to check the SuperNodes' partition "
+                              "against; resume from the run dir the run wrote")
+    if (before := json.loads(written.read_text())["fingerprint"]) != fingerprint:
         raise DeploymentError(f"the SuperNodes hold partition {fingerprint}, but the run resumed from {run_dir} "
                               f"trained on partition {before}: start them with the run's data and config")
 
@@ -186,7 +203,7 @@ class NodeWork:
         if root:
             os.environ["PFEDLA_DATA_ROOT"] = str(root)
         # the run's overrides, then the node's own (--node-config 'overrides="dataset.root=/site/data"'); the
-        # handshake's fingerprint shows whether the node still holds the run's partition
+        # handshake shows the server this config and the partition's fingerprint (node_of_clients)
         self.cfg = compose_run(f'{run_config["overrides"]} {node_config.get("overrides", "")}')
         self.clients = node_clients(node_config)
         module = setup(self.cfg)
@@ -202,9 +219,11 @@ class NodeWork:
         self.kept = KeptStore(Path(node_config.get("state-dir") or STATE_DIR), run_key)
 
     def handshake(self) -> dict:
-        """The clients this node holds, its partition's fingerprint, and those clients' facts (JSON)."""
+        """The clients this node holds, its partition's fingerprint, those clients' facts and the node's resolved
+        config (JSON)."""
         return {"clients": self.clients, "fingerprint": self.data.fingerprint,
-                "facts": json.dumps(client_facts(self.data, self.clients))}
+                "facts": json.dumps(client_facts(self.data, self.clients)),
+                "config": json.dumps(OmegaConf.to_container(self.cfg, resolve=True))}
 
     def train(self, task: dict, models: dict[int, Tensors]) -> dict[str, Tensors]:
         """Each named client runs the plan of ``kind`` from the model it was sent, its kept tensors filled in from

@@ -24,14 +24,16 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     from pfedla.run import run, setup
+    from pfedla.validate import validate_config
 
     cfg = compose_run(str(context.run_config["overrides"]))
     check(cfg.federation.unseen_fraction == 0, "federation.unseen_fraction", cfg.federation.unseen_fraction,
           "must be 0 in a deployment (clients never seen in training are not deployed yet)", "0")
+    validate_config(cfg)  # before waiting for nodes
     transport = FlowerTransport(grid)
-    federation = transport.handshake(cfg.federation.num_clients)
+    federation = transport.handshake(cfg)
     if cfg.resume:
-        check_same_partition(Path(str(cfg.resume)), federation.fingerprint)
+        check_same_partition(Path(str(cfg.resume)).expanduser(), federation.fingerprint)
     module = setup(cfg, federation)
     transport.attach(module)
     module.transport = transport

@@ -27,16 +27,18 @@ class FlowerTransport(Remote):
     def __init__(self, grid: Grid, timeout: float = TIMEOUT):
         self.grid, self.timeout, self.node_of = grid, timeout, {}
 
-    def handshake(self, num_clients: int, wait: float = 120.0) -> FederatedData:
-        """The federation of clients 0..``num_clients``-1 as their nodes describe it (no image), asking nodes as
-        they connect until every client is held, for at most ``wait`` seconds; learns {client: node}."""
+    def handshake(self, cfg, wait: float = 120.0) -> FederatedData:
+        """The federation of ``cfg``'s clients as their nodes describe it (no image), asking nodes as they connect
+        until every client is held, for at most ``wait`` seconds; learns {client: node}. Nodes that run another
+        federation than ``cfg``, disagree on the partition or hold a client twice are refused."""
+        num_clients = cfg.federation.num_clients
         deadline, answers = time.monotonic() + wait, {}
         while True:
             new = sorted(set(self.grid.get_node_ids()) - set(answers))
             if new:
                 replies = self._exchange({n: (RecordDict({}), MessageType.QUERY) for n in new}, "the handshake")
                 answers.update({node: reply.content["node"] for node, reply in replies.items()})
-            node_of = node_of_clients(answers)
+            node_of = node_of_clients(answers, cfg)
             missing = sorted(set(range(num_clients)) - set(node_of))
             if not missing:
                 self.node_of = node_of
