@@ -61,11 +61,8 @@ run: data
 	$(PY) -m pfedla.run $(ARGS)
 
 # The whole suite needs the flower extra's environment too (tests/test_flower.py runs a real deployment).
-# TEST_JOBS pytest workers (pytest-xdist); the deployment tests share one (their "flower" group): each counts the
-# machine's Flower processes before and after. TEST_JOBS=0 runs the suite in this one process.
-TEST_JOBS ?= 2
 test: install-dev install-flower data
-	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) -m pytest -q --durations=25 -n $(TEST_JOBS) --dist loadgroup
+	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) -m pytest -q --durations=25
 
 test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow"
