@@ -105,6 +105,7 @@ def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
     rows = []
     for label, jobs in groups.items():
         s = [j.summary for j in jobs]
+        walls = [run_wall(x) for x in s]
         rows.append({
             "label": label,
             "seeds": sorted(j.config.get("seed") for j in jobs),
@@ -114,8 +115,8 @@ def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
             "best_adapted": _scores(s, "best_adapted", "test/adapted_acc_mean"),
             "final_adapted": _scores(s, "final_adapted", "test/adapted_acc_mean"),
             "mb": statistics.fmean([(x["bytes_down"] + x["bytes_up"]) / 1e6 for x in s]),
-            "wall": statistics.fmean([run_wall(x)[0] for x in s]),
-            "wall_estimated": any(run_wall(x)[1] for x in s),
+            "wall": statistics.fmean(w for w, _ in walls),
+            "wall_estimated": any(guessed for _, guessed in walls),
             "rounds": max(x["rounds"] for x in s),
             "alpha": _mean_alpha_stats([x["alpha_stats"] for x in s if x.get("alpha_stats")]),
             "unseen": _scores(s, "unseen", "test/acc_mean"),  # held-out clients (pfedla/unseen.py)

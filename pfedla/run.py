@@ -173,16 +173,13 @@ def run(cfg: DictConfig, run_dir: str | Path, module: FederatedModule | None = N
 
     algorithm = module.algorithm
     communication = {"bytes_down": int(algorithm.bytes_down), "bytes_up": int(algorithm.bytes_up)}
-    summary = build_summary(module.history, resolved, wall_seconds, communication, module.rounds_done,
-                            module.data.groups)
     # wall_seconds: the whole run's, over a resume (pfedla/server.py, run_seconds); a checkpoint from before that
     # clock leaves only this process's, and wall_seconds_rounds says how many rounds it covers
+    known = module.seconds_before is not None
+    summary = build_summary(module.history, resolved, module.seconds_before + wall_seconds if known else wall_seconds,
+                            communication, module.rounds_done, module.data.groups)
     summary["wall_seconds_process"] = wall_seconds
-    if module.seconds_before is None:
-        summary["wall_seconds_rounds"] = module.rounds_done - module.resumed_round
-    else:
-        summary["wall_seconds"] = module.seconds_before + wall_seconds
-        summary["wall_seconds_rounds"] = module.rounds_done
+    summary["wall_seconds_rounds"] = module.rounds_done - (0 if known else module.resumed_round)
     summary["partition_fingerprint"] = module.data.fingerprint
     summary["rejected_updates"] = module.rejected  # [round, client] pairs with NaN/Inf, never applied
     summary["processes"] = trainer.world_size

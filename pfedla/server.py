@@ -79,7 +79,7 @@ class FederatedModule(L.LightningModule):
         self._round_losses: list[torch.Tensor] = []
         self.timings: list[dict] = []  # per round: seconds in client training, server work, evaluation (checkpointed)
         # The run's clock: seconds its earlier processes trained, through the checkpoint this one resumed (None: that
-        # checkpoint predates the clock), and when this process's training began (at fit start)
+        # checkpoint predates the clock), and when this process began (reset by run() as it starts training)
         self.seconds_before: float | None = 0.0
         self.resumed_round = 0
         self.clock_started = time.perf_counter()

@@ -76,9 +76,10 @@ class FederatedData:
         return list(range(self.num_clients)) if self.client_ids is None else list(self.client_ids)
 
     def clients(self, positions: list[int]) -> FederatedData:
-        """The federation of only these clients (by position), keeping their ids, groups and the fingerprint."""
+        """The federation of only these clients (by position), keeping their ids, groups and the fingerprint (and
+        its kind: a FactsOnly's part is facts only too)."""
         pick = lambda ts: [ts[p] for p in positions]  # noqa: E731
-        return FederatedData(
+        return type(self)(
             pick(self.train_x), pick(self.train_y), pick(self.val_x), pick(self.val_y), pick(self.test_x),
             pick(self.test_y), self.num_classes, self.fingerprint,
             None if self.groups is None else pick(self.groups), self.feature, pick(self.ids),
@@ -216,11 +217,6 @@ class FactsOnly(FederatedData):
 
     def to(self, device, compute: Compute = REFERENCE) -> FactsOnly:
         return self  # nothing to move: no image is here
-
-    def clients(self, positions: list[int]) -> FactsOnly:
-        part = super().clients(positions)
-        return FactsOnly(part.train_x, part.train_y, part.val_x, part.val_y, part.test_x, part.test_y,
-                         part.num_classes, part.fingerprint, part.groups, part.feature, part.client_ids)
 
 
 def federation_from_facts(facts: list[dict], num_clients: int) -> FactsOnly:
