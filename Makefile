@@ -7,6 +7,8 @@ VENV   ?= .venv
 LOCK   ?= constraints.txt
 FLOWER_VENV ?= .venv-flower
 FLOWER_LOCK ?= constraints-flower.txt
+# make test: the deployment tests' report, printed after the suite's
+FLOWER_TEST_LOG ?= .flower-tests.log
 PY     := $(VENV)/bin/python
 DATA   ?= data
 ARGS   ?=
@@ -60,9 +62,17 @@ data: $(VENV)/.installed
 run: data
 	$(PY) -m pfedla.run $(ARGS)
 
-# The whole suite needs the flower extra's environment too (tests/test_flower.py runs a real deployment).
+# The whole suite needs the flower extra's environment too (tests/test_flower.py runs a real deployment). Those
+# deployment tests mostly wait (Flower's processes poll each other every few seconds), so they run in a pytest of
+# their own beside the rest of the suite; their report follows the suite's, and either failing fails the target.
 test: install-dev install-flower data
-	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) -m pytest -q --durations=25
+	@export PFEDLA_DATA_ROOT=$(abspath $(DATA)); \
+	$(PY) -m pytest -q --durations=10 -p no:cacheprovider tests/test_flower.py > $(FLOWER_TEST_LOG) 2>&1 & \
+	flower=$$!; \
+	$(PY) -m pytest -q --durations=25 --ignore=tests/test_flower.py; suite=$$?; \
+	wait $$flower; deployment=$$?; \
+	echo "--- tests/test_flower.py, run beside the suite (exit $$deployment):"; cat $(FLOWER_TEST_LOG); \
+	test $$suite = 0 && test $$deployment = 0
 
 test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow"
@@ -86,4 +96,4 @@ lint: install-dev
 	$(VENV)/bin/ruff check pfedla tests benchmarks
 
 clean:
-	rm -rf outputs multirun wandb lightning_logs .pytest_cache
+	rm -rf outputs multirun wandb lightning_logs .pytest_cache $(FLOWER_TEST_LOG)

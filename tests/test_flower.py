@@ -23,24 +23,34 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not FLOWER_PYTHON.is_file(), reason="no .venv-flower (make install-flower)")]
 
 
-def flower_processes() -> set[int]:
-    """PIDs of every Flower process on this machine (SuperLink, SuperNodes, SuperExec, ServerApp, ClientApps)."""
-    out = set()
+MARK = "PFEDLA_TEST_RUN"  # every process a test's command starts inherits it, Flower's own included
+
+
+def flower_env(tmp_path: Path) -> dict:
+    """The environment of a test's command: one thread, no W&B, and the test's mark (its tmp_path), so that the
+    checks below see this test's processes only, whatever else runs on the machine (another test, a deployment)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", MARK: str(tmp_path)}
+
+
+def flower_processes(tmp_path: Path) -> set[int]:
+    """PIDs of the Flower processes (SuperLink, SuperNodes, SuperExec, ServerApp, ClientApps, the command) that
+    the test of ``tmp_path`` started and that still run."""
+    mark, out = f"{MARK}={tmp_path}".encode(), set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+                marked = mark in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"flower-super" in command or b"flwr-" in command or b"pfedla.flower" in command:
+            if marked and (b"flower-super" in command or b"flwr-" in command or b"pfedla.flower" in command):
                 out.add(int(entry))
     return out
 
 
 def _python(args: list[str], tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    done = subprocess.run([str(FLOWER_PYTHON), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=1200)
+    done = subprocess.run([str(FLOWER_PYTHON), *args], cwd=tmp_path, env=flower_env(tmp_path), capture_output=True,
+                          text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -75,7 +85,6 @@ def test_a_deployment_on_loopback_equals_the_simulation_bit_for_bit(tmp_path, al
     """pFedLA's run goes over TLS with SuperNode authentication (credentials made for it), and a third SuperNode
     whose key was never registered is refused; the others use the command line, without TLS."""
     overrides = [*RUN, f"algorithm={algorithm}"]
-    before = flower_processes()
     logs = tmp_path / "deployed/flower_logs"
     if algorithm == "pfedla":
         _python(["-c", TLS_WITH_AN_INTRUDER.format(overrides=overrides, run=str(tmp_path / "deployed"),
@@ -87,7 +96,7 @@ def test_a_deployment_on_loopback_equals_the_simulation_bit_for_bit(tmp_path, al
     else:
         _python(["-m", "pfedla.flower", "local", "--nodes", "2", "--run-dir", str(tmp_path / "deployed"), "--",
                  *overrides], tmp_path)
-    assert flower_processes() <= before, "the command left Flower processes running"
+    assert not flower_processes(tmp_path), "the command left Flower processes running"
     assert (logs / "supernode0.log").is_file() and (logs / "supernode1.log").is_file()
     _python(["-m", "pfedla.run", *overrides, "trainer.devices=1", f"hydra.run.dir={tmp_path / 'simulated'}"],
             tmp_path)
@@ -117,11 +126,9 @@ try:
 except RuntimeError as err:
     print("REFUSED", err)
 """
-    before = flower_processes()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    done = subprocess.run([str(FLOWER_PYTHON), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert flower_processes() <= before, "the command left Flower processes running"
+    done = subprocess.run([str(FLOWER_PYTHON), "-c", script], cwd=tmp_path, env=flower_env(tmp_path),
+                          capture_output=True, text=True, timeout=900)
+    assert not flower_processes(tmp_path), "the command left Flower processes running"
     assert "REFUSED" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     message = done.stdout[done.stdout.index("REFUSED"):]
     assert "runs another federation than the server's (seed: 0 -> 7, server -> node)" in message, message
@@ -134,15 +141,17 @@ from pathlib import Path
 from pfedla.flower.local import deploy
 run = Path({run!r})
 
-def kill_node_holding_client_1():  # once round 2 is in metrics.csv: SIGKILL, as a crash would
+def kill_node_holding_client_1():  # once round 2 is in metrics.csv: SIGKILL, as a crash would (this test's node)
+    mark = ("PFEDLA_TEST_RUN=" + os.environ["PFEDLA_TEST_RUN"]).encode()
     while not (run / "metrics.csv").exists() or len((run / "metrics.csv").read_text().splitlines()) < 3:
         time.sleep(0.2)
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             command = Path(f"/proc/{{entry}}/cmdline").read_bytes().replace(b"\\0", b" ")
+            ours = mark in Path(f"/proc/{{entry}}/environ").read_bytes().split(b"\\0")
         except OSError:
             continue
-        if int(entry) != os.getpid() and b"--node-config" in command and b'clients="1"' in command:
+        if ours and int(entry) != os.getpid() and b"--node-config" in command and b'clients="1"' in command:
             os.kill(int(entry), signal.SIGKILL)
 
 threading.Thread(target=kill_node_holding_client_1, daemon=True).start()
@@ -157,8 +166,7 @@ def test_a_supernode_killed_mid_run_stops_it_by_name_and_resume_gives_the_uninte
     """HeurpFedLA: the restarted node recovers its clients' retained layers from its state directory; without
     that directory, the resumed run stops naming the node and the client whose layers it lost."""
     overrides = [*RUN, "federation.rounds=5", "checkpoint.every=1", "algorithm=heurpfedla"]
-    run_dir, before = tmp_path / "deployed", flower_processes()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    run_dir, env = tmp_path / "deployed", flower_env(tmp_path)
     script = KILL_NODE_ONE.format(run=str(run_dir), overrides=overrides, logs=str(tmp_path / "logs"))
     done = subprocess.run([str(FLOWER_PYTHON), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=1200)
@@ -166,7 +174,7 @@ def test_a_supernode_killed_mid_run_stops_it_by_name_and_resume_gives_the_uninte
     message = done.stdout[done.stdout.index("STOPPED"):]
     assert "(clients 1) did not answer round" in message and "resume=" in message, message
     assert not (run_dir / "summary.json").exists() and (run_dir / "checkpoints/last.ckpt").is_file()
-    assert flower_processes() <= before, "the command left Flower processes running"
+    assert not flower_processes(tmp_path), "the command left Flower processes running"
 
     # restart the nodes and resume from the last checkpoint: the run an uninterrupted one would have been
     _python(["-m", "pfedla.flower", "local", "--nodes", "2", "--run-dir", str(run_dir), "--", *overrides,
@@ -175,7 +183,7 @@ def test_a_supernode_killed_mid_run_stops_it_by_name_and_resume_gives_the_uninte
             tmp_path)
     assert (run_dir / "metrics.csv").read_text() == (tmp_path / "simulated/metrics.csv").read_text()
     assert_server_states_equal_but_what_clients_keep(run_dir, tmp_path / "simulated", "heurpfedla")
-    assert flower_processes() <= before
+    assert not flower_processes(tmp_path)
 
     # a node whose state directory is gone cannot give client 1 its retained layers back: one error, by name
     shutil.rmtree(run_dir / "flower_nodes/node1")
@@ -186,4 +194,37 @@ def test_a_supernode_killed_mid_run_stops_it_by_name_and_resume_gives_the_uninte
     assert done.returncode != 0
     assert ("(clients 1) failed in round 6" in done.stderr and "client 1's own layers as of round 5 are not on "
             "this SuperNode" in done.stderr), done.stderr[-3000:]
-    assert flower_processes() <= before
+    assert not flower_processes(tmp_path)
+
+
+POLLING = """
+import time
+from types import SimpleNamespace
+from pfedla.flower.transport import POLL, FlowerTransport
+
+class Grid:  # replies to "a" on the second pull, to "b" on the fourth; "c" never
+    def __init__(self):
+        self.pulls = 0
+    def push_messages(self, messages):
+        return [m.id for m in messages]
+    def pull_messages(self, ids):
+        self.pulls += 1
+        due = {{"a": 2, "b": 4}}
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in ids
+                if due.get(i) == self.pulls]
+
+grid = Grid()
+got = FlowerTransport(grid)._send_and_receive([SimpleNamespace(id=i) for i in "ab"], time.monotonic() + 60)
+assert sorted(r.metadata.reply_to_message_id for r in got) == ["a", "b"] and grid.pulls == 4, grid.pulls
+grid, started = Grid(), time.monotonic()
+got = FlowerTransport(grid)._send_and_receive([SimpleNamespace(id=i) for i in "ac"], started + {wait})
+waited = time.monotonic() - started
+assert [r.metadata.reply_to_message_id for r in got] == ["a"] and {wait} <= waited < {wait} + 2 * POLL + 0.5, waited
+assert grid.pulls >= {wait} / POLL / 2, grid.pulls  # it kept asking, every POLL seconds
+print("POLLED", grid.pulls)
+"""
+
+
+def test_the_server_asks_for_replies_until_each_message_has_one_or_the_deadline(tmp_path):
+    """FlowerTransport's pull loop keeps Grid.send_and_receive's contract, asking every POLL seconds."""
+    _python(["-c", POLLING.format(wait=1.0)], tmp_path)
