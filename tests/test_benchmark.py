@@ -2,6 +2,7 @@
 (search -> final runs -> run on -> pages) on synthetic data, with its resume after the machine goes away mid-grid."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -174,3 +175,44 @@ def test_every_cell_of_a_committed_benchmark_composes_a_valid_run_at_its_chosen_
             cfg = compose_config([a for a in args if not a.startswith(("hydra.", "resume="))])
             validate_config(cfg)
             assert cfg.algorithm.name == spec.methods[method].algorithm and cfg.seed == about.seeds[0]
+
+
+def _finished_run(path: Path, rounds: int, round_median: float, adapt_total: float = 0.0) -> None:
+    path.mkdir(parents=True)
+    timing = {"rounds_timed": rounds, "round_s_median": round_median, "adapt_s_median": 0.0,
+              "adapt_s_total": adapt_total}
+    (path / "summary.json").write_text(json.dumps({"rounds": rounds, "timing": timing}))
+    (path / "metrics.csv").write_text("round,val/acc_mean\n" + "".join(f"{r},0.5\n" for r in range(1, rounds + 1)))
+
+
+def test_status_counts_the_cells_and_estimates_what_is_left_from_the_finished_ones(tmp_path):
+    """tiny: 1 split x 2 seeds x {pfedla, fedavg}, 3 rounds. Done: pfedla_s0 (2 s a median round, 0.3 s of
+    adaptation over 3 rounds: 2.1 s a round) and fedavg_s0 (1 s); partial: pfedla_s1 (a checkpoint, 2 rounds in
+    its metrics.csv); new: fedavg_s1. Left: 1 round x 2.1 s + 3 rounds x 1 s, by hand."""
+    from pfedla.benchmark import status
+    from pfedla.benchmark.paths import Cell, Places
+
+    spec = load_spec(_spec_file(tmp_path))
+    places = Places.of(spec)
+    _finished_run(places.stored(Cell("dirichlet0.5", "pfedla", 0)), 3, 2.0, adapt_total=0.3)
+    _finished_run(places.stored(Cell("dirichlet0.5", "fedavg", 0)), 3, 1.0)
+    partial = places.cell(Cell("dirichlet0.5", "pfedla", 1))
+    (partial / "checkpoints").mkdir(parents=True)
+    (partial / "checkpoints/last.ckpt").write_bytes(b"")
+    (partial / "metrics.csv").write_text("round,val/acc_mean\n1,0.4\n2,0.5\n")
+    row = status.split_status(spec, places, "dirichlet0.5", ["pfedla", "fedavg"])
+    assert (row.done, row.partial, row.new, row.rounds_left, row.unmeasured) == (2, {"pfedla_s1": 2}, 1, 4, 0)
+    assert row.cell_seconds_left == pytest.approx(1 * 2.1 + 3 * 1.0)
+
+    # a method with no finished cell is estimated by the split's median; a split with none is unmeasured
+    shutil.rmtree(places.stored(Cell("dirichlet0.5", "fedavg", 0)))
+    row = status.split_status(spec, places, "dirichlet0.5", ["pfedla", "fedavg"])
+    assert row.unmeasured == 2 and row.cell_seconds_left == pytest.approx(1 * 2.1 + 2 * 3 * 2.1)
+    shutil.rmtree(places.stored(Cell("dirichlet0.5", "pfedla", 0)))
+    assert math.isnan(status.split_status(spec, places, "dirichlet0.5", ["pfedla", "fedavg"]).cell_seconds_left)
+
+    _finished_run(places.stored(Cell("dirichlet0.5", "fedavg", 0)), 3, 1.0)
+    shown = _benchmark(str(tmp_path / "bench.yaml"), "status", "--jobs", "2")
+    assert shown.returncode == 0, shown.stderr
+    assert "| dirichlet0.5 | 2 | 1/4 | pfedla_s1 2 | 2 | 7 | 0.0 (2 cells by the split's median) |" in shown.stdout
+    assert f"left: {(1 + 3 + 3) * 1.0 / 3600:.1f} cell hours" in shown.stdout, shown.stdout

@@ -1,10 +1,12 @@
-"""``python -m pfedla.benchmark <name> [search|run|extend|render|all] [--jobs N] [--threads T]``.
+"""``python -m pfedla.benchmark <name> [search|run|extend|proxy-check|render|all|status] [--jobs N] [--threads T]``.
 
 Steps (``all``, the default, runs them in order): ``search`` each method's search on the proxy; ``run`` the final
 runs at the chosen values (a cell is a split x method x seed); ``extend`` the cells whose validation curve still
 rises at the last round, on to ``extend_rounds``; ``proxy-check`` runs the next-best trials of the checked methods
 at full scale (``proxy_check`` in the yaml); ``render`` the results and tuning pages from the store. Every step
 skips what is done and resumes what was cut (a run from its checkpoint, exactly), and runs ``--jobs`` at a time.
+``status`` (not part of ``all``) prints how many final runs are done, partial and new, and the machine time the
+rest needs, estimated from the finished ones.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pfedla.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="conf/benchmark/<name>.yaml, or a path to a benchmark yaml")
-    parser.add_argument("step", nargs="?", default="all", choices=(*STEPS, "all"))
+    parser.add_argument("step", nargs="?", default="all", choices=(*STEPS, "all", "status"))
     parser.add_argument("--jobs", type=int, default=2, help="searches or runs at once")
     parser.add_argument("--threads", type=int, default=0, help="threads per job (0: cores / jobs)")
     parser.add_argument("--methods", nargs="+", help="only these methods (default: all of the yaml's)")
     parser.add_argument("--splits", nargs="+", help="only these splits (run, extend)")
     args = parser.parse_args(argv)
-    from pfedla.benchmark import grid, render, search  # after argparse: --help stays instant
+    from pfedla.benchmark import grid, render, search, status  # after argparse: --help stays instant
 
     try:
         spec = load_spec(args.name)
@@ -41,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
             unknown = sorted(set(name) - set(known))
             if unknown:
                 raise ConfigError(f"--{key} {' '.join(unknown)}: not in {spec.name}'s {key} ({', '.join(known)})")
+        if args.step == "status":
+            print(status.report(spec, places, methods, splits, args.jobs))
+            return
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
         steps = STEPS if args.step == "all" else (args.step,)
         if "search" in steps and spec.search.reuse is not None:

@@ -1,0 +1,98 @@
+"""``status``: where a benchmark's final runs stand, and the machine time the rest needs, estimated from the cells
+that finished.
+
+A final cell (split x method x seed) is done (the store holds its finished run), partial (its work folder has a
+checkpoint; ``rounds`` is how far its metrics.csv got, and a resume goes on from the last checkpoint at or before
+it) or new. A round's seconds, for the estimate, come from finished cells of the same method on the same split,
+else of any method on that split, else the split is unmeasured: per cell, the median round over its rounds (the
+summary's ``timing``: a pause, or a resumed process's first round, moves it little) plus score (b)'s adaptation
+spread over the rounds; the median over the cells. Those seconds were measured with the cells running ``--jobs``
+at a time, so ``wall`` (the sum over the cells, over the jobs) holds for the same number of jobs. Cells run on
+past the rounds (``extend``) and proxy checks are not in it: which cells run on is known only when the runs end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+
+from pfedla.benchmark.grid import finished, rounds_of
+from pfedla.benchmark.paths import Cell, Places
+from pfedla.benchmark.spec import BenchmarkSpec
+
+
+@dataclass
+class SplitStatus:
+    split: str
+    done: int
+    partial: dict[str, int]  # cell name -> rounds its metrics.csv reached
+    new: int
+    rounds_left: int  # rounds the partial and new cells still need
+    cell_seconds_left: float  # nan: the split has no finished cell to measure a round by
+    unmeasured: int  # cells left whose round seconds are the split's, not their method's
+
+
+def round_seconds(summary: dict) -> float | None:
+    """A finished run's seconds a round: the median round plus score (b)'s adaptation spread over the rounds."""
+    timing = summary.get("timing") or {}
+    if timing.get("round_s_median") is None or not timing.get("rounds_timed"):
+        return None
+    adapt_median = timing.get("adapt_s_median", 0.0)
+    adapt_spread = (timing.get("adapt_s_total", 0.0) - adapt_median * timing["rounds_timed"]) / timing["rounds_timed"]
+    return timing["round_s_median"] + max(adapt_spread, 0.0)
+
+
+def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[str]) -> SplitStatus:
+    measured: dict[str, list[float]] = {}
+    left: list[tuple[str, int]] = []  # (method, rounds left)
+    done, partial = 0, {}
+    for seed in spec.splits[split].seeds:
+        for method in methods:
+            cell = Cell(split, method, seed)
+            if finished(places.stored(cell), spec.rounds):
+                done += 1
+                seconds = round_seconds(json.loads((places.stored(cell) / "summary.json").read_text()))
+                if seconds is not None:
+                    measured.setdefault(method, []).append(seconds)
+                continue
+            work = places.cell(cell)
+            reached = rounds_of(work)[1] if (work / "checkpoints" / "last.ckpt").is_file() else 0
+            if reached:
+                partial[cell.name] = reached
+            left.append((method, spec.rounds - reached))
+    on_split = [s for values in measured.values() for s in values]
+    seconds, unmeasured = 0.0, 0
+    for method, rounds in left:
+        if method in measured:
+            seconds += rounds * statistics.median(measured[method])
+        elif on_split:
+            seconds += rounds * statistics.median(on_split)
+            unmeasured += 1
+        else:
+            seconds = math.nan
+    return SplitStatus(split, done, partial, len(left) - len(partial), sum(r for _, r in left), seconds, unmeasured)
+
+
+def report(spec: BenchmarkSpec, places: Places, methods: list[str], splits: list[str], jobs: int) -> str:
+    rows = [split_status(spec, places, split, methods) for split in splits]
+    lines = [f"{spec.name}: final runs of {spec.rounds} rounds, {len(methods)} methods",
+             "| split | seeds | done | partial (rounds reached) | new | rounds left | cell hours left (est.) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = len(spec.splits[r.split].seeds) * len(methods)
+        hours = "unmeasured" if math.isnan(r.cell_seconds_left) else f"{r.cell_seconds_left / 3600:.1f}"
+        if r.unmeasured and not math.isnan(r.cell_seconds_left):
+            hours += f" ({r.unmeasured} cells by the split's median)"
+        reached = ", ".join(f"{name} {n}" for name, n in r.partial.items()) or "-"
+        lines.append(f"| {r.split} | {len(spec.splits[r.split].seeds)} | {r.done}/{cells} | {reached} | {r.new} "
+                     f"| {r.rounds_left} | {hours} |")
+    known = [r.cell_seconds_left for r in rows if not math.isnan(r.cell_seconds_left)]
+    total = sum(known)
+    unknown = [r.split for r in rows if math.isnan(r.cell_seconds_left)]
+    lines.append(f"left: {total / 3600:.1f} cell hours measured, about {total / 3600 / max(jobs, 1):.1f} h of this "
+                 f"machine at {jobs} at a time (as the cells were measured)"
+                 + (f"; not yet measurable: {', '.join(unknown)} (no finished cell)" if unknown else "")
+                 + "; runs on past the rounds and proxy checks come on top")
+    return "\n".join(lines)
