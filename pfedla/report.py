@@ -97,6 +97,19 @@ def run_wall(summary: dict) -> tuple[float, bool]:
     return summary["wall_seconds"], False
 
 
+def round_seconds(summary: dict) -> float:
+    """A run's seconds a round, robust to a pause: its median round (the summary's ``timing``, over the rounds after
+    the first) plus score (b)'s adaptation spread over the rounds; NaN where the run timed no round. A cell whose
+    machine was paused mid-run (SIGSTOP) has the pause in one round, which the median leaves out; its wall time
+    (``run_wall``) counts it."""
+    timing = summary.get("timing") or {}
+    if timing.get("round_s_median") is None or not timing.get("rounds_timed"):
+        return math.nan
+    rounds, adapt_median = timing["rounds_timed"], timing.get("adapt_s_median", 0.0)
+    spread = (timing.get("adapt_s_total", 0.0) - adapt_median * rounds) / rounds
+    return timing["round_s_median"] + max(spread, 0.0)
+
+
 def _seconds(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.0f}"
 
@@ -117,6 +130,7 @@ def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
             "mb": statistics.fmean([(x["bytes_down"] + x["bytes_up"]) / 1e6 for x in s]),
             "wall": statistics.fmean(w for w, _ in walls),
             "wall_estimated": any(guessed for _, guessed in walls),
+            "round_s": statistics.fmean(round_seconds(x) for x in s),  # NaN if a seed timed no round
             "rounds": max(x["rounds"] for x in s),
             "alpha": _mean_alpha_stats([x["alpha_stats"] for x in s if x.get("alpha_stats")]),
             "unseen": _scores(s, "unseen", "test/acc_mean"),  # held-out clients (pfedla/unseen.py)
@@ -178,7 +192,9 @@ SCORES_EXPLAINED = (
 )
 
 
-def table_markdown(rows: list[dict]) -> list[str]:
+def table_markdown(rows: list[dict], cost: str = "wall") -> list[str]:
+    """The scores table. Its last column: ``wall`` seconds a run took (a sweep's report), or ``round``: seconds a
+    round (``round_seconds``; the benchmark pages, whose grid is paused at times)."""
     def cells(r):
         def pct(ms):  # one seed has no spread to show
             if ms is None:
@@ -186,9 +202,14 @@ def table_markdown(rows: list[dict]) -> list[str]:
             return f"{100 * ms[0]:.2f}" + (f" ± {100 * ms[1]:.2f}" if len(r["seeds"]) > 1 else "")
         return pct
 
+    def time_cell(r):
+        if cost == "round":
+            return "–" if math.isnan(r["round_s"]) else f"{r['round_s']:.1f}"
+        return f"{'~' * r['wall_estimated']}{_seconds(r['wall'])}"
+
     lines = [
         "| algorithm | seeds | rounds | (a) best val | (a) final | (b) best val | (b) final | best-val round "
-        "| MB communicated | wall s |",
+        f"| MB communicated | {'wall s' if cost == 'wall' else 's a round'} |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
@@ -199,9 +220,12 @@ def table_markdown(rows: list[dict]) -> list[str]:
         final_b = "= (a)" if one_score else pct(r["final_adapted"])
         lines.append(
             f"| {r['label']} | {seeds} | {r['rounds']} | {pct(r['best'])} | {pct(r['final'])} | {best_b} "
-            f"| {final_b} | {r['best_round']:.0f} | {r['mb']:.1f} | {'~' * r['wall_estimated']}{_seconds(r['wall'])} |"
+            f"| {final_b} | {r['best_round']:.0f} | {r['mb']:.1f} | {time_cell(r)} |"
         )
-    if any(r["wall_estimated"] for r in rows):
+    if cost == "round":
+        lines += ["", "s a round: the median round of each run plus score (b)'s adaptation spread over the rounds, "
+                  "averaged over seeds (a pause of the machine, or a resumed process's first round, does not count)."]
+    elif any(r["wall_estimated"] for r in rows):
         lines += ["", "~: a run resumed from a checkpoint older than the run's clock timed only its last process; "
                   "its wall time is that process's, scaled to all rounds (unknown, –, where it trained none)."]
     return lines

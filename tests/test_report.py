@@ -259,3 +259,21 @@ def test_extended_cells_are_scored_by_validation_up_to_the_protocols_rounds_and_
     cmd_extend(args(end))
     assert ran == [(tmp_path / "ext", "dirichlet0.1", "fedbn", 0, 1, end)]
     assert _rounds(grid / "dirichlet0.1" / "fedbn_s0") == (ROUNDS, ROUNDS)  # the grid's own cell is untouched
+
+
+def test_the_benchmark_tables_time_a_round_by_its_median_so_a_pause_does_not_count(tmp_path):
+    """A hand-built run of 4 rounds whose machine was paused 50 minutes in one round: its wall time says 3008 s;
+    its median round is 2.0 s and score (b)'s adaptation took 0.4 s in all (median 0: one round in four), so a
+    round costs 2.0 + 0.4 / 4 = 2.1 s. A sweep's report shows the wall time, a benchmark page the round."""
+    from pfedla.report import Job, round_seconds, table_markdown, table_rows
+
+    timing = {"rounds_timed": 4, "round_s_median": 2.0, "adapt_s_median": 0.0, "adapt_s_total": 0.4}
+    best = {"round": 4, "val/acc_mean": 0.5, "test/acc_mean": 0.5, "client_acc": [0.4, 0.6]}
+    summary = {"config": {"seed": 0}, "rounds": 4, "wall_seconds": 3008.0, "timing": timing, "best": best,
+               "final": best, "bytes_down": 0, "bytes_up": 0}
+    assert round_seconds(summary) == pytest.approx(2.1)
+    rows = table_rows({"fedavg": [Job(tmp_path, summary, None)]})
+    assert table_markdown(rows)[2].endswith("| 3008 |") and "wall s" in table_markdown(rows)[0]
+    assert table_markdown(rows, cost="round")[2].endswith("| 2.1 |")
+    untimed = {**summary, "timing": {}}
+    assert table_markdown(table_rows({"fedavg": [Job(tmp_path, untimed, None)]}), cost="round")[2].endswith("| – |")

@@ -20,7 +20,7 @@ from pfedla.report import (
     alpha_markdown,
     find_jobs,
     plot_curves,
-    run_wall,
+    round_seconds,
     spread_markdown,
     table_markdown,
     table_rows,
@@ -130,7 +130,7 @@ def split_markdown(spec: BenchmarkSpec, places: Places, split: str, folder: Path
     if not groups:
         return [*lines, "No finished runs yet.", ""], []
     rows = table_rows(groups)
-    lines += [*table_markdown(rows), "", *spread_markdown(rows), ""]
+    lines += [*table_markdown(rows, cost="round"), "", *spread_markdown(rows), ""]
     unseen = unseen_markdown(rows)
     if unseen:
         lines += [*unseen, ""]
@@ -152,7 +152,7 @@ def split_markdown(spec: BenchmarkSpec, places: Places, split: str, folder: Path
     if extended:
         lines += [f"Run on past {spec.rounds} rounds (their validation curves still rose; rounds 1-{spec.rounds} are "
                   "the table's runs), scores at the best-validation round of all rounds:", "",
-                  *table_markdown(table_rows(extended)), ""]
+                  *table_markdown(table_rows(extended), cost="round"), ""]
     return lines, rows
 
 
@@ -162,16 +162,19 @@ def _link(path: Path, page: Path) -> str:
 
 def cells_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
     expected = [(split, m, s) for split, sp in spec.splits.items() for s in sp.seeds for m in spec.methods]
-    done, seconds, estimated = [], 0.0, 0
+    done, seconds, untimed = [], 0.0, 0
     for split, m, s in expected:
         summary = places.stored(Cell(split, m, s)) / "summary.json"
         if summary.is_file():
             done.append((split, m, s))
-            wall, guessed = run_wall(json.loads(summary.read_text()))
-            seconds, estimated = seconds + (0.0 if math.isnan(wall) else wall), estimated + guessed
-    guessed = f"; {estimated} of them estimated, marked ~ in the tables" if estimated else ""
+            run = json.loads(summary.read_text())
+            per_round = round_seconds(run)
+            seconds, untimed = seconds + (0.0 if math.isnan(per_round) else per_round * run["rounds"]), \
+                untimed + math.isnan(per_round)
+    untimed_note = f"; {untimed} of them timed no round and are left out" if untimed else ""
     lines = ["## Cells", "", f"{len(done)} of {len(expected)} cells finished ({seconds / 3600:.1f} h of run time "
-             f"in all, summed over cells, two at a time on the machine that ran them{guessed})."]
+             f"in all: each cell's seconds a round times its rounds, summed over cells, which ran two at a time on "
+             f"the machine that ran them{untimed_note})."]
     missing = [c for c in expected if c not in done]
     if missing:
         lines += [f"Not finished yet (`python -m pfedla.benchmark {spec.name} run` runs them, resuming any that has a "

@@ -4,9 +4,9 @@ that finished.
 A final cell (split x method x seed) is done (the store holds its finished run), partial (its work folder has a
 checkpoint; ``rounds`` is how far its metrics.csv got, and a resume goes on from the last checkpoint at or before
 it) or new. A round's seconds, for the estimate, come from finished cells of the same method on the same split,
-else of any method on that split, else the split is unmeasured: per cell, the median round over its rounds (the
-summary's ``timing``: a pause, or a resumed process's first round, moves it little) plus score (b)'s adaptation
-spread over the rounds; the median over the cells. Those seconds were measured with the cells running ``--jobs``
+else of any method on that split, else the split is unmeasured: per cell, ``pfedla.report.round_seconds`` (its
+median round plus score (b)'s adaptation spread over the rounds: a pause barely moves it); the median over the
+cells. Those seconds were measured with the cells running ``--jobs``
 at a time, so ``wall`` (the sum over the cells, over the jobs) holds for the same number of jobs. Cells run on
 past the rounds (``extend``) and proxy checks are not in it: which cells run on is known only when the runs end.
 """
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pfedla.benchmark.grid import finished, rounds_of
 from pfedla.benchmark.paths import Cell, Places
 from pfedla.benchmark.spec import BenchmarkSpec
+from pfedla.report import round_seconds
 
 
 @dataclass
@@ -34,16 +35,6 @@ class SplitStatus:
     unmeasured: int  # cells left whose round seconds are the split's, not their method's
 
 
-def round_seconds(summary: dict) -> float | None:
-    """A finished run's seconds a round: the median round plus score (b)'s adaptation spread over the rounds."""
-    timing = summary.get("timing") or {}
-    if timing.get("round_s_median") is None or not timing.get("rounds_timed"):
-        return None
-    adapt_median = timing.get("adapt_s_median", 0.0)
-    adapt_spread = (timing.get("adapt_s_total", 0.0) - adapt_median * timing["rounds_timed"]) / timing["rounds_timed"]
-    return timing["round_s_median"] + max(adapt_spread, 0.0)
-
-
 def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[str]) -> SplitStatus:
     measured: dict[str, list[float]] = {}
     left: list[tuple[str, int]] = []  # (method, rounds left)
@@ -54,7 +45,7 @@ def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[
             if finished(places.stored(cell), spec.rounds):
                 done += 1
                 seconds = round_seconds(json.loads((places.stored(cell) / "summary.json").read_text()))
-                if seconds is not None:
+                if not math.isnan(seconds):
                     measured.setdefault(method, []).append(seconds)
                 continue
             work = places.cell(cell)
