@@ -98,16 +98,15 @@ def run_wall(summary: dict) -> tuple[float, bool]:
 
 
 def round_seconds(summary: dict) -> float:
-    """A run's seconds a round, robust to a pause: its median round (the summary's ``timing``, over the rounds after
-    the first) plus score (b)'s adaptation spread over the rounds; NaN where the run timed no round. A cell whose
-    machine was paused mid-run (SIGSTOP) has the pause in one round, which the median leaves out; its wall time
-    (``run_wall``) counts it."""
+    """A run's seconds a round: its median round (the summary's ``timing``, over the rounds after the first), with
+    score (b)'s adaptation counted as its mean over the rounds instead of its median; NaN where the run timed no
+    round. A pause of the machine mid-run (SIGSTOP) falls in one round, which the median leaves out, unless it fell
+    in an adaptation (whose total it joins); wall time (``run_wall``) counts every pause."""
     timing = summary.get("timing") or {}
     if timing.get("round_s_median") is None or not timing.get("rounds_timed"):
         return math.nan
     rounds, adapt_median = timing["rounds_timed"], timing.get("adapt_s_median", 0.0)
-    spread = (timing.get("adapt_s_total", 0.0) - adapt_median * rounds) / rounds
-    return timing["round_s_median"] + max(spread, 0.0)
+    return timing["round_s_median"] - adapt_median + timing.get("adapt_s_total", 0.0) / rounds
 
 
 def _seconds(value: float) -> str:
@@ -177,6 +176,12 @@ def _mean_alpha_stats(stats: list[dict]) -> dict | None:
             "uniform": stats[0]["uniform"]}
 
 
+ROUND_SECONDS_EXPLAINED = (
+    "s a round: each run's median round, with score (b)'s adaptation counted as its mean over the rounds, averaged "
+    "over seeds (round_seconds in pfedla/report.py). A pause of the machine the grid ran on falls in one round, which "
+    "the median leaves out (unless it fell in an adaptation); wall time would count it."
+)
+
 SCORES_EXPLAINED = (
     "Accuracy in %, mean ± std over seeds, unweighted mean over clients, on each client's test split. "
     "**(a)** is the personalized model as the server produces it (pFedLA: the aggregate theta_bar_i; "
@@ -195,6 +200,8 @@ SCORES_EXPLAINED = (
 def table_markdown(rows: list[dict], cost: str = "wall") -> list[str]:
     """The scores table. Its last column: ``wall`` seconds a run took (a sweep's report), or ``round``: seconds a
     round (``round_seconds``; the benchmark pages, whose grid is paused at times)."""
+    if cost not in ("wall", "round"):
+        raise ValueError(f"cost={cost!r}: 'wall' or 'round'")
     def cells(r):
         def pct(ms):  # one seed has no spread to show
             if ms is None:
@@ -222,10 +229,7 @@ def table_markdown(rows: list[dict], cost: str = "wall") -> list[str]:
             f"| {r['label']} | {seeds} | {r['rounds']} | {pct(r['best'])} | {pct(r['final'])} | {best_b} "
             f"| {final_b} | {r['best_round']:.0f} | {r['mb']:.1f} | {time_cell(r)} |"
         )
-    if cost == "round":
-        lines += ["", "s a round: the median round of each run plus score (b)'s adaptation spread over the rounds, "
-                  "averaged over seeds (a pause of the machine, or a resumed process's first round, does not count)."]
-    elif any(r["wall_estimated"] for r in rows):
+    if cost == "wall" and any(r["wall_estimated"] for r in rows):
         lines += ["", "~: a run resumed from a checkpoint older than the run's clock timed only its last process; "
                   "its wall time is that process's, scaled to all rounds (unknown, –, where it trained none)."]
     return lines

@@ -122,6 +122,11 @@ def test_a_whole_tiny_benchmark_runs_end_to_end_and_resumes_exactly_after_a_kill
     assert "## dirichlet0.5" in page and "| pfedla | 0,1 | 3 |" in page and "Holm p" in page
     assert "| dirichlet0.5 | (a) | fedavg | 2 |" in page and "Run on past 3 rounds" in page
     assert (root / "store" / "curves_dirichlet0.5.png").is_file() and "4 of 4 cells finished" in page
+    from pfedla.report import round_seconds  # the tables time a round; the total is the cells' rounds at that pace
+
+    stored = [json.loads(p.read_text()) for p in (root / "store/runs").rglob("summary.json")]
+    total = sum(round_seconds(x) * x["rounds"] for x in stored)
+    assert "| s a round |" in page and f"({total / 3600:.1f} h of run time in all: each cell's seconds a round" in page
     assert "| pfedla | 2 | 0 |" in tuning and "## fedavg: 2 trials" in tuning
     other = next(t["number"] for t in json.loads((root / "store/search/pfedla.json").read_text())["trials"]
                  if t["number"] != json.loads((root / "store/search/pfedla.json").read_text())["chosen"]["number"])

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +202,7 @@ def test_a_supernode_killed_mid_run_stops_it_by_name_and_resume_gives_the_uninte
 POLLING = """
 import time
 from types import SimpleNamespace
+from pfedla.flower.protocol import DeploymentError
 from pfedla.flower.transport import POLL, FlowerTransport
 
 class Grid:  # replies to "a" on the second pull, to "b" on the fourth; "c" never
@@ -221,6 +224,16 @@ got = FlowerTransport(grid)._send_and_receive([SimpleNamespace(id=i) for i in "a
 waited = time.monotonic() - started
 assert [r.metadata.reply_to_message_id for r in got] == ["a"] and {wait} <= waited < {wait} + 2 * POLL + 0.5, waited
 assert grid.pulls >= {wait} / POLL / 2, grid.pulls  # it kept asking, every POLL seconds
+class Refusing(Grid):  # the SuperLink took one message of two
+    def push_messages(self, messages):
+        return [messages[0].id, ""]
+
+try:
+    FlowerTransport(Refusing())._send_and_receive([SimpleNamespace(id=i) for i in "ab"], time.monotonic() + 60)
+except DeploymentError as err:
+    assert "accepted 1 of 2 messages" in str(err), err
+else:
+    raise AssertionError("a message the SuperLink did not take went unnoticed")
 print("POLLED", grid.pulls)
 """
 
@@ -228,3 +241,27 @@ print("POLLED", grid.pulls)
 def test_the_server_asks_for_replies_until_each_message_has_one_or_the_deadline(tmp_path):
     """FlowerTransport's pull loop keeps Grid.send_and_receive's contract, asking every POLL seconds."""
     _python(["-c", POLLING.format(wait=1.0)], tmp_path)
+
+
+def test_sigterm_to_the_command_stops_every_process_it_started(tmp_path):
+    """`kill <pid>` of python -m pfedla.flower local, once its SuperNodes run: it stops its SuperLink, SuperNodes
+    and what they started, as on Ctrl-C or an error, and exits."""
+    command = subprocess.Popen([str(FLOWER_PYTHON), "-m", "pfedla.flower", "local", "--nodes", "2", "--run-dir",
+                                str(tmp_path / "run"), "--", *RUN, "federation.rounds=50"], cwd=tmp_path,
+                               env=flower_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (tmp_path / "run/metrics.csv").exists():
+            assert command.poll() is None, command.stdout.read().decode()[-3000:]
+            time.sleep(0.5)
+        running = flower_processes(tmp_path)
+        assert (tmp_path / "run/metrics.csv").exists() and len(running) >= 5, running  # a round in: all are up
+        command.send_signal(signal.SIGTERM)
+        output = command.communicate(timeout=120)[0].decode()
+        assert command.returncode != 0 and "Terminated" in output, output[-3000:]
+        assert not flower_processes(tmp_path), "SIGTERM left Flower processes running"
+    finally:  # whatever failed, nothing this test started outlives it
+        if command.poll() is None:
+            command.kill()
+        for pid in flower_processes(tmp_path):
+            os.kill(pid, signal.SIGKILL)

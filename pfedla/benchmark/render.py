@@ -15,6 +15,7 @@ from pfedla.benchmark.paths import REPO, Cell, Places
 from pfedla.benchmark.spec import BenchmarkSpec, budget
 from pfedla.benchmark.verdicts import ablation_lines, comparisons, verdict_table
 from pfedla.report import (
+    ROUND_SECONDS_EXPLAINED,
     SCORES_EXPLAINED,
     Job,
     alpha_markdown,
@@ -187,7 +188,7 @@ def results_page(spec: BenchmarkSpec, places: Places) -> str:
     lines = [f"# Results: {spec.title}", ""]
     if spec.intro and (REPO / spec.intro).is_file():
         lines += [(REPO / spec.intro).read_text().rstrip(), ""]
-    lines += [*protocol_markdown(spec, places), "", SCORES_EXPLAINED, ""]
+    lines += [*protocol_markdown(spec, places), "", SCORES_EXPLAINED, "", ROUND_SECONDS_EXPLAINED, ""]
     rows_by_split = {}
     for split in spec.splits:
         section, rows = split_markdown(spec, places, split, folder)

@@ -5,10 +5,10 @@ A final cell (split x method x seed) is done (the store holds its finished run),
 checkpoint; ``rounds`` is how far its metrics.csv got, and a resume goes on from the last checkpoint at or before
 it) or new. A round's seconds, for the estimate, come from finished cells of the same method on the same split,
 else of any method on that split, else the split is unmeasured: per cell, ``pfedla.report.round_seconds`` (its
-median round plus score (b)'s adaptation spread over the rounds: a pause barely moves it); the median over the
-cells. Those seconds were measured with the cells running ``--jobs``
-at a time, so ``wall`` (the sum over the cells, over the jobs) holds for the same number of jobs. Cells run on
-past the rounds (``extend``) and proxy checks are not in it: which cells run on is known only when the runs end.
+median round, with score (b)'s adaptation as its mean over the rounds: a pause barely moves it); the median over
+the cells. Those seconds hold for cells run as many at a time as the finished ones were (the grid's ``--jobs``):
+the machine time left is the cell time over that number. Cells run on past the rounds (``extend``) and proxy
+checks are not in it: which cells run on is known only when the runs end.
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ def report(spec: BenchmarkSpec, places: Places, methods: list[str], splits: list
     known = [r.cell_seconds_left for r in rows if not math.isnan(r.cell_seconds_left)]
     total = sum(known)
     unknown = [r.split for r in rows if math.isnan(r.cell_seconds_left)]
-    lines.append(f"left: {total / 3600:.1f} cell hours measured, about {total / 3600 / max(jobs, 1):.1f} h of this "
-                 f"machine at {jobs} at a time (as the cells were measured)"
+    lines.append(f"left: {total / 3600:.1f} cell hours, about {total / 3600 / max(jobs, 1):.1f} h of this machine "
+                 f"at {jobs} at a time (if the finished cells ran {jobs} at a time too)"
                  + (f"; not yet measurable: {', '.join(unknown)} (no finished cell)" if unknown else "")
                  + "; runs on past the rounds and proxy checks come on top")
     return "\n".join(lines)

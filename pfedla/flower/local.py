@@ -4,7 +4,7 @@ Starts a SuperLink and N SuperNodes as processes of this machine (free ports, a 
 ``--tls``, TLS and SuperNode authentication with credentials made for the run), the
 training federation's clients split into N contiguous blocks, one per node (``--node-config clients=...``);
 submits the run with ``flwr run``; waits for it; writes the usual run dir; and stops exactly the processes it
-started, with every process they started in turn (by PID), whatever happened.
+started, with every process they started in turn (by PID), whatever happened: an error, Ctrl-C, or SIGTERM.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +195,7 @@ def deploy(overrides: list[str], nodes: int, run_dir: Path, timeout: float = 360
         # dataset.root's default, made absolute: Flower's processes need not start in this directory
         env["PFEDLA_DATA_ROOT"] = str(Path(data_root or os.environ.get("PFEDLA_DATA_ROOT", "data")).resolve())
         processes = Processes(marker=f"FLWR_HOME={home}".encode())
+        sigterm_before = _raise_on_sigterm()
         try:
             link_security = ["--insecure"] if not tls else [
                 "--ssl-ca-certfile", str(credentials.ca_cert), "--ssl-certfile", str(credentials.server_cert),
@@ -252,7 +254,28 @@ def deploy(overrides: list[str], nodes: int, run_dir: Path, timeout: float = 360
                                    f"{tail}")
             return json.loads(summary.read_text())
         finally:
+            if sigterm_before is not None:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM cannot cut the stopping short
             processes.stop()
+            if sigterm_before is not None:
+                signal.signal(signal.SIGTERM, sigterm_before)
+
+
+class Terminated(BaseException):
+    """SIGTERM reached the command: it stops what it started (``deploy``'s ``finally``) and exits."""
+
+
+def _raise_on_sigterm():
+    """In the main thread: SIGTERM raises ``Terminated`` from now on (so a ``finally`` runs, as on Ctrl-C); returns
+    the handler it replaced (None elsewhere: only the main thread may set one)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    before = signal.signal(signal.SIGTERM, terminated)
+    return signal.SIG_DFL if before is None else before  # None: a handler set outside Python; the default stands in
 
 
 def main(argv: list[str] | None = None) -> None:

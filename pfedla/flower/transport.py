@@ -83,7 +83,11 @@ class FlowerTransport(Remote):
     def _send_and_receive(self, messages: list[Message], deadline: float) -> list[Message]:
         """Grid.send_and_receive's contract (push, then pull until every message has its reply or the deadline),
         asking every ``POLL`` seconds."""
-        waiting, replies = set(self.grid.push_messages(messages)), []
+        ids = list(self.grid.push_messages(messages))
+        if len(ids) != len(messages) or not all(ids):  # e.g. a request too large for the SuperLink
+            raise DeploymentError(f"the SuperLink accepted {sum(map(bool, ids))} of {len(messages)} messages; see "
+                                  "its log")
+        waiting, replies = set(ids), []
         while waiting and time.monotonic() < deadline:
             pulled = list(self.grid.pull_messages(waiting))
             replies += pulled
