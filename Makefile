@@ -7,8 +7,6 @@ VENV   ?= .venv
 LOCK   ?= constraints.txt
 FLOWER_VENV ?= .venv-flower
 FLOWER_LOCK ?= constraints-flower.txt
-# make test: the deployment tests' report, printed after the suite's
-FLOWER_TEST_LOG ?= .flower-tests.log
 PY     := $(VENV)/bin/python
 DATA   ?= data
 ARGS   ?=
@@ -62,19 +60,9 @@ data: $(VENV)/.installed
 run: data
 	$(PY) -m pfedla.run $(ARGS)
 
-# The whole suite needs the flower extra's environment too (tests/test_flower.py runs a real deployment). Those
-# deployment tests mostly wait (Flower's processes poll each other every few seconds), so they run in a pytest of
-# their own (its own session: an interrupt of make stops it and its deployments through the trap) beside the rest
-# of the suite; their report follows the suite's, and either failing fails the target (5: all deselected).
+# The whole suite needs the flower extra's environment too (tests/test_flower.py runs a real deployment).
 test: install-dev install-flower data
-	@export PFEDLA_DATA_ROOT=$(abspath $(DATA)); \
-	setsid -w $(PY) -m pytest -q --durations=10 -p no:cacheprovider tests/test_flower.py > $(FLOWER_TEST_LOG) 2>&1 & \
-	flower=$$!; \
-	trap 'kill -TERM -$$flower 2>/dev/null || kill -TERM $$flower; wait $$flower; exit 130' INT TERM HUP; \
-	$(PY) -m pytest -q --durations=25 --ignore=tests/test_flower.py; suite=$$?; \
-	wait $$flower; deployment=$$?; \
-	echo "--- tests/test_flower.py, run beside the suite (exit $$deployment):"; cat $(FLOWER_TEST_LOG); \
-	test $$suite = 0 && { test $$deployment = 0 || test $$deployment = 5; }
+	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) -m pytest -q --durations=25
 
 test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow"
@@ -98,4 +86,4 @@ lint: install-dev
 	$(VENV)/bin/ruff check pfedla tests benchmarks
 
 clean:
-	rm -rf outputs multirun wandb lightning_logs .pytest_cache $(FLOWER_TEST_LOG)
+	rm -rf outputs multirun wandb lightning_logs .pytest_cache
