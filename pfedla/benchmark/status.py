@@ -82,8 +82,10 @@ def report(spec: BenchmarkSpec, places: Places, methods: list[str], splits: list
     known = [r.cell_seconds_left for r in rows if not math.isnan(r.cell_seconds_left)]
     total = sum(known)
     unknown = [r.split for r in rows if math.isnan(r.cell_seconds_left)]
-    lines.append(f"left: {total / 3600:.1f} cell hours, about {total / 3600 / max(jobs, 1):.1f} h of this machine "
-                 f"at {jobs} at a time (if the finished cells ran {jobs} at a time too)"
+    where = " on the measured splits" if unknown else ""
+    hours = total / 3600
+    lines.append(f"left{where}: {hours:.1f} cell hours, about {hours / max(jobs, 1):.1f} h of this machine at {jobs} "
+                 f"at a time (if the finished cells ran {jobs} at a time too)"
                  + (f"; not yet measurable: {', '.join(unknown)} (no finished cell)" if unknown else "")
                  + "; runs on past the rounds and proxy checks come on top")
     return "\n".join(lines)
