@@ -109,6 +109,16 @@ def round_seconds(summary: dict) -> float:
     return timing["round_s_median"] - adapt_median + timing.get("adapt_s_total", 0.0) / rounds
 
 
+def cpu_round_seconds(summary: dict) -> float:
+    """A run's CPU seconds a round: its process's CPU seconds over the rounds that recorded them, per round (every
+    round counts, start-up and adaptation included: waiting for a core or a pause adds none); NaN where no round
+    recorded them (runs from before they were). Work in other processes (K ranks' others, Flower's nodes) is not
+    in it."""
+    timing = summary.get("timing") or {}
+    rounds = timing.get("cpu_rounds_timed", 0)
+    return timing["cpu_s_total"] / rounds if rounds else math.nan
+
+
 def _seconds(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.0f}"
 

@@ -235,15 +235,20 @@ def compute_summary(module: FederatedModule) -> dict:
 def timing_summary(timings: list[dict]) -> dict:
     """Seconds per round phase (client training, gathering results across ranks, server, evaluation) over the
     run's rounds (a resumed run's checkpoint carries the earlier ones): medians over the rounds after the first
-    (which pays one-off start-up costs; so does a resumed process's first round), and totals."""
+    (which pays one-off start-up costs; so does a resumed process's first round), and totals. ``cpu_s_total``:
+    the process's CPU seconds over the ``cpu_rounds_timed`` rounds that recorded them (a checkpoint written before
+    they were recorded carries rounds without)."""
     phases = PHASES
     steady = timings[1:] or timings
     medians = {f"{p}_s_median": statistics.median(t[p] for t in steady) for p in phases} if steady else {}
+    cpu = [t["cpu"] for t in timings if "cpu" in t]
     return {
         "rounds_timed": len(timings),
         "round_s_median": statistics.median(sum(t[p] for p in phases) for t in steady) if steady else None,
         **medians,
         **{f"{p}_s_total": sum(t[p] for t in timings) for p in phases},
+        "cpu_rounds_timed": len(cpu),
+        "cpu_s_total": sum(cpu),
     }
 
 

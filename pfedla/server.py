@@ -39,11 +39,18 @@ SCORES = {"personalized": "", "adapted": "adapted_"}
 
 
 class PhaseTimer:
-    """Wall seconds per named phase of a round (synchronising the GPU so the split is real)."""
+    """Wall seconds per named phase of a round (synchronising the GPU so the split is real), and the CPU seconds
+    this process spent since the timer began (``cpu_seconds``: every thread of the process, time.process_time).
+    CPU seconds do not grow while the process waits for a core or is paused, so they measure a round's cost
+    under any load; they leave out work in other processes (K ranks' others, Flower's nodes)."""
 
     def __init__(self, device: torch.device):
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self.seconds: dict[str, float] = {p: 0.0 for p in PHASES}
+        self.cpu_started = time.process_time()
+
+    def cpu_seconds(self) -> float:
+        return time.process_time() - self.cpu_started
 
     @contextmanager
     def __call__(self, phase: str):
@@ -77,7 +84,7 @@ class FederatedModule(L.LightningModule):
         self.rejected: list[list[int]] = []  # [round, client] of updates with NaN/Inf, never applied
         self.checkpointed_round = 0  # rounds_done in the last checkpoint written or loaded
         self._round_losses: list[torch.Tensor] = []
-        self.timings: list[dict] = []  # per round: seconds in client training, server work, evaluation (checkpointed)
+        self.timings: list[dict] = []  # per round: wall seconds per phase (PHASES), CPU seconds (checkpointed)
         # The run's clock: seconds its earlier processes trained, through the checkpoint this one resumed (None: that
         # checkpoint predates the clock), and when this process began (reset by run() as it starts training)
         self.seconds_before: float | None = 0.0
@@ -180,7 +187,7 @@ class FederatedModule(L.LightningModule):
         if adapt or last or self.round % fed.eval_every == 0:
             self._evaluate_and_log(adapt, timer)
         self.rounds_done = self.round
-        self.timings.append({"round": self.round, "clients": len(sampled), **timer.seconds})
+        self.timings.append({"round": self.round, "clients": len(sampled), **timer.seconds, "cpu": timer.cpu_seconds()})
 
     def last_trained(self, client: int, through: int) -> int:
         """The last round <= ``through`` in which ``client`` trained and its update was accepted (0: none): the

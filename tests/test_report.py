@@ -1,3 +1,4 @@
+import math
 import statistics
 
 import numpy as np
@@ -277,3 +278,12 @@ def test_the_benchmark_tables_time_a_round_by_its_median_so_a_pause_does_not_cou
     assert table_markdown(rows, cost="round")[2].endswith("| 2.1 |")
     untimed = {**summary, "timing": {}}
     assert table_markdown(table_rows({"fedavg": [Job(tmp_path, untimed, None)]}), cost="round")[2].endswith("| – |")
+
+
+def test_a_runs_cpu_seconds_a_round_are_its_cpu_total_over_the_rounds_that_recorded_them():
+    from pfedla.report import cpu_round_seconds
+
+    timing = {"rounds_timed": 4, "round_s_median": 2.0, "cpu_rounds_timed": 2, "cpu_s_total": 3.0}
+    assert cpu_round_seconds({"timing": timing}) == 1.5
+    assert math.isnan(cpu_round_seconds({"timing": {**timing, "cpu_rounds_timed": 0}}))
+    assert math.isnan(cpu_round_seconds({"timing": {"rounds_timed": 4, "round_s_median": 2.0}}))  # older runs

@@ -144,6 +144,44 @@ def test_a_resumed_runs_wall_time_and_timings_cover_every_round_over_its_process
     assert math.isnan(nothing_timed[0]) and nothing_timed[1]
 
 
+def test_a_rounds_cpu_seconds_leave_out_the_time_it_waited(synthetic_cfg, tmp_path, monkeypatch):
+    """Each round records the process's CPU seconds beside its wall phases. A round that waits 0.3 s (a sleep in
+    its server phase, as a paused or crowded process waits) takes 0.3 s more wall time, and no more CPU time. One
+    thread, so that CPU seconds cannot outgrow wall seconds by computing on several cores at once."""
+    import pfedla.server
+
+    sample = pfedla.server.sample_clients
+
+    def sample_slowly(*args):
+        time.sleep(0.3)
+        return sample(*args)
+
+    monkeypatch.setattr(pfedla.server, "sample_clients", sample_slowly)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        timing = run(synthetic_cfg("federation.rounds=3"), tmp_path / "run")["timing"]
+    finally:
+        torch.set_num_threads(threads)
+    wall = sum(timing[f"{p}_s_total"] for p in pfedla.server.PHASES)
+    assert timing["cpu_rounds_timed"] == timing["rounds_timed"] == 3
+    assert timing["server_s_total"] >= 3 * 0.3
+    assert 0 < timing["cpu_s_total"] < wall - 3 * 0.25
+
+
+def test_timing_summary_counts_cpu_seconds_over_the_rounds_that_recorded_them():
+    """A run resumed from a checkpoint written before rounds recorded CPU seconds: rounds 1-2 have none."""
+    from pfedla.run import timing_summary
+    from pfedla.server import PHASES
+
+    phases = {p: 0.0 for p in PHASES}
+    timings = [{"round": 1, **phases}, {"round": 2, **phases}, {"round": 3, **phases, "cpu": 0.5},
+               {"round": 4, **phases, "cpu": 0.75}]
+    summary = timing_summary(timings)
+    assert (summary["rounds_timed"], summary["cpu_rounds_timed"], summary["cpu_s_total"]) == (4, 2, 1.25)
+    assert timing_summary([])["cpu_rounds_timed"] == 0
+
+
 def test_checkpoint_writes_are_atomic(synthetic_cfg, finished_run, monkeypatch):
     """A crash in the middle of writing leaves the previous checkpoint intact."""
     import pfedla.outputs as outputs

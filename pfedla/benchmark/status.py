@@ -4,10 +4,12 @@ that finished.
 A final cell (split x method x seed) is done (the store holds its finished run), partial (its work folder has a
 checkpoint; ``rounds`` is how far its metrics.csv got, and a resume goes on from the last checkpoint at or before
 it) or new. A round's seconds, for the estimate, come from finished cells of the same method on the same split,
-else of any method on that split, else the split is unmeasured: per cell, ``pfedla.report.round_seconds`` (its
-median round, with score (b)'s adaptation as its mean over the rounds: a pause barely moves it); the median over
-the cells. Those seconds hold for cells run as many at a time as the finished ones were (the grid's ``--jobs``):
-the machine time left is the cell time over that number. Cells run on past the rounds (``extend``) and proxy
+else of any method on that split, else the split is unmeasured: per cell, its CPU seconds a round
+(``pfedla.report.cpu_round_seconds``: neither the load beside it nor a pause adds any) where it recorded them, else
+its wall seconds a round (``pfedla.report.round_seconds``: its median round, with score (b)'s adaptation as its
+mean over the rounds; a pause barely moves it, the load beside it does); the median over the cells. A cell's
+seconds are cell seconds at the grid's one thread a cell (cores / ``--jobs``): the machine time left is the cell
+time over ``--jobs``. Cells run on past the rounds (``extend``) and proxy
 checks are not in it: which cells run on is known only when the runs end.
 """
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pfedla.benchmark.grid import finished, rounds_of
 from pfedla.benchmark.paths import Cell, Places
 from pfedla.benchmark.spec import BenchmarkSpec
-from pfedla.report import round_seconds
+from pfedla.report import cpu_round_seconds, round_seconds
 
 
 @dataclass
@@ -33,20 +35,28 @@ class SplitStatus:
     rounds_left: int  # rounds the partial and new cells still need
     cell_seconds_left: float  # nan: the split has no finished cell to measure a round by
     unmeasured: int  # cells left whose round seconds are the split's, not their method's
+    by_cpu: int = 0  # finished cells measured by their CPU seconds (the rest by their wall seconds)
+
+
+def seconds_a_round(summary: dict) -> tuple[float, bool]:
+    """A finished cell's seconds a round, and whether they are CPU seconds (else wall; NaN: untimed)."""
+    cpu = cpu_round_seconds(summary)
+    return (cpu, True) if not math.isnan(cpu) else (round_seconds(summary), False)
 
 
 def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[str]) -> SplitStatus:
     measured: dict[str, list[float]] = {}
     left: list[tuple[str, int]] = []  # (method, rounds left)
-    done, partial = 0, {}
+    done, partial, by_cpu = 0, {}, 0
     for seed in spec.splits[split].seeds:
         for method in methods:
             cell = Cell(split, method, seed)
             if finished(places.stored(cell), spec.rounds):
                 done += 1
-                seconds = round_seconds(json.loads((places.stored(cell) / "summary.json").read_text()))
+                seconds, cpu = seconds_a_round(json.loads((places.stored(cell) / "summary.json").read_text()))
                 if not math.isnan(seconds):
                     measured.setdefault(method, []).append(seconds)
+                    by_cpu += cpu
                 continue
             work = places.cell(cell)
             reached = rounds_of(work)[1] if (work / "checkpoints" / "last.ckpt").is_file() else 0
@@ -63,7 +73,8 @@ def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[
             unmeasured += 1
         else:
             seconds = math.nan
-    return SplitStatus(split, done, partial, len(left) - len(partial), sum(r for _, r in left), seconds, unmeasured)
+    return SplitStatus(split, done, partial, len(left) - len(partial), sum(r for _, r in left), seconds, unmeasured,
+                       by_cpu)
 
 
 def report(spec: BenchmarkSpec, places: Places, methods: list[str], splits: list[str], jobs: int) -> str:
@@ -88,4 +99,7 @@ def report(spec: BenchmarkSpec, places: Places, methods: list[str], splits: list
                  f"at a time (if the finished cells ran {jobs} at a time too)"
                  + (f"; not yet measurable: {', '.join(unknown)} (no finished cell)" if unknown else "")
                  + "; runs on past the rounds and proxy checks come on top")
+    by_cpu, timed = sum(r.by_cpu for r in rows), sum(r.done for r in rows)
+    lines.append(f"a finished cell's seconds a round: its CPU seconds where it recorded them ({by_cpu} of {timed} "
+                 "finished cells), else its wall seconds, which count the load beside it")
     return "\n".join(lines)
