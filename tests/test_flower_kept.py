@@ -35,16 +35,40 @@ def test_the_store_returns_each_version_bit_for_bit_and_prunes_only_older_ones(t
 
 def test_a_result_the_server_will_reject_is_not_kept_and_its_loss_says_so(tmp_path):
     store = KeptStore(tmp_path, "run")
-    good = ClientModel({"head": torch.ones(2)}, {"stat": torch.zeros(2)})
+    kept = frozenset({"head", "stat"})
+    good = ClientModel({"head": torch.ones(2)}, {"stat": torch.zeros(2)}, kept)
     assert settle(store, 0, 1, good, torch.tensor(0.5), keep_from=0) == 0.5 and store.versions(0) == [1]
     # NaN in a kept tensor the server never sees: not kept (round 1 stays the client's own), loss NaN (rejected)
-    bad = ClientModel({"head": torch.tensor([1.0, float("nan")])}, {"stat": torch.zeros(2)})
+    bad = ClientModel({"head": torch.tensor([1.0, float("nan")])}, {"stat": torch.zeros(2)}, kept)
     assert torch.isnan(settle(store, 0, 2, bad, torch.tensor(0.4), keep_from=1)) and store.versions(0) == [1]
-    bad_loss = ClientModel({"head": torch.ones(2)}, {"stat": torch.zeros(2)})
+    bad_loss = ClientModel({"head": torch.ones(2)}, {"stat": torch.zeros(2)}, kept)
     assert torch.isnan(settle(store, 0, 3, bad_loss, torch.tensor(float("inf")), keep_from=1))
     assert store.versions(0) == [1]
     assert settle(store, 0, 4, good, torch.tensor(0.3), keep_from=1) == 0.3 and store.versions(0) == [1, 4]
     assert settle(store, 0, 5, good, torch.tensor(0.3), keep_from=4) == 0.3 and store.versions(0) == [4, 5]
+
+
+def test_a_node_keeps_only_the_kept_tensors_under_the_clients_own_names(tmp_path):
+    """Ditto trains its personal model under ``personal/``: the node keeps it under the model's own names (which
+    the personalized model the server scores names), over the global model's tensors of those names."""
+    from pfedla.flower.protocol import fill_kept
+
+    store = KeptStore(tmp_path, "run")
+    personal = {"personal/w": torch.full((2,), 2.0)}
+    trained = ClientModel({"w": torch.ones(2), **personal}, {"personal/n": torch.tensor(3)},
+                          frozenset({"personal/w", "personal/n"}), "personal/")
+    assert settle(store, 0, 1, trained, torch.tensor(0.5), keep_from=0) == 0.5
+    own = store.load(0, 1)
+    assert own.params.keys() == {"w"} and own.buffers.keys() == {"n"}
+    assert torch.equal(own.params["w"], personal["personal/w"]) and own.buffers["n"] == 3
+    # filled back in: under ``personal/`` for the next round's training, under the own names for scoring
+    params, buffers = {"w": torch.zeros(2)}, {}
+    fill_kept(params, buffers, frozenset({"personal/w", "personal/n"}), own, "personal/")
+    assert torch.equal(params["personal/w"], own.params["w"]) and buffers == {"personal/n": own.buffers["n"]}
+    assert torch.equal(params["w"], torch.zeros(2))  # the global model the server sent is untouched
+    params, buffers = {}, {}
+    fill_kept(params, buffers, frozenset({"w", "n"}), own)
+    assert torch.equal(params["w"], own.params["w"]) and buffers == {"n": own.buffers["n"]}
 
 
 HEAD = ("fc3.weight", "fc3.bias")  # cnn_bn's classifier: head_layers=1 in fedper.yaml and lgfedavg.yaml
@@ -67,6 +91,22 @@ def test_the_tensors_a_method_keeps_on_the_client_are_the_ones_it_never_shares(s
     assert set(alg.personalized_model(1).kept) == kept(names)
     alg.begin_round(RoundContext(1, [0, 1], 0, alg.device))
     assert set(alg.model_for(1).kept) == kept(names)
+
+
+def test_ditto_keeps_its_personal_model_on_the_client_in_training_and_scoring(synthetic_cfg):
+    from pfedla.algorithms.base import RoundContext
+    from pfedla.algorithms.stacked import PERSONAL
+    from pfedla.run import setup
+
+    alg = setup(synthetic_cfg("algorithm=ditto", "model=cnn_bn")).algorithm
+    names = {*alg.param_names, *alg.buffer_names}
+    scored = alg.personalized_model(1)
+    assert scored.kept == names and scored.kept_prefix == ""
+    alg.begin_round(RoundContext(1, [0, 1], 0, alg.device))
+    sent = alg.model_for(1)
+    assert sent.kept == {PERSONAL + n for n in names} and sent.kept_prefix == PERSONAL
+    assert all(torch.equal((sent.params | sent.buffers)[n], (scored.params | scored.buffers)[sent.own_name(n)])
+               for n in sent.kept)  # the kept tensors are the client's own model, the one it is scored by
 
 
 def test_heurpfedla_keeps_its_retained_layers_whole_and_sends_them_as_the_clients_own(synthetic_cfg):

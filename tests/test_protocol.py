@@ -73,7 +73,7 @@ def test_every_method_through_the_protocol_equals_its_simulation(tmp_path, algor
     assert (tmp_path / "deployed/metrics.csv").read_text() == (tmp_path / "simulated/metrics.csv").read_text()
     assert {t for t, _, _ in crossed} == {TRAIN, EVALUATE}
     assert all(not kept & names for _, kept, names in crossed), "a kept tensor travelled"
-    keeps = algorithm in ("fedper", "fedrep", "lgfedavg", "fedbn", "local", "heurpfedla")
+    keeps = algorithm in ("fedper", "fedrep", "lgfedavg", "fedbn", "local", "heurpfedla", "ditto")
     assert any(kept for _, kept, _ in crossed) == keeps
     a, b = deployed.algorithm.state_dict(), simulated.algorithm.state_dict()
     differ = {k for k in b if not torch.equal(a[k], b[k])}

@@ -6,7 +6,8 @@ pull towards the global model w^t the client received this round. Both train on 
 the round (client.epochs, client.lr; the paper's Algorithm 1 takes its own local steps for each; here the
 personal model shares the global model's batch order). The personal model is the one scored; score (b)
 adapts it by plain local SGD. The client's state travels to the engines as one dict: the global model
-under its own names, the personal one under ``personal/`` (pfedla/engines/objectives.py).
+under its own names, the personal one under ``personal/`` (pfedla/engines/objectives.py). The personal model is
+the client's own (ClientModel.kept): a deployment never sends it either way (pfedla/flower/).
 """
 
 from __future__ import annotations
@@ -42,14 +43,17 @@ class Ditto(FedAvg):
     def model_for(self, i: int) -> ClientModel:
         sent = super().model_for(i)  # the global model (counted as FedAvg's download)
         personal = prefixed(self.own_model(i), PERSONAL)  # never communicated: it lives on the client
-        return ClientModel({**sent.params, **personal.params}, {**sent.buffers, **personal.buffers})
+        return ClientModel({**sent.params, **personal.params}, {**sent.buffers, **personal.buffers},
+                           frozenset([*personal.params, *personal.buffers]), PERSONAL)
 
     def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
         super().receive(i, sent, trained, num_samples)  # the global part, averaged as FedAvg's
         self._trained[i] = unprefixed(trained.params, trained.buffers, PERSONAL, self.param_names, self.buffer_names)
 
     def personalized_model(self, i: int) -> ClientModel:
-        return self.own_model(i)
+        model = self.own_model(i)
+        model.kept = frozenset([*model.params, *model.buffers])
+        return model
 
     def local_plan(self, epochs: int) -> LocalPlan:
         lam, names = self.lam, self.param_names

@@ -76,11 +76,15 @@ class KeptStore:
 def settle(store: KeptStore, client: int, round_idx: int, trained: ClientModel, loss: torch.Tensor,
            keep_from: int) -> torch.Tensor:
     """After ``client`` trained in ``round_idx`` on this node: the loss to report. A result the server will
-    accept (``all_finite``, its rule) becomes the client's version ``round_idx``, and versions older than
+    accept (``all_finite``, its rule) becomes the client's version ``round_idx`` (the whole trained model, as a
+    method may keep other layers next round, its kept tensors under the client's own names over the others:
+    ClientModel.own_name), and versions older than
     ``keep_from`` go; one it will reject is not kept, and its loss is made NaN, so the server rejects it whichever
     part (sent or kept) was not finite, and the client's own copy stays where it was, as on a simulated server."""
     if bool(all_finite(trained.params, trained.buffers, loss)):
-        store.save(client, round_idx, trained)
+        own = lambda tensors: ({n: t for n, t in tensors.items() if n not in trained.kept}
+                               | {trained.own_name(n): t for n, t in tensors.items() if n in trained.kept})
+        store.save(client, round_idx, ClientModel(own(trained.params), own(trained.buffers)))
         store.prune(client, keep_from)
         return loss
     return torch.full_like(loss, float("nan"))

@@ -71,10 +71,13 @@ def without_kept(model: ClientModel, **extra: torch.Tensor) -> Tensors:
                 {n: t for n, t in model.buffers.items() if n not in model.kept}, **extra)
 
 
-def fill_kept(params: Tensors, buffers: Tensors, names: frozenset[str], source: ClientModel) -> None:
-    """Put ``source``'s tensors named ``names`` into ``params`` and ``buffers``, each where it belongs."""
-    params.update({n: source.params[n] for n in names if n in source.params})
-    buffers.update({n: source.buffers[n] for n in names if n in source.buffers})
+def fill_kept(params: Tensors, buffers: Tensors, names: frozenset[str], source: ClientModel, prefix: str = ""
+              ) -> None:
+    """Put ``source``'s tensors into ``params`` and ``buffers``, each where it belongs: under each of ``names``,
+    ``source``'s tensor of that name without ``prefix`` (ClientModel.kept_prefix)."""
+    params.update({n: source.params[n.removeprefix(prefix)] for n in names if n.removeprefix(prefix) in source.params})
+    buffers.update({n: source.buffers[n.removeprefix(prefix)] for n in names
+                    if n.removeprefix(prefix) in source.buffers})
 
 
 def node_of_clients(answers: dict[int, dict], cfg=None) -> dict[int, int]:
@@ -180,6 +183,7 @@ class Remote:
             request.task["clients"].append(c)
             if model.kept:
                 request.task[f"kept/{c}"] = sorted(model.kept)
+                request.task[f"kept-prefix/{c}"] = model.kept_prefix
                 request.task[f"version/{c}"] = self.module.last_trained(c, through)
                 if message_type == TRAIN:
                     request.task[f"keep-from/{c}"] = self.module.last_trained(c, self.module.checkpointed_round)
@@ -235,7 +239,7 @@ class NodeWork:
                              round_idx, int(task["stream"]))
         reply = {}
         for c, (params, buffers, loss) in zip(clients, results):
-            trained = ClientModel(params, buffers, sent[c].kept)
+            trained = ClientModel(params, buffers, sent[c].kept, sent[c].kept_prefix)
             if trained.kept:
                 loss = settle(self.kept, c, round_idx, trained, loss, int(task[f"keep-from/{c}"]))
             reply[f"trained/{c}"] = without_kept(trained, loss=loss)
@@ -263,10 +267,10 @@ class NodeWork:
         out = {}
         for c in clients:
             params, buffers, _ = unflat(models[c])
-            kept = frozenset(task.get(f"kept/{c}", []))
+            kept, prefix = frozenset(task.get(f"kept/{c}", [])), str(task.get(f"kept-prefix/{c}", ""))
             if kept:
                 version = int(task[f"version/{c}"])
                 fill_kept(params, buffers, kept,
-                          self.algorithm.own_model(c) if version == 0 else self.kept.load(c, version))
-            out[c] = ClientModel(params, buffers, kept)
+                          self.algorithm.own_model(c) if version == 0 else self.kept.load(c, version), prefix)
+            out[c] = ClientModel(params, buffers, kept, prefix)
         return out
