@@ -24,6 +24,7 @@ from pathlib import Path
 from pfedla.benchmark.paths import REPO, Cell, Places
 from pfedla.benchmark.search import chosen_overrides
 from pfedla.benchmark.spec import BenchmarkSpec
+from pfedla.sampling import clients_per_round
 from pfedla.stats import WINDOW, curve, late_slope
 
 
@@ -96,6 +97,17 @@ def still_rising(metrics: Path, rising: float) -> bool:
     with open(metrics) as f:
         slope = late_slope(curve(list(csv.DictReader(f)), "val/acc_mean"), WINDOW)
     return slope is not None and round(slope, 2) > rising
+
+
+DIVERGED_SHARE = 0.5  # a run diverged when the server rejected more than this share of its client updates
+
+
+def diverged(summary: dict) -> bool:
+    """Whether a finished run diverged: the server rejected (non-finite) more than ``DIVERGED_SHARE`` of the client
+    updates of its rounds (docs/results/fmnist_notes.md: what a method whose first cell diverged runs with)."""
+    fed = summary["config"]["federation"]
+    updates = summary["rounds"] * clients_per_round(fed["num_clients"], fed["participation"])
+    return len(summary.get("rejected_updates", [])) > DIVERGED_SHARE * updates
 
 
 def extension_cells(spec: BenchmarkSpec, places: Places, methods, splits) -> list[Cell]:

@@ -1,7 +1,8 @@
 """``status``: where a benchmark's final runs stand, and the machine time the rest needs, estimated from the cells
 that finished.
 
-A final cell (split x method x seed) is done (the store holds its finished run), partial (its work folder has a
+A final cell (split x method x seed) is done (the store holds its finished run; ``diverged`` if the server rejected
+most of its updates, ``grid.diverged``), partial (its work folder has a
 checkpoint; ``rounds`` is how far its metrics.csv got, and a resume goes on from the last checkpoint at or before
 it) or new. A round's seconds, for the estimate, come from finished cells of the same method on the same split,
 else of any method on that split, else the split is unmeasured: per cell, its CPU seconds a round
@@ -18,9 +19,9 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pfedla.benchmark.grid import finished, rounds_of
+from pfedla.benchmark.grid import diverged, finished, rounds_of
 from pfedla.benchmark.paths import Cell, Places
 from pfedla.benchmark.spec import BenchmarkSpec
 from pfedla.report import cpu_round_seconds, round_seconds
@@ -36,6 +37,7 @@ class SplitStatus:
     cell_seconds_left: float  # nan: the split has no finished cell to measure a round by
     unmeasured: int  # cells left whose round seconds are the split's, not their method's
     by_cpu: int = 0  # finished cells measured by their CPU seconds (the rest by their wall seconds)
+    diverged: list[str] = field(default_factory=list)  # finished cells that diverged (grid.diverged)
 
 
 def seconds_a_round(summary: dict) -> tuple[float, bool]:
@@ -47,13 +49,16 @@ def seconds_a_round(summary: dict) -> tuple[float, bool]:
 def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[str]) -> SplitStatus:
     measured: dict[str, list[float]] = {}
     left: list[tuple[str, int]] = []  # (method, rounds left)
-    done, partial, by_cpu = 0, {}, 0
+    done, partial, by_cpu, failed = 0, {}, 0, []
     for seed in spec.splits[split].seeds:
         for method in methods:
             cell = Cell(split, method, seed)
             if finished(places.stored(cell), spec.rounds):
                 done += 1
-                seconds, cpu = seconds_a_round(json.loads((places.stored(cell) / "summary.json").read_text()))
+                summary = json.loads((places.stored(cell) / "summary.json").read_text())
+                if diverged(summary):
+                    failed.append(cell.name)
+                seconds, cpu = seconds_a_round(summary)
                 if not math.isnan(seconds):
                     measured.setdefault(method, []).append(seconds)
                     by_cpu += cpu
@@ -74,22 +79,24 @@ def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[
         else:
             seconds = math.nan
     return SplitStatus(split, done, partial, len(left) - len(partial), sum(r for _, r in left), seconds, unmeasured,
-                       by_cpu)
+                       by_cpu, failed)
 
 
 def report(spec: BenchmarkSpec, places: Places, methods: list[str], splits: list[str], jobs: int) -> str:
     rows = [split_status(spec, places, split, methods) for split in splits]
     lines = [f"{spec.name}: final runs of {spec.rounds} rounds, {len(methods)} methods",
-             "| split | seeds | done | partial (rounds reached) | new | rounds left | cell hours left (est.) |",
-             "|---|---|---|---|---|---|---|"]
+             "| split | seeds | done | diverged | partial (rounds reached) | new | rounds left "
+             "| cell hours left (est.) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = len(spec.splits[r.split].seeds) * len(methods)
         hours = "unmeasured" if math.isnan(r.cell_seconds_left) else f"{r.cell_seconds_left / 3600:.1f}"
         if r.unmeasured and not math.isnan(r.cell_seconds_left):
             hours += f" ({r.unmeasured} cells by the split's median)"
         reached = ", ".join(f"{name} {n}" for name, n in r.partial.items()) or "-"
-        lines.append(f"| {r.split} | {len(spec.splits[r.split].seeds)} | {r.done}/{cells} | {reached} | {r.new} "
-                     f"| {r.rounds_left} | {hours} |")
+        failed = ", ".join(r.diverged) or "-"
+        lines.append(f"| {r.split} | {len(spec.splits[r.split].seeds)} | {r.done}/{cells} | {failed} | {reached} "
+                     f"| {r.new} | {r.rounds_left} | {hours} |")
     known = [r.cell_seconds_left for r in rows if not math.isnan(r.cell_seconds_left)]
     total = sum(known)
     unknown = [r.split for r in rows if math.isnan(r.cell_seconds_left)]
