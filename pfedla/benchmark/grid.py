@@ -7,6 +7,13 @@ Cells go seed by seed (every method of seed 0 first), so a cut grid still compar
 summary.json and metrics.csv are copied into the store at once. ``extend`` copies a finished cell whose validation
 curve still rises (pfedla.stats.late_slope) into its own folder and resumes it there to ``extend_rounds``: its
 first ``rounds`` are exactly the table's run, and the table's cell stays as it is.
+
+A method whose first cell (the first split, its first seed) diverged at the chosen values (``diverged``: the server
+rejected most of its updates as non-finite) falls back to the next-best trial of its own search that does not
+diverge at full scale (``fallback``): trials in order of proxy value, repeats of the same values skipped, each run
+as a proxy-check cell of the first split's first seed. That trial's values then stand in for the chosen ones in all
+of the method's final cells; the diverged run moves to ``diverged/`` in the store and the work folder, and the
+fallback trial's run becomes the first cell (``settle_fallback``).
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from pfedla.benchmark.paths import REPO, Cell, Places
@@ -104,7 +113,7 @@ DIVERGED_SHARE = 0.5  # a run diverged when the server rejected more than this s
 
 def diverged(summary: dict) -> bool:
     """Whether a finished run diverged: the server rejected (non-finite) more than ``DIVERGED_SHARE`` of the client
-    updates of its rounds (docs/results/fmnist_notes.md: what a method whose first cell diverged runs with)."""
+    updates of its rounds (``fallback``: what a method whose first cell diverged runs with)."""
     fed = summary["config"]["federation"]
     updates = summary["rounds"] * clients_per_round(fed["num_clients"], fed["participation"])
     return len(summary.get("rejected_updates", [])) > DIVERGED_SHARE * updates
@@ -159,13 +168,84 @@ def proxy_check_cells(spec: BenchmarkSpec, places: Places, methods) -> list[Cell
     return cells
 
 
-def values_for(places: Places, cell: Cell) -> list[str]:
-    """The searched values a cell runs with: the chosen trial's, or (proxy check) its own trial's."""
+def first_cell(spec: BenchmarkSpec, method: str, kind: str = "runs") -> Cell:
+    """A method's first final cell: the first split, its first seed (``kind`` diverged: where it moves)."""
+    split = next(iter(spec.splits))
+    return Cell(split, method, spec.splits[split].seeds[0], kind)
+
+
+def _diverged_run(path: Path, rounds: int) -> bool:
+    return finished(path, rounds) and diverged(json.loads((path / "summary.json").read_text()))
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The trial whose values a method's final cells run with, its first cell having diverged at the chosen ones.
+    ``trial`` None: every other trial diverged too (the cells keep the chosen values); ``pending``: that trial's
+    proxy-check cell has not finished yet."""
+
+    trial: int | None
+    pending: bool = False
+
+
+def fallback(spec: BenchmarkSpec, places: Places, method: str) -> Fallback | None:
+    """None while the method's first cell has not diverged (or not finished); else its fallback trial."""
+    first, moved = first_cell(spec, method), first_cell(spec, method, "diverged")
+    if not (finished(places.stored(moved), spec.rounds) or _diverged_run(places.stored(first), spec.rounds)):
+        return None
+    record = search_record(places, method)
+    tried = [record["chosen"]["params"]]
+    done = sorted((t for t in record["trials"] if t["value"] is not None), key=lambda t: (-t["value"], t["number"]))
+    for trial in done:
+        if trial["params"] in tried:
+            continue
+        tried.append(trial["params"])
+        probe = Cell(first.split, method, first.seed, "proxy_check", trial["number"])
+        if not finished(places.stored(probe), spec.rounds):
+            return Fallback(trial["number"], pending=True)
+        if not _diverged_run(places.stored(probe), spec.rounds):
+            return Fallback(trial["number"])
+    return Fallback(None)
+
+
+def values_for(spec: BenchmarkSpec, places: Places, cell: Cell) -> list[str]:
+    """The searched values a cell runs with: the chosen trial's, or the fallback trial's once the method's first cell
+    diverged and that trial did not (``run_cell`` settles it before it runs any other cell of the method), or (proxy
+    check) its own trial's."""
     record = search_record(places, cell.method)
-    if cell.trial is None:
-        return chosen_overrides(record)
-    trial = next(t for t in record["trials"] if t["number"] == cell.trial)
+    number = cell.trial
+    if number is None:
+        settled = fallback(spec, places, cell.method)
+        if settled is None or settled.trial is None or settled.pending:
+            return chosen_overrides(record)
+        number = settled.trial
+    trial = next(t for t in record["trials"] if t["number"] == number)
     return chosen_overrides({"chosen": trial})
+
+
+_settling: dict[str, threading.Lock] = {}
+
+
+def settle_fallback(spec: BenchmarkSpec, places: Places, method: str, threads: int) -> None:
+    """Once the method's first cell diverged: run its fallback's proxy-check cells until one does not diverge, move
+    the diverged first cell to ``diverged/`` (store and work folder) and put that trial's run in its place. One
+    job at a time per method; each step is skipped when done, so a cut one goes on where it stopped."""
+    with _settling.setdefault(method, threading.Lock()):
+        while (settled := fallback(spec, places, method)) is not None and settled.pending:
+            first = first_cell(spec, method)
+            run_cell(spec, places, Cell(first.split, method, first.seed, "proxy_check", settled.trial), threads)
+        if settled is None or settled.trial is None:
+            return
+        first, moved = first_cell(spec, method), first_cell(spec, method, "diverged")
+        probe = Cell(first.split, method, first.seed, "proxy_check", settled.trial)
+        for where in (places.stored, places.cell):
+            if where(first).exists() and _diverged_run(where(first), spec.rounds):
+                if not finished(where(moved), spec.rounds):
+                    shutil.rmtree(where(moved), ignore_errors=True)
+                    shutil.copytree(where(first), where(moved))
+                shutil.rmtree(where(first))
+                if where(probe).exists():
+                    shutil.copytree(where(probe), where(first))
 
 
 def cell_command(spec: BenchmarkSpec, places: Places, cell: Cell) -> list[str]:
@@ -173,12 +253,16 @@ def cell_command(spec: BenchmarkSpec, places: Places, cell: Cell) -> list[str]:
     m = spec.methods[cell.method]
     resume = [f"resume={path}"] if (path / "checkpoints" / "last.ckpt").is_file() else []
     return [sys.executable, "-m", "pfedla.run", *spec.common, *spec.splits[cell.split].overrides,
-            f"algorithm={m.algorithm}", *m.overrides, *values_for(places, cell), "dataset.test_images=held_out",
+            f"algorithm={m.algorithm}", *m.overrides, *values_for(spec, places, cell), "dataset.test_images=held_out",
             f"seed={cell.seed}", f"federation.rounds={rounds_for(spec, cell)}", "logger=csv", "trainer.devices=1",
             "trainer.progress_bar=false", f"hydra.run.dir={path}", *resume]
 
 
 def run_cell(spec: BenchmarkSpec, places: Places, cell: Cell, threads: int) -> str:
+    if cell.kind in ("runs", "extended"):
+        settle_fallback(spec, places, cell.method, threads)  # before any other cell of a method whose first diverged
+        if cell.kind == "runs" and finished(places.stored(cell), spec.rounds):
+            return str(cell)  # the first cell: the fallback trial's run took its place
     path, rounds = places.cell(cell), rounds_for(spec, cell)
     if cell.kind == "extended" and not path.exists():  # the table's run, checkpoint included, carried on apart
         source = places.cell(Cell(cell.split, cell.method, cell.seed))
@@ -201,6 +285,8 @@ def run_cell(spec: BenchmarkSpec, places: Places, cell: Cell, threads: int) -> s
         target.mkdir(parents=True, exist_ok=True)
         for name in ("summary.json", "metrics.csv"):
             shutil.copy2(path / name, target / name)
+    if cell == first_cell(spec, cell.method):
+        settle_fallback(spec, places, cell.method, threads)  # it diverged: find the method's values now
     return str(cell)
 
 

@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 
+from pfedla.benchmark.grid import diverged, fallback, first_cell
 from pfedla.benchmark.paths import REPO, Cell, Places
 from pfedla.benchmark.spec import BenchmarkSpec, budget
 from pfedla.benchmark.verdicts import ablation_lines, comparisons, verdict_table
@@ -183,6 +184,45 @@ def cells_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
     return lines
 
 
+def diverged_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
+    """The methods whose first cell diverged at the chosen values, the trials tried at full scale and the one each
+    ended on (pfedla/benchmark/grid.py, ``fallback``), and every finished final cell that diverged."""
+    lines = []
+    for method in spec.methods:
+        if not places.search_record(method).is_file() or (settled := fallback(spec, places, method)) is None:
+            continue
+        record = json.loads(places.search_record(method).read_text())
+        first = first_cell(spec, method)
+        tried = []
+        for trial in record["trials"]:
+            cell = (first_cell(spec, method, "diverged") if trial["number"] == record["chosen"]["number"]
+                    else Cell(first.split, method, first.seed, "proxy_check", trial["number"]))
+            summary = places.stored(cell) / "summary.json"
+            if trial["value"] is not None and summary.is_file():
+                run = json.loads(summary.read_text())
+                tried.append((trial, run, diverged(run)))
+        tried.sort(key=lambda t: (-t[0]["value"], t[0]["number"]))
+        said = ", ".join(f"trial {t['number']} (proxy {100 * t['value']:.2f}: "
+                         + (f"diverged, {len(run['rejected_updates'])} updates rejected" if bad
+                            else f"best validation {100 * run['best']['val/acc_mean']:.2f}") + ")"
+                         for t, run, bad in tried)
+        ended = (f"its final cells run at trial {settled.trial}'s values" if settled.trial is not None and
+                 not settled.pending else f"trial {settled.trial} is still to run at full scale"
+                 if settled.pending else "every other trial diverged too: its cells keep the chosen values")
+        lines.append(f"- **{method}**, at full scale ({first.split}, seed {first.seed}): {said}; {ended}.")
+    cells = [f"{split}/{m}_s{s}" for split, sp in spec.splits.items() for s in sp.seeds for m in spec.methods
+             if (places.stored(Cell(split, m, s)) / "summary.json").is_file()
+             and diverged(json.loads((places.stored(Cell(split, m, s)) / "summary.json").read_text()))]
+    if not lines and not cells:
+        return []
+    return ["## Runs that diverged", "",
+            "A run diverged when the server rejected more than half of its client updates as non-finite. A method "
+            "whose first cell diverged at the chosen values takes the next-best trial of its own search that does "
+            "not diverge at full scale, for all of its cells (pfedla/benchmark/grid.py).", "", *lines,
+            *([""] if lines else []),
+            "Final cells that diverged (in the tables as they are): " + (", ".join(cells) or "none") + "."]
+
+
 def results_page(spec: BenchmarkSpec, places: Places) -> str:
     folder = places.store
     lines = [f"# Results: {spec.title}", ""]
@@ -196,7 +236,9 @@ def results_page(spec: BenchmarkSpec, places: Places) -> str:
         rows_by_split[split] = rows
     tests = comparisons(spec.reference, rows_by_split, spec.alpha)
     lines += ["## Verdicts", "", *verdict_table(tests, spec.reference, spec.alpha), "",
-              *ablation_lines(tests, spec.reference, spec.alpha), "", *cells_markdown(spec, places)]
+              *ablation_lines(tests, spec.reference, spec.alpha), ""]
+    diverged_lines = diverged_markdown(spec, places)
+    lines += [*diverged_lines, *([""] if diverged_lines else []), *cells_markdown(spec, places)]
     if spec.notes and (REPO / spec.notes).is_file():
         lines += ["", (REPO / spec.notes).read_text().rstrip()]
     return "\n".join(lines) + "\n"
@@ -261,7 +303,10 @@ def proxy_check_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
         rows = []
         for trial in record["trials"]:
             chosen = trial["number"] == record["chosen"]["number"]
-            cell = Cell(split, method, seed) if chosen else Cell(split, method, seed, "proxy_check", trial["number"])
+            cell = Cell(split, method, seed, "proxy_check", trial["number"])
+            if chosen:  # the first final cell, unless it diverged and a fallback trial's run took its place
+                moved = first_cell(spec, method, "diverged")
+                cell = moved if places.stored(moved).is_dir() else Cell(split, method, seed)
             summary = places.stored(cell) / "summary.json"
             if summary.is_file():
                 best = json.loads(summary.read_text())["best"]
