@@ -278,14 +278,19 @@ def test_a_method_whose_first_cell_diverged_runs_at_the_next_best_trial_that_doe
 
     def run_probe(spec_, places_, cell, threads):  # trial 3 diverges at full scale, trial 2 does not
         ran.append(cell)
-        for where in (places.cell, places.stored):
-            _finished_run(where(cell), 3, 1.0, rejected=12 if cell.trial == 3 else 0, best=0.6 + cell.trial / 100)
+        if cell.trial is not None:
+            assert lr(cell) == [f"client.lr={0.02 if cell.trial == 3 else 0.05}"]
+            for where in (places.cell, places.stored):
+                _finished_run(where(cell), 3, 1.0, rejected=12 if cell.trial == 3 else 0, best=0.6 + cell.trial / 100)
+        else:
+            assert lr(cell) == ["client.lr=0.05"]  # the later cell runs at trial 2's values
         return str(cell)
 
     run_cell = grid.run_cell
     monkeypatch.setattr(grid, "run_cell", run_probe)
-    grid.settle_fallback(spec, places, "fedavg", threads=1)
-    assert ran == [probe(3), probe(2)] and grid.fallback(spec, places, "fedavg") == grid.Fallback(2)
+    grid.run_cells(spec, places, [later], jobs=1, threads=1)  # the grid's step: the fallback first, then the cell
+    assert ran == [probe(3), probe(2), later] and grid.fallback(spec, places, "fedavg") == grid.Fallback(2)
+    ran.remove(later)
     assert lr(later) == lr(first) == ["client.lr=0.05"] and lr(probe(3)) == ["client.lr=0.02"]
     moved = Cell("dirichlet0.5", "fedavg", 0, "diverged")
     for where in (places.stored, places.cell):  # the diverged run is kept apart; trial 2's run is the first cell

@@ -291,7 +291,15 @@ def run_cell(spec: BenchmarkSpec, places: Places, cell: Cell, threads: int) -> s
 
 
 def run_cells(spec: BenchmarkSpec, places: Places, cells: list[Cell], jobs: int, threads: int) -> None:
-    for method in sorted({c.method for c in cells}):
+    """The cells, ``jobs`` at a time; first, each method of theirs whose first cell diverged and whose fallback is
+    not settled yet settles it (its proxy-check cells run in one job while the other jobs run cells)."""
+    methods = sorted({c.method for c in cells})
+    for method in methods:
         search_record(places, method)  # every search finished, before any cell starts
-    print(f"{len(cells)} cells to run, {jobs} at a time", flush=True)
-    in_parallel(lambda cell: run_cell(spec, places, cell, threads), cells, jobs, "cell")
+    unsettled = [m for m in methods if (f := fallback(spec, places, m)) is not None and (f.pending or _diverged_run(
+        places.stored(first_cell(spec, m)), spec.rounds))]
+    print(f"{len(cells)} cells to run, {jobs} at a time" + (f"; first the fallback of {', '.join(unsettled)}"
+                                                           if unsettled else ""), flush=True)
+    work = lambda item: (settle_fallback(spec, places, item, threads) if isinstance(item, str)
+                         else run_cell(spec, places, item, threads))
+    in_parallel(work, [*unsettled, *cells], jobs, "cell")
