@@ -273,6 +273,8 @@ def test_a_method_whose_first_cell_diverged_runs_at_the_next_best_trial_that_doe
         _finished_run(where(first), 3, 1.0, rejected=7, best=0.3)
     assert grid.fallback(spec, places, "fedavg") == grid.Fallback(3, pending=True)
     assert lr(later) == ["client.lr=0.1"]  # the fallback is not known yet
+    assert ("trial 0 (proxy 90.00: diverged, 7 updates rejected); trial 3 is still to run at full scale"
+            in "\n".join(render.diverged_markdown(spec, places)))
 
     ran = []
 

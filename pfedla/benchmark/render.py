@@ -192,11 +192,12 @@ def diverged_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
         if not places.search_record(method).is_file() or (settled := fallback(spec, places, method)) is None:
             continue
         record = json.loads(places.search_record(method).read_text())
-        first = first_cell(spec, method)
+        first, moved = first_cell(spec, method), first_cell(spec, method, "diverged")
         tried = []
         for trial in record["trials"]:
-            cell = (first_cell(spec, method, "diverged") if trial["number"] == record["chosen"]["number"]
-                    else Cell(first.split, method, first.seed, "proxy_check", trial["number"]))
+            cell = Cell(first.split, method, first.seed, "proxy_check", trial["number"])
+            if trial["number"] == record["chosen"]["number"]:  # its own run: moved once the fallback is settled
+                cell = moved if places.stored(moved).is_dir() else first
             summary = places.stored(cell) / "summary.json"
             if trial["value"] is not None and summary.is_file():
                 run = json.loads(summary.read_text())
