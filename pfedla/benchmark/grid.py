@@ -174,8 +174,21 @@ def first_cell(spec: BenchmarkSpec, method: str, kind: str = "runs") -> Cell:
     return Cell(split, method, spec.splits[split].seeds[0], kind)
 
 
-def _diverged_run(path: Path, rounds: int) -> bool:
+def diverged_run(path: Path, rounds: int) -> bool:
+    """A run dir (or stored cell) that finished ``rounds`` rounds and diverged."""
     return finished(path, rounds) and diverged(json.loads((path / "summary.json").read_text()))
+
+
+def probe_cell(spec: BenchmarkSpec, method: str, trial: int) -> Cell:
+    """A trial's run at full scale: the proxy-check cell of the method's first cell."""
+    first = first_cell(spec, method)
+    return Cell(first.split, method, first.seed, "proxy_check", trial)
+
+
+def chosen_run(spec: BenchmarkSpec, places: Places, method: str) -> Cell:
+    """The chosen values' own run at full scale: the first cell, or where it moved once it diverged."""
+    moved = first_cell(spec, method, "diverged")
+    return moved if places.stored(moved).is_dir() else first_cell(spec, method)
 
 
 @dataclass(frozen=True)
@@ -190,8 +203,9 @@ class Fallback:
 
 def fallback(spec: BenchmarkSpec, places: Places, method: str) -> Fallback | None:
     """None while the method's first cell has not diverged (or not finished); else its fallback trial."""
-    first, moved = first_cell(spec, method), first_cell(spec, method, "diverged")
-    if not (finished(places.stored(moved), spec.rounds) or _diverged_run(places.stored(first), spec.rounds)):
+    moved = first_cell(spec, method, "diverged")
+    if not (finished(places.stored(moved), spec.rounds) or diverged_run(places.stored(first_cell(spec, method)),
+                                                                         spec.rounds)):
         return None
     record = search_record(places, method)
     tried = [record["chosen"]["params"]]
@@ -200,10 +214,10 @@ def fallback(spec: BenchmarkSpec, places: Places, method: str) -> Fallback | Non
         if trial["params"] in tried:
             continue
         tried.append(trial["params"])
-        probe = Cell(first.split, method, first.seed, "proxy_check", trial["number"])
+        probe = probe_cell(spec, method, trial["number"])
         if not finished(places.stored(probe), spec.rounds):
             return Fallback(trial["number"], pending=True)
-        if not _diverged_run(places.stored(probe), spec.rounds):
+        if not diverged_run(places.stored(probe), spec.rounds):
             return Fallback(trial["number"])
     return Fallback(None)
 
@@ -232,14 +246,13 @@ def settle_fallback(spec: BenchmarkSpec, places: Places, method: str, threads: i
     job at a time per method; each step is skipped when done, so a cut one goes on where it stopped."""
     with _settling.setdefault(method, threading.Lock()):
         while (settled := fallback(spec, places, method)) is not None and settled.pending:
-            first = first_cell(spec, method)
-            run_cell(spec, places, Cell(first.split, method, first.seed, "proxy_check", settled.trial), threads)
+            run_cell(spec, places, probe_cell(spec, method, settled.trial), threads)
         if settled is None or settled.trial is None:
             return
         first, moved = first_cell(spec, method), first_cell(spec, method, "diverged")
-        probe = Cell(first.split, method, first.seed, "proxy_check", settled.trial)
+        probe = probe_cell(spec, method, settled.trial)
         for where in (places.stored, places.cell):
-            if where(first).exists() and _diverged_run(where(first), spec.rounds):
+            if where(first).exists() and diverged_run(where(first), spec.rounds):
                 if not finished(where(moved), spec.rounds):
                     shutil.rmtree(where(moved), ignore_errors=True)
                     shutil.copytree(where(first), where(moved))
@@ -296,7 +309,7 @@ def run_cells(spec: BenchmarkSpec, places: Places, cells: list[Cell], jobs: int,
     methods = sorted({c.method for c in cells})
     for method in methods:
         search_record(places, method)  # every search finished, before any cell starts
-    unsettled = [m for m in methods if (f := fallback(spec, places, m)) is not None and (f.pending or _diverged_run(
+    unsettled = [m for m in methods if (f := fallback(spec, places, m)) is not None and (f.pending or diverged_run(
         places.stored(first_cell(spec, m)), spec.rounds))]
     print(f"{len(cells)} cells to run, {jobs} at a time" + (f"; first the fallback of {', '.join(unsettled)}"
                                                            if unsettled else ""), flush=True)

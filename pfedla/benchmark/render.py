@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from pfedla.benchmark.grid import diverged, fallback, first_cell
+from pfedla.benchmark.grid import chosen_run, diverged, diverged_run, fallback, first_cell, probe_cell
 from pfedla.benchmark.paths import REPO, Cell, Places
 from pfedla.benchmark.spec import BenchmarkSpec, budget
 from pfedla.benchmark.verdicts import ablation_lines, comparisons, verdict_table
@@ -192,12 +192,11 @@ def diverged_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
         if not places.search_record(method).is_file() or (settled := fallback(spec, places, method)) is None:
             continue
         record = json.loads(places.search_record(method).read_text())
-        first, moved = first_cell(spec, method), first_cell(spec, method, "diverged")
+        first = first_cell(spec, method)
         tried = []
         for trial in record["trials"]:
-            cell = Cell(first.split, method, first.seed, "proxy_check", trial["number"])
-            if trial["number"] == record["chosen"]["number"]:  # its own run: moved once the fallback is settled
-                cell = moved if places.stored(moved).is_dir() else first
+            chosen = trial["number"] == record["chosen"]["number"]
+            cell = chosen_run(spec, places, method) if chosen else probe_cell(spec, method, trial["number"])
             summary = places.stored(cell) / "summary.json"
             if trial["value"] is not None and summary.is_file():
                 run = json.loads(summary.read_text())
@@ -212,8 +211,7 @@ def diverged_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
                  if settled.pending else "every other trial diverged too: its cells keep the chosen values")
         lines.append(f"- **{method}**, at full scale ({first.split}, seed {first.seed}): {said}; {ended}.")
     cells = [f"{split}/{m}_s{s}" for split, sp in spec.splits.items() for s in sp.seeds for m in spec.methods
-             if (places.stored(Cell(split, m, s)) / "summary.json").is_file()
-             and diverged(json.loads((places.stored(Cell(split, m, s)) / "summary.json").read_text()))]
+             if diverged_run(places.stored(Cell(split, m, s)), spec.rounds)]
     if not lines and not cells:
         return []
     return ["## Runs that diverged", "",
@@ -304,10 +302,7 @@ def proxy_check_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
         rows = []
         for trial in record["trials"]:
             chosen = trial["number"] == record["chosen"]["number"]
-            cell = Cell(split, method, seed, "proxy_check", trial["number"])
-            if chosen:  # the first final cell, unless it diverged and a fallback trial's run took its place
-                moved = first_cell(spec, method, "diverged")
-                cell = moved if places.stored(moved).is_dir() else Cell(split, method, seed)
+            cell = chosen_run(spec, places, method) if chosen else probe_cell(spec, method, trial["number"])
             summary = places.stored(cell) / "summary.json"
             if summary.is_file():
                 best = json.loads(summary.read_text())["best"]
