@@ -166,12 +166,14 @@ class FederatedModule(L.LightningModule):
             sent = {i: self.algorithm.model_for(i) for i in sampled}  # all from the start-of-round state
             sizes = [self.data.train_sizes[i] for i in sampled]
             mine = self.ranks.share(sampled, sizes)  # every client when in one process
-            plan = plan_for(self.algorithm, "local", self.cfg.client.epochs)
         with timer("client"):
             trained = self.transport.train(self.round, mine, sent, "local", STREAM_CLIENT_BATCHES)
-        with timer("gather"):  # identity in one process; with K ranks, every rank gets every result
-            first = sent[sampled[0]]
-            results = self.ranks.gather_clients(sampled, sizes, trained, plan.upload_template(first))
+        if self.ranks.world == 1:
+            results = list(trained)  # every result is here already: nothing gathered, no gather seconds
+        else:
+            with timer("gather"):  # with K ranks, every rank gets every result
+                template = plan_for(self.algorithm, "local", self.cfg.client.epochs).upload_template(sent[sampled[0]])
+                results = self.ranks.gather_clients(sampled, sizes, trained, template)
         with timer("server"):
             finite = torch.stack([all_finite(*result) for result in results]).tolist()  # one sync per round
             reports = []
