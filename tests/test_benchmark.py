@@ -134,6 +134,17 @@ def test_a_whole_tiny_benchmark_runs_end_to_end_and_resumes_exactly_after_a_kill
     assert checked["rounds"] == 3 and checked["config"]["seed"] == 0  # the other trial, run like a final run
     assert "## How well the proxy predicts full scale" in tuning and "**pfedla** (2 trials at full scale)" in tuning
 
+    # A machine with the store but not the work folder (no checkpoint): each extended cell runs its table's run again
+    # from round 1, then on; equal threads, the same ops: the same curves as extending from the checkpoint.
+    moved = tmp_path / "moved"
+    shutil.copytree(root / "store", moved / "store", ignore=shutil.ignore_patterns("extended"))
+    done = _benchmark(_spec_file(tmp_path, "moved"), "extend", "--jobs", "2", timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "first 3 rounds run again" in done.stdout and "differ from the table's run" not in done.stdout
+    for cell in extended:
+        a = (root / "store/extended/dirichlet0.5" / cell / "metrics.csv").read_text()
+        assert (moved / "store/extended/dirichlet0.5" / cell / "metrics.csv").read_text() == a, cell
+
     # Another machine: the same searches (from the store), the grid killed mid-way, then run again.
     cut = tmp_path / "cut"
     shutil.copytree(root / "store" / "search", cut / "store" / "search")

@@ -6,7 +6,10 @@ starts; a cell the store already holds is skipped too, so a grid cut by a machin
 Cells go seed by seed (every method of seed 0 first), so a cut grid still compares every method. A finished cell's
 summary.json and metrics.csv are copied into the store at once. ``extend`` copies a finished cell whose validation
 curve still rises (pfedla.stats.late_slope) into its own folder and resumes it there to ``extend_rounds``: its
-first ``rounds`` are exactly the table's run, and the table's cell stays as it is.
+first ``rounds`` are exactly the table's run, and the table's cell stays as it is. Where the cell's checkpoint is
+not on this machine (another ran it), the extended cell runs the table's run again from round 1 in its own folder,
+then on; a log line says if its first ``rounds`` differ from the table's run (``same_start``: another CPU or thread
+count can change the last bits).
 
 A method whose first cell (the first split, its first seed) diverged at the chosen values (``diverged``: the server
 rejected most of its updates as non-finite) falls back to the next-best trial of its own search that does not
@@ -261,17 +264,21 @@ def settle_fallback(spec: BenchmarkSpec, places: Places, method: str, threads: i
                     shutil.copytree(where(probe), where(first))
 
 
-def cell_command(spec: BenchmarkSpec, places: Places, cell: Cell) -> list[str]:
+def cell_command(spec: BenchmarkSpec, places: Places, cell: Cell, rounds: int | None = None) -> list[str]:
+    """The cell's ``python -m pfedla.run`` to ``rounds`` (default: the cell's own, ``rounds_for``)."""
     path = places.cell(cell)
     m = spec.methods[cell.method]
     resume = [f"resume={path}"] if (path / "checkpoints" / "last.ckpt").is_file() else []
     return [sys.executable, "-m", "pfedla.run", *spec.common, *spec.splits[cell.split].overrides,
             f"algorithm={m.algorithm}", *m.overrides, *values_for(spec, places, cell), "dataset.test_images=held_out",
-            f"seed={cell.seed}", f"federation.rounds={rounds_for(spec, cell)}", "logger=csv", "trainer.devices=1",
-            "trainer.progress_bar=false", f"hydra.run.dir={path}", *resume]
+            f"seed={cell.seed}", f"federation.rounds={rounds or rounds_for(spec, cell)}", "logger=csv",
+            "trainer.devices=1", "trainer.progress_bar=false", f"hydra.run.dir={path}", *resume]
 
 
 def run_cell(spec: BenchmarkSpec, places: Places, cell: Cell, threads: int) -> str:
+    """Runs (or resumes) ``cell`` to its rounds and stores it. An extended cell runs in two stages, each to its own
+    ``federation.rounds``: the table's run (copied with its checkpoint when this machine has it, else run again from
+    round 1: its last round then evaluates as the table's did), then on to ``extend_rounds``."""
     if cell.kind in ("runs", "extended"):
         settle_fallback(spec, places, cell.method, threads)  # before any other cell of a method whose first diverged
         if cell.kind == "runs" and finished(places.stored(cell), spec.rounds):
@@ -279,20 +286,27 @@ def run_cell(spec: BenchmarkSpec, places: Places, cell: Cell, threads: int) -> s
     path, rounds = places.cell(cell), rounds_for(spec, cell)
     if cell.kind == "extended" and not path.exists():  # the table's run, checkpoint included, carried on apart
         source = places.cell(Cell(cell.split, cell.method, cell.seed))
-        if not (source / "checkpoints" / "last.ckpt").is_file():
-            raise NotSearched(f"{source}: no checkpoint to extend on this machine; run the step `run` for it")
-        shutil.copytree(source, path)
-    if not finished(path, rounds):
+        if (source / "checkpoints" / "last.ckpt").is_file():
+            shutil.copytree(source, path)
+        else:  # its checkpoint stayed on the machine that ran it
+            print(f"{cell}: no checkpoint of {source.name} on this machine; its first {spec.rounds} rounds run again",
+                  flush=True)
+    stages = [spec.rounds, rounds] if cell.kind == "extended" else [rounds]
+    for stage in stages:
+        if finished(path, rounds) or (stage < rounds and rounds_of(path)[0] >= stage):
+            continue  # this stage is behind the run
         path.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
         started = time.perf_counter()
         with open(path / "console.log", "a") as console:
-            code = subprocess.call(cell_command(spec, places, cell), cwd=REPO, env=env, stdout=console,
+            code = subprocess.call(cell_command(spec, places, cell, stage), cwd=REPO, env=env, stdout=console,
                                    stderr=subprocess.STDOUT)
         print(f"{cell}: exit {code} after {time.perf_counter() - started:.0f} s", flush=True)
-        if not finished(path, rounds):
-            raise CellFailed(f"{cell} stopped with exit {code} before {rounds} rounds (see {path / 'console.log'}); "
+        if not finished(path, stage):
+            raise CellFailed(f"{cell} stopped with exit {code} before {stage} rounds (see {path / 'console.log'}); "
                              "run the step again to resume it")
+    if cell.kind == "extended":
+        same_start(path, places.stored(Cell(cell.split, cell.method, cell.seed)), spec.rounds)
     if finished(path, rounds):
         target = places.stored(cell)
         target.mkdir(parents=True, exist_ok=True)
@@ -301,6 +315,19 @@ def run_cell(spec: BenchmarkSpec, places: Places, cell: Cell, threads: int) -> s
     if cell == first_cell(spec, cell.method):
         settle_fallback(spec, places, cell.method, threads)  # it diverged: find the method's values now
     return str(cell)
+
+
+def same_start(extended: Path, stored: Path, rounds: int) -> bool:
+    """Whether an extended run's first ``rounds`` rows of metrics.csv are the table's run's; says so when not."""
+    def head(path: Path) -> list[dict]:
+        with open(path / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        return [row for row in rows if int(row["round"]) <= rounds]
+
+    same = head(extended) == head(stored)
+    if not same:
+        print(f"{extended}: its first {rounds} rounds differ from the table's run {stored}", flush=True)
+    return same
 
 
 def run_cells(spec: BenchmarkSpec, places: Places, cells: list[Cell], jobs: int, threads: int) -> None:
