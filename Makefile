@@ -61,11 +61,8 @@ run: data
 	$(PY) -m pfedla.run $(ARGS)
 
 # The whole suite needs the flower extra's environment too (tests/test_flower.py runs a real deployment).
-# Two pytest workers (pytest-xdist): the deployment tests mostly wait on processes and polls, and the others use
-# that time; the deployments run one at a time, on one worker (tests/test_flower.py). TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
 test: install-dev install-flower data
-	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
+	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) -m pytest -q --durations=25
 
 test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow"

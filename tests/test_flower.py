@@ -21,9 +21,7 @@ FLOWER_PYTHON = REPO / ".venv-flower" / "bin" / "python"
 RUN = ["dataset=synthetic", "federation.num_clients=2", "federation.rounds=2", "logger=none",
        "trainer.progress_bar=false", "trainer.accelerator=cpu", "federation.adapt_every=2", "model=cnn_bn"]
 
-# One deployment at a time, on one xdist worker (make test runs two): their free ports are picked, freed and then
-# bound by Flower's processes, so two deployments at once could race for a port.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deployments"),
+pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not FLOWER_PYTHON.is_file(), reason="no .venv-flower (make install-flower)")]
 
 
