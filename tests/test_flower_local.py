@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pfedla.flower.local import Processes, alive, client_blocks, descendants
+from pfedla.flower.local import Processes, alive, client_blocks, descendants, free_ports
 
 
 def test_clients_are_dealt_to_nodes_in_contiguous_blocks_as_equal_as_they_can_be():
@@ -20,6 +20,17 @@ def test_clients_are_dealt_to_nodes_in_contiguous_blocks_as_equal_as_they_can_be
     assert sum(blocks, []) == list(range(20)) and sorted(len(b) for b in blocks) == [6, 7, 7]
     with pytest.raises(ValueError, match="--nodes 3: needs 1..2"):
         client_blocks(2, 3)
+
+
+def test_ports_chosen_together_are_distinct_and_free():
+    """The nodes start at once, so their ports are chosen together (were each socket closed before
+    the next bind, 500 of the ~28k ephemeral ports would almost always hold repeats)."""
+    import socket
+
+    ports = free_ports(500)
+    assert len(set(ports)) == 500
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[0]))  # free again once chosen
 
 
 SPAWNER = """

@@ -30,9 +30,19 @@ CONNECTION = "pfedla-local"  # the SuperLink's name in the temporary FLWR_HOME's
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports of 127.0.0.1 (all held at once while chosen, so none is chosen twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_for_port(port: int, seconds: float, process: subprocess.Popen, what: str) -> None:
@@ -219,13 +229,15 @@ def deploy(overrides: list[str], nodes: int, run_dir: Path, timeout: float = 360
                 if register.returncode != 0:
                     raise RuntimeError(f"flwr supernode register (SuperNode {k}) exited {register.returncode}: "
                                        f"{(register.stdout + register.stderr).strip()[-2000:]}")
+            node_ports = free_ports(nodes + unregistered)  # every node starts at once, each on its own port
             for k in range(nodes, nodes + unregistered):  # keys the SuperLink was never told about
                 processes.start(f"unregistered SuperNode {k - nodes}", [
                     str(bin_dir / "flower-supernode"), *node_security(k), "--superlink", f"127.0.0.1:{port}",
-                    "--port", str(free_port()), "--node-config", 'clients="0"',
+                    "--port", str(node_ports[k]), "--node-config", 'clients="0"',
                 ], logs / f"unregistered{k - nodes}.log", env)
+            listening = []
             for k, clients in enumerate(blocks):
-                node_port = free_port()
+                node_port = node_ports[k]
                 # what the node keeps of its clients' models lives beside the run (a resume finds it there)
                 state = run_dir / "flower_nodes" / f"node{k}"
                 config = (f'clients="{",".join(map(str, clients))}" data-root="{env["PFEDLA_DATA_ROOT"]}" '
@@ -236,7 +248,9 @@ def deploy(overrides: list[str], nodes: int, run_dir: Path, timeout: float = 360
                     str(bin_dir / "flower-supernode"), *node_security(k), "--superlink", f"127.0.0.1:{port}",
                     "--port", str(node_port), "--node-config", config,
                 ], logs / f"supernode{k}.log", env)
-                wait_for_port(node_port, 60, node, f"SuperNode {k}")
+                listening.append((node_port, node, f"SuperNode {k}"))
+            for node_port, node, what in listening:
+                wait_for_port(node_port, 60, node, what)
             summary = run_dir / "summary.json"
             # a resumed run dir holds the summary of the run it continues: only a newer one says this run finished
             previous = summary.stat().st_mtime_ns if summary.is_file() else None
