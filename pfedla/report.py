@@ -140,6 +140,7 @@ def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
             "wall": statistics.fmean(w for w, _ in walls),
             "wall_estimated": any(guessed for _, guessed in walls),
             "round_s": statistics.fmean(round_seconds(x) for x in s),  # NaN if a seed timed no round
+            "cpu_round_s": [c for c in (cpu_round_seconds(x) for x in s) if not math.isnan(c)],  # seeds with them
             "rounds": max(x["rounds"] for x in s),
             "alpha": _mean_alpha_stats([x["alpha_stats"] for x in s if x.get("alpha_stats")]),
             "unseen": _scores(s, "unseen", "test/acc_mean"),  # held-out clients (pfedla/unseen.py)
@@ -189,7 +190,10 @@ def _mean_alpha_stats(stats: list[dict]) -> dict | None:
 ROUND_SECONDS_EXPLAINED = (
     "s a round: each run's median round, with score (b)'s adaptation counted as its mean over the rounds, averaged "
     "over seeds (round_seconds in pfedla/report.py). A pause of the machine the grid ran on falls in one round, which "
-    "the median leaves out (unless it fell in an adaptation); wall time would count it."
+    "the median leaves out (unless it fell in an adaptation); wall time would count it. Other work on the machine "
+    "during a run slows its rounds, and its s a round count that. CPU s a round: the run's CPU seconds over its rounds "
+    "(cpu_round_seconds; one thread), which neither that load nor a pause changes, averaged over the seeds that "
+    "recorded them (runs from before they were recorded: –)."
 )
 
 SCORES_EXPLAINED = (
@@ -208,8 +212,9 @@ SCORES_EXPLAINED = (
 
 
 def table_markdown(rows: list[dict], cost: str = "wall") -> list[str]:
-    """The scores table. Its last column: ``wall`` seconds a run took (a sweep's report), or ``round``: seconds a
-    round (``round_seconds``; the benchmark pages, whose grid is paused at times)."""
+    """The scores table. Its last columns: ``wall`` seconds a run took (a sweep's report), or ``round``: seconds a
+    round (``round_seconds``; the benchmark pages, whose grid is paused at times) and CPU seconds a round
+    (``cpu_round_seconds``, over the seeds that recorded them)."""
     if cost not in ("wall", "round"):
         raise ValueError(f"cost={cost!r}: 'wall' or 'round'")
     def cells(r):
@@ -219,15 +224,19 @@ def table_markdown(rows: list[dict], cost: str = "wall") -> list[str]:
             return f"{100 * ms[0]:.2f}" + (f" ± {100 * ms[1]:.2f}" if len(r["seeds"]) > 1 else "")
         return pct
 
-    def time_cell(r):
-        if cost == "round":
-            return "–" if math.isnan(r["round_s"]) else f"{r['round_s']:.1f}"
-        return f"{'~' * r['wall_estimated']}{_seconds(r['wall'])}"
+    def time_cells(r):  # round: s a round, then CPU s a round over the seeds that recorded them (how many if not all)
+        if cost == "wall":
+            return f"{'~' * r['wall_estimated']}{_seconds(r['wall'])}"
+        wall = "–" if math.isnan(r["round_s"]) else f"{r['round_s']:.1f}"
+        cpu, seeds = r["cpu_round_s"], len(r["seeds"])
+        some = f" ({len(cpu)} of {seeds} seeds)" if cpu and len(cpu) < seeds else ""
+        return f"{wall} | " + (f"{statistics.fmean(cpu):.1f}{some}" if cpu else "–")
 
+    last = "wall s" if cost == "wall" else "s a round | CPU s a round"
     lines = [
         "| algorithm | seeds | rounds | (a) best val | (a) final | (b) best val | (b) final | best-val round "
-        f"| MB communicated | {'wall s' if cost == 'wall' else 's a round'} |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| MB communicated | {last} |",
+        "|" + " --- |" * (10 if cost == "wall" else 11),
     ]
     for r in rows:
         pct = cells(r)
@@ -237,7 +246,7 @@ def table_markdown(rows: list[dict], cost: str = "wall") -> list[str]:
         final_b = "= (a)" if one_score else pct(r["final_adapted"])
         lines.append(
             f"| {r['label']} | {seeds} | {r['rounds']} | {pct(r['best'])} | {pct(r['final'])} | {best_b} "
-            f"| {final_b} | {r['best_round']:.0f} | {r['mb']:.1f} | {time_cell(r)} |"
+            f"| {final_b} | {r['best_round']:.0f} | {r['mb']:.1f} | {time_cells(r)} |"
         )
     if cost == "wall" and any(r["wall_estimated"] for r in rows):
         lines += ["", "~: a run resumed from a checkpoint older than the run's clock timed only its last process; "

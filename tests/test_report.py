@@ -275,9 +275,17 @@ def test_the_benchmark_tables_time_a_round_by_its_median_so_a_pause_does_not_cou
     assert round_seconds(summary) == pytest.approx(2.1)
     rows = table_rows({"fedavg": [Job(tmp_path, summary, None)]})
     assert table_markdown(rows)[2].endswith("| 3008 |") and "wall s" in table_markdown(rows)[0]
-    assert table_markdown(rows, cost="round")[2].endswith("| 2.1 |")
+    assert table_markdown(rows, cost="round")[2].endswith("| 2.1 | – |")  # CPU seconds: not recorded
     untimed = {**summary, "timing": {}}
-    assert table_markdown(table_rows({"fedavg": [Job(tmp_path, untimed, None)]}), cost="round")[2].endswith("| – |")
+    assert table_markdown(table_rows({"fedavg": [Job(tmp_path, untimed, None)]}), cost="round")[2].endswith("| – | – |")
+    # CPU seconds a round, over the seeds that recorded them: seed 1's 6 s over 4 rounds, seed 2's 10 s over 4
+    cpu = [{**summary, "config": {"seed": seed}, "timing": {**timing, "cpu_rounds_timed": 4, "cpu_s_total": total}}
+           for seed, total in ((1, 6.0), (2, 10.0))]
+    table = table_markdown(table_rows({"fedavg": [Job(tmp_path, x, None) for x in (summary, *cpu)]}), cost="round")
+    assert "| s a round | CPU s a round |" in table[0] and table[1].count("---") == 11
+    assert table[2].endswith("| 2.1 | 2.0 (2 of 3 seeds) |")  # (1.5 + 2.5) / 2
+    table = table_markdown(table_rows({"fedavg": [Job(tmp_path, x, None) for x in cpu]}), cost="round")
+    assert table[2].endswith("| 2.1 | 2.0 |")
 
 
 def test_a_runs_cpu_seconds_a_round_are_its_cpu_total_over_the_rounds_that_recorded_them():
