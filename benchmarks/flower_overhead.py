@@ -13,23 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from pfedla.compute import cpu_model
+
 REPO = Path(__file__).resolve().parent.parent
 WORKLOAD = ["+experiment=noniid_dirichlet", "logger=none", "trainer.progress_bar=false", "federation.adapt_every=0",
             "viz.every=1000000"]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def timed(command: list[str], env: dict) -> float:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from pfedla.compute import cpu_model
+
 REPO = Path(__file__).resolve().parent.parent
 CASES = ("dirichlet20", "clients100", "clients1000")
 ENGINES = ("loop", "vmap")
@@ -33,7 +35,7 @@ HEADLINE = ["+experiment=noniid_dirichlet", "model=cnn_bn", "partition.alpha=0.3
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor(),
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu_model(),
             "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

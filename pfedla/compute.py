@@ -28,13 +28,17 @@ fp32); it is for GPUs, and ``benchmarks/gpu.py --precision`` checks what it cost
 from __future__ import annotations
 
 import os
+import platform
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import torch
 from torch import nn
 
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+CPUINFO = Path("/proc/cpuinfo")
 PRECISIONS = ("32", "bf16")
 Tensors = dict[str, torch.Tensor]
 
@@ -123,3 +127,17 @@ def choose_processes(trainer_cfg, on_cpu: bool, train_samples: int, rounds: int,
     if train_samples * rounds < MIN_SAMPLES_FOR_PROCESSES:
         return 1
     return min(cores(), clients_per_round, MAX_AUTO_PROCESSES)
+
+
+@cache
+def cpu_model() -> str:
+    """The CPU this process runs on, as the OS names it (``model name`` in /proc/cpuinfo; elsewhere Python's
+    ``platform`` names, or "unknown"): the same code runs at different speeds on different CPUs, so timings say
+    which one they were measured on."""
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

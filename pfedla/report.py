@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +142,7 @@ def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
             "wall_estimated": any(guessed for _, guessed in walls),
             "round_s": statistics.fmean(round_seconds(x) for x in s),  # NaN if a seed timed no round
             "cpu_round_s": [c for c in (cpu_round_seconds(x) for x in s) if not math.isnan(c)],  # seeds with them
+            "cpu_models": [sorted((x.get("timing") or {}).get("cpu_models") or {}) for x in s],  # per seed: its CPUs
             "rounds": max(x["rounds"] for x in s),
             "alpha": _mean_alpha_stats([x["alpha_stats"] for x in s if x.get("alpha_stats")]),
             "unseen": _scores(s, "unseen", "test/acc_mean"),  # held-out clients (pfedla/unseen.py)
@@ -248,10 +250,26 @@ def table_markdown(rows: list[dict], cost: str = "wall") -> list[str]:
             f"| {r['label']} | {seeds} | {r['rounds']} | {pct(r['best'])} | {pct(r['final'])} | {best_b} "
             f"| {final_b} | {r['best_round']:.0f} | {r['mb']:.1f} | {time_cells(r)} |"
         )
+    if cost == "round":
+        lines += ["", timed_on(rows)]
     if cost == "wall" and any(r["wall_estimated"] for r in rows):
         lines += ["", "~: a run resumed from a checkpoint older than the run's clock timed only its last process; "
                   "its wall time is that process's, scaled to all rounds (unknown, –, where it trained none)."]
     return lines
+
+
+def timed_on(rows: list[dict]) -> str:
+    """Which CPUs the table's runs were timed on (the same code runs at different speeds on different CPUs), as
+    runs per CPU: a run resumed on another machine counts under each; runs from before rounds recorded their CPU
+    are counted apart."""
+    per_run = [models for r in rows for models in r["cpu_models"]]
+    counts = Counter(m for models in per_run for m in models)
+    unrecorded = sum(not models for models in per_run)
+    named = [f"{m} ({n} run{'s' * (n != 1)})" for m, n in sorted(counts.items())]
+    if unrecorded:
+        named.append(f"not recorded ({unrecorded} run{'s' * (unrecorded != 1)}, from before runs recorded it)")
+    mixed = " Seconds measured on different CPUs do not compare." if len(counts) + bool(unrecorded) > 1 else ""
+    return "Timed on: " + "; ".join(named) + "." + mixed
 
 
 def spread_markdown(rows: list[dict]) -> list[str]:

@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -237,11 +238,13 @@ def timing_summary(timings: list[dict]) -> dict:
     run's rounds (a resumed run's checkpoint carries the earlier ones): medians over the rounds after the first
     (which pays one-off start-up costs; so does a resumed process's first round), and totals. ``cpu_s_total``:
     the process's CPU seconds over the ``cpu_rounds_timed`` rounds that recorded them (a checkpoint written before
-    they were recorded carries rounds without)."""
+    they were recorded carries rounds without); ``cpu_models``: how many rounds ran on each CPU (``cpu_model``; a run
+    resumed on another machine names both), over the rounds that recorded it."""
     phases = PHASES
     steady = timings[1:] or timings
     medians = {f"{p}_s_median": statistics.median(t[p] for t in steady) for p in phases} if steady else {}
     cpu = [t["cpu"] for t in timings if "cpu" in t]
+    machines = Counter(t["cpu_model"] for t in timings if "cpu_model" in t)
     return {
         "rounds_timed": len(timings),
         "round_s_median": statistics.median(sum(t[p] for p in phases) for t in steady) if steady else None,
@@ -249,6 +252,7 @@ def timing_summary(timings: list[dict]) -> dict:
         **{f"{p}_s_total": sum(t[p] for t in timings) for p in phases},
         "cpu_rounds_timed": len(cpu),
         "cpu_s_total": sum(cpu),
+        "cpu_models": dict(sorted(machines.items())),
     }
 
 

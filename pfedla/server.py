@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from pfedla.algorithms.base import Algorithm, Report, RoundContext
 from pfedla.algorithms.stacked import ClientModel
-from pfedla.compute import Compute, choose_compute
+from pfedla.compute import Compute, choose_compute, cpu_model
 from pfedla.datasets import FederatedData
 from pfedla.distributed import Ranks, tensors_digest
 from pfedla.engines import Engine, make_engine
@@ -84,7 +84,7 @@ class FederatedModule(L.LightningModule):
         self.rejected: list[list[int]] = []  # [round, client] of updates with NaN/Inf, never applied
         self.checkpointed_round = 0  # rounds_done in the last checkpoint written or loaded
         self._round_losses: list[torch.Tensor] = []
-        self.timings: list[dict] = []  # per round: wall seconds per phase (PHASES), CPU seconds (checkpointed)
+        self.timings: list[dict] = []  # per round: wall seconds per phase (PHASES), CPU seconds, the CPU (checkpointed)
         # The run's clock: seconds its earlier processes trained, through the checkpoint this one resumed (None: that
         # checkpoint predates the clock), and when this process began (reset by run() as it starts training)
         self.seconds_before: float | None = 0.0
@@ -189,7 +189,8 @@ class FederatedModule(L.LightningModule):
         if adapt or last or self.round % fed.eval_every == 0:
             self._evaluate_and_log(adapt, timer)
         self.rounds_done = self.round
-        self.timings.append({"round": self.round, "clients": len(sampled), **timer.seconds, "cpu": timer.cpu_seconds()})
+        self.timings.append({"round": self.round, "clients": len(sampled), **timer.seconds, "cpu": timer.cpu_seconds(),
+                             "cpu_model": cpu_model()})
 
     def last_trained(self, client: int, through: int) -> int:
         """The last round <= ``through`` in which ``client`` trained and its update was accepted (0: none): the

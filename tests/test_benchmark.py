@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pfedla.benchmark.spec import BENCHMARK_DIR, load_spec
+from pfedla.compute import cpu_model
 from pfedla.errors import ConfigError
 from tests.conftest import REPO
 
@@ -194,13 +195,15 @@ def test_every_cell_of_a_committed_benchmark_composes_a_valid_run_at_its_chosen_
 
 
 def _finished_run(path: Path, rounds: int, round_median: float, adapt_total: float = 0.0,
-                  cpu_total: float | None = None, rejected: int = 0, best: float = 0.5) -> None:
+                  cpu_total: float | None = None, rejected: int = 0, best: float = 0.5, cpu: str | None = None) -> None:
     """A finished run of 4 clients, all in every round, with ``rejected`` of its updates rejected."""
     path.mkdir(parents=True)
     timing = {"rounds_timed": rounds, "round_s_median": round_median, "adapt_s_median": 0.0,
               "adapt_s_total": adapt_total}
     if cpu_total is not None:
         timing.update(cpu_rounds_timed=rounds, cpu_s_total=cpu_total)
+    if cpu is not None:  # the CPU every round ran on
+        timing["cpu_models"] = {cpu: rounds}
     config = {"federation": {"num_clients": 4, "participation": 1.0}}
     rejected_updates = [[1 + k // 4, k % 4] for k in range(rejected)]
     (path / "summary.json").write_text(json.dumps({"rounds": rounds, "timing": timing, "config": config,
@@ -241,13 +244,16 @@ def test_status_counts_the_cells_and_estimates_what_is_left_from_the_finished_on
     assert "| dirichlet0.5 | 2 | 1/4 | - | pfedla_s1 2 | 2 | 7 | 0.0 (2 cells by the split's median) |" in shown.stdout
     assert f"left: {(1 + 3 + 3) * 1.0 / 3600:.1f} cell hours" in shown.stdout, shown.stdout
     assert "its CPU seconds where it recorded them (0 of 1 finished cells)" in shown.stdout
+    assert f"the finished cells ran on: not recorded (1); this machine: {cpu_model()}" in shown.stdout
 
     # a cell that recorded its CPU seconds is measured by them (1.8 s over 3 rounds: 0.6 s), not its wall seconds
     shutil.rmtree(places.stored(Cell("dirichlet0.5", "fedavg", 0)))
-    _finished_run(places.stored(Cell("dirichlet0.5", "fedavg", 0)), 3, 1.0, cpu_total=1.8)
+    _finished_run(places.stored(Cell("dirichlet0.5", "fedavg", 0)), 3, 1.0, cpu_total=1.8, cpu="Test CPU")
     row = status.split_status(spec, places, "dirichlet0.5", ["pfedla", "fedavg"])
     assert row.by_cpu == 1 and row.cell_seconds_left == pytest.approx((1 + 3 + 3) * 0.6)
-    assert row.diverged == []
+    assert row.diverged == [] and row.cpus == {"Test CPU": 1}
+    shown = _benchmark(str(tmp_path / "bench.yaml"), "status", "--jobs", "2")
+    assert "the finished cells ran on: Test CPU (1); this machine:" in shown.stdout, shown.stdout
 
     # 3 rounds x 4 clients: 7 of 12 updates rejected is more than half (diverged), 6 is not
     for rejected, names in ((6, []), (7, ["fedavg_s0"])):

@@ -288,6 +288,27 @@ def test_the_benchmark_tables_time_a_round_by_its_median_so_a_pause_does_not_cou
     assert table[2].endswith("| 2.1 | 2.0 |")
 
 
+def test_a_benchmark_table_says_which_cpus_timed_its_runs(tmp_path):
+    """Runs per CPU under the table: seed 1 ran on a Xeon, seed 2 began there and was resumed on an EPYC (it counts
+    under both), seed 0 is from before rounds named their CPU; one CPU alone draws no warning."""
+    from pfedla.report import Job, table_markdown, table_rows, timed_on
+
+    best = {"round": 4, "val/acc_mean": 0.5, "test/acc_mean": 0.5, "client_acc": [0.4, 0.6]}
+
+    def run(seed, models):
+        return Job(tmp_path, {"config": {"seed": seed}, "rounds": 4, "wall_seconds": 8.0, "best": best, "final": best,
+                              "bytes_down": 0, "bytes_up": 0,
+                              "timing": {"rounds_timed": 4, "round_s_median": 2.0, "cpu_models": models}}, None)
+
+    rows = table_rows({"fedavg": [run(0, None), run(1, {"Xeon": 4})], "fedbn": [run(2, {"Xeon": 2, "EPYC": 2})]})
+    assert timed_on(rows) == ("Timed on: EPYC (1 run); Xeon (2 runs); not recorded (1 run, from before runs recorded "
+                              "it). Seconds measured on different CPUs do not compare.")
+    assert table_markdown(rows, cost="round")[-1] == timed_on(rows)
+    assert not any(line.startswith("Timed on") for line in table_markdown(rows))  # a sweep's wall-time table
+    alike = table_rows({"fedavg": [run(0, {"EPYC": 4}), run(1, {"EPYC": 4})]})
+    assert timed_on(alike) == "Timed on: EPYC (2 runs)."
+
+
 def test_a_runs_cpu_seconds_a_round_are_its_cpu_total_over_the_rounds_that_recorded_them():
     from pfedla.report import cpu_round_seconds
 

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import pickle
+import platform
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 import pytest
 import torch
 
+from pfedla.compute import cpu_model
 from pfedla.errors import ConfigError
 from pfedla.run import run, setup
 from pfedla.sampling import sample_clients
@@ -165,21 +167,43 @@ def test_a_rounds_cpu_seconds_leave_out_the_time_it_waited(synthetic_cfg, tmp_pa
         torch.set_num_threads(threads)
     wall = sum(timing[f"{p}_s_total"] for p in pfedla.server.PHASES)
     assert timing["cpu_rounds_timed"] == timing["rounds_timed"] == 3
+    assert timing["cpu_models"] == {cpu_model(): 3}  # every round names the CPU it ran on
     assert timing["server_s_total"] >= 3 * 0.3
     assert 0 < timing["cpu_s_total"] < wall - 3 * 0.25
 
 
 def test_timing_summary_counts_cpu_seconds_over_the_rounds_that_recorded_them():
-    """A run resumed from a checkpoint written before rounds recorded CPU seconds: rounds 1-2 have none."""
+    """A run resumed from a checkpoint written before rounds recorded CPU seconds: rounds 1-2 have none; rounds 3-5
+    name their CPU, and round 5 ran on another machine (a resume there)."""
     from pfedla.run import timing_summary
     from pfedla.server import PHASES
 
     phases = {p: 0.0 for p in PHASES}
     timings = [{"round": 1, **phases}, {"round": 2, **phases}, {"round": 3, **phases, "cpu": 0.5},
-               {"round": 4, **phases, "cpu": 0.75}]
+               {"round": 4, **phases, "cpu": 0.75, "cpu_model": "Xeon"},
+               {"round": 5, **phases, "cpu": 1.0, "cpu_model": "EPYC"}]
+    timings[2]["cpu_model"] = "Xeon"
     summary = timing_summary(timings)
-    assert (summary["rounds_timed"], summary["cpu_rounds_timed"], summary["cpu_s_total"]) == (4, 2, 1.25)
-    assert timing_summary([])["cpu_rounds_timed"] == 0
+    assert (summary["rounds_timed"], summary["cpu_rounds_timed"], summary["cpu_s_total"]) == (5, 3, 2.25)
+    assert summary["cpu_models"] == {"EPYC": 1, "Xeon": 2}
+    assert timing_summary([])["cpu_rounds_timed"] == 0 and timing_summary([])["cpu_models"] == {}
+
+
+def test_the_cpu_is_named_as_the_os_names_it(tmp_path, monkeypatch):
+    import pfedla.compute
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: Test\nmodel name\t: Test CPU 9000 @ 1.00GHz\n\n"
+                    "processor\t: 1\nmodel name\t: Test CPU 9000 @ 1.00GHz\n")
+    monkeypatch.setattr(pfedla.compute, "CPUINFO", info)
+    pfedla.compute.cpu_model.cache_clear()
+    try:
+        assert pfedla.compute.cpu_model() == "Test CPU 9000 @ 1.00GHz"
+        pfedla.compute.cpu_model.cache_clear()
+        monkeypatch.setattr(pfedla.compute, "CPUINFO", tmp_path / "none")  # no /proc: Python's own name for it
+        assert pfedla.compute.cpu_model() == (platform.processor() or platform.machine() or "unknown")
+    finally:
+        pfedla.compute.cpu_model.cache_clear()
 
 
 def test_checkpoint_writes_are_atomic(synthetic_cfg, finished_run, monkeypatch):

@@ -11,7 +11,9 @@ its wall seconds a round (``pfedla.report.round_seconds``: its median round, wit
 mean over the rounds; a pause barely moves it, the load beside it does); the median over the cells. A cell's
 seconds are cell seconds at the grid's one thread a cell (cores / ``--jobs``): the machine time left is the cell
 time over ``--jobs``. Cells run on past the rounds (``extend``) and proxy
-checks are not in it: which cells run on is known only when the runs end.
+checks are not in it: which cells run on is known only when the runs end. The report names the CPUs the finished
+cells ran on (a round names its CPU, ``pfedla.compute.cpu_model``) beside this machine's: the same code runs at
+different speeds on different CPUs, so an estimate from cells timed elsewhere holds for their CPU, not this one.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 
 from pfedla.benchmark.grid import diverged, finished, rounds_of
 from pfedla.benchmark.paths import Cell, Places
 from pfedla.benchmark.spec import BenchmarkSpec
+from pfedla.compute import cpu_model
 from pfedla.report import cpu_round_seconds, round_seconds
 
 
@@ -38,6 +42,7 @@ class SplitStatus:
     unmeasured: int  # cells left whose round seconds are the split's, not their method's
     by_cpu: int = 0  # finished cells measured by their CPU seconds (the rest by their wall seconds)
     diverged: list[str] = field(default_factory=list)  # finished cells that diverged (grid.diverged)
+    cpus: Counter = field(default_factory=Counter)  # finished cells per CPU they ran on ("" : not recorded)
 
 
 def seconds_a_round(summary: dict) -> tuple[float, bool]:
@@ -49,7 +54,7 @@ def seconds_a_round(summary: dict) -> tuple[float, bool]:
 def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[str]) -> SplitStatus:
     measured: dict[str, list[float]] = {}
     left: list[tuple[str, int]] = []  # (method, rounds left)
-    done, partial, by_cpu, failed = 0, {}, 0, []
+    done, partial, by_cpu, failed, cpus = 0, {}, 0, [], Counter()
     for seed in spec.splits[split].seeds:
         for method in methods:
             cell = Cell(split, method, seed)
@@ -58,6 +63,7 @@ def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[
                 summary = json.loads((places.stored(cell) / "summary.json").read_text())
                 if diverged(summary):
                     failed.append(cell.name)
+                cpus.update(list((summary.get("timing") or {}).get("cpu_models") or {}) or [""])  # cells, not rounds
                 seconds, cpu = seconds_a_round(summary)
                 if not math.isnan(seconds):
                     measured.setdefault(method, []).append(seconds)
@@ -79,7 +85,7 @@ def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[
         else:
             seconds = math.nan
     return SplitStatus(split, done, partial, len(left) - len(partial), sum(r for _, r in left), seconds, unmeasured,
-                       by_cpu, failed)
+                       by_cpu, failed, cpus)
 
 
 def report(spec: BenchmarkSpec, places: Places, methods: list[str], splits: list[str], jobs: int) -> str:
@@ -109,4 +115,7 @@ def report(spec: BenchmarkSpec, places: Places, methods: list[str], splits: list
     by_cpu, timed = sum(r.by_cpu for r in rows), sum(r.done for r in rows)
     lines.append(f"a finished cell's seconds a round: its CPU seconds where it recorded them ({by_cpu} of {timed} "
                  "finished cells), else its wall seconds, which count the load beside it")
+    cpus = sum((r.cpus for r in rows), Counter())
+    ran_on = "; ".join(f"{name or 'not recorded'} ({n})" for name, n in sorted(cpus.items())) or "none yet"
+    lines.append(f"the finished cells ran on: {ran_on}; this machine: {cpu_model()}")
     return "\n".join(lines)
