@@ -4,6 +4,7 @@ reductions, and what their scores are."""
 
 import copy
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -42,7 +43,8 @@ def test_fedrod_local_step_is_balanced_softmax_for_the_generic_model_and_cross_e
     algo, model = _fedrod([[5, 0, 7], [4, 4, 4]])  # client 0 has no class 1: log prior -1e4, not -inf
     algo.begin_round(RoundContext(1, [0]))
     sent = algo.model_for(0)
-    assert sent.params[LOG_PRIOR].tolist() == [torch.tensor(5.0).log().item(), NO_CLASS, torch.tensor(7.0).log().item()]
+    # to float tolerance: a vectorised log and a scalar one may differ in the last bit (they do on an AMD EPYC)
+    torch.testing.assert_close(sent.params[LOG_PRIOR], torch.tensor([math.log(5.0), NO_CLASS, math.log(7.0)]))
     x, y = toy_batch(12)
     y = torch.where(y == 1, torch.zeros_like(y), y)  # its labels are only classes it has
     got, _, _ = train_client(model, sent.params, sent.buffers, x, y, generator=torch.Generator().manual_seed(0),
