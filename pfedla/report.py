@@ -120,6 +120,12 @@ def cpu_round_seconds(summary: dict) -> float:
     return timing["cpu_s_total"] / rounds if rounds else math.nan
 
 
+def cpu_models(summary: dict) -> list[str]:
+    """The CPUs a run's rounds ran on (``cpu_model``), sorted; empty for a run from before rounds recorded it. A run
+    resumed on another machine names each."""
+    return sorted((summary.get("timing") or {}).get("cpu_models") or {})
+
+
 def _seconds(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.0f}"
 
@@ -142,7 +148,7 @@ def table_rows(groups: dict[str, list[Job]]) -> list[dict]:
             "wall_estimated": any(guessed for _, guessed in walls),
             "round_s": statistics.fmean(round_seconds(x) for x in s),  # NaN if a seed timed no round
             "cpu_round_s": [c for c in (cpu_round_seconds(x) for x in s) if not math.isnan(c)],  # seeds with them
-            "cpu_models": [sorted((x.get("timing") or {}).get("cpu_models") or {}) for x in s],  # per seed: its CPUs
+            "cpu_models": [cpu_models(x) for x in s],  # per seed: its CPUs
             "rounds": max(x["rounds"] for x in s),
             "alpha": _mean_alpha_stats([x["alpha_stats"] for x in s if x.get("alpha_stats")]),
             "unseen": _scores(s, "unseen", "test/acc_mean"),  # held-out clients (pfedla/unseen.py)

@@ -28,7 +28,7 @@ from pfedla.benchmark.grid import diverged, finished, rounds_of
 from pfedla.benchmark.paths import Cell, Places
 from pfedla.benchmark.spec import BenchmarkSpec
 from pfedla.compute import cpu_model
-from pfedla.report import cpu_round_seconds, round_seconds
+from pfedla.report import cpu_models, cpu_round_seconds, round_seconds
 
 
 @dataclass
@@ -63,7 +63,7 @@ def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[
                 summary = json.loads((places.stored(cell) / "summary.json").read_text())
                 if diverged(summary):
                     failed.append(cell.name)
-                cpus.update(list((summary.get("timing") or {}).get("cpu_models") or {}) or [""])  # cells, not rounds
+                cpus.update(cpu_models(summary) or [""])  # cells, not rounds
                 seconds, cpu = seconds_a_round(summary)
                 if not math.isnan(seconds):
                     measured.setdefault(method, []).append(seconds)
