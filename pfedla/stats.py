@@ -97,6 +97,13 @@ def holm(pvalues: list[float]) -> list[float]:
     return adjusted
 
 
+def holm_first_step_t(tests: int, seeds: int, alpha: float = 0.05) -> float:
+    """The |t| a paired t-test on ``seeds`` seeds needs for Holm's first step in a family of ``tests`` tests: its
+    two-sided p at most alpha / tests (every later step needs less). In standard deviations of the per-seed
+    differences, the mean difference must be at least this over sqrt(seeds)."""
+    return float(scipy_stats.t.ppf(1 - alpha / (2 * tests), seeds - 1))
+
+
 def benjamini_hochberg(pvalues: list[float]) -> list[float]:
     """Benjamini-Hochberg adjusted p-values (false discovery rate): sorted ascending, the k-th (from 1) is
     multiplied by m / k, then made non-increasing from the largest down, capped at 1."""

@@ -1,6 +1,7 @@
 """pfedla.stats against hand computations on fixed vectors."""
 
 import math
+import statistics
 
 import pytest
 
@@ -70,3 +71,35 @@ def test_verdicts_are_holm_corrected_over_the_whole_family_and_answer_the_ablati
     weaker = _row("pfedla_similarity", {s: 0.9 + 0.001 * s - (0.002 if s % 2 else -0.001) for s in seeds})
     lines = "\n".join(ablation_lines(comparisons("pfedla", {"split": [pfedla, *fixed, weaker]}), "pfedla", 0.05))
     assert "**no**: ahead after correction in 4 of the 6 comparisons" in lines
+
+
+def test_holm_first_step_t_matches_printed_t_tables():
+    from pfedla.stats import holm_first_step_t
+
+    assert holm_first_step_t(1, 5) == pytest.approx(2.776, abs=1e-3)  # t(0.975, 4): a single test
+    assert holm_first_step_t(10, 5) == pytest.approx(5.598, abs=1e-3)  # t(0.9975, 4): alpha / 10, two-sided
+    assert holm_first_step_t(5, 3) == pytest.approx(9.925, abs=1e-3)  # t(0.995, 2)
+
+
+@pytest.mark.parametrize("scale, verdict", [(1.01, "ahead"), (0.99, "no difference shown")])
+def test_the_detectable_t_is_where_the_family_s_strongest_verdict_flips(scale, verdict):
+    """A method whose paired t is just above (below) the |t| the page says Holm's first step needs is (is not)
+    called ahead, in a family of 2 x 4 tests: the t the page prints is the one its verdicts use."""
+    from pfedla.benchmark.verdicts import comparisons, detectable_line
+    from pfedla.stats import holm_first_step_t
+
+    seeds, tests = range(5), 8
+    needed = holm_first_step_t(tests, len(seeds))
+    spread = [0.1 * k for k in (-2, -1, 0, 1, 2)]  # points; their std is 0.1 * sqrt(2.5)
+    mean = scale * needed * statistics.stdev(spread) / math.sqrt(len(seeds))
+    best = {s: 0.8 + (mean + spread[s]) / 100 for s in seeds}
+    pfedla, level = _row("pfedla", best, best), {s: 0.8 for s in seeds}
+    tied = [_row(f"tied{k}", {s: best[s] - d / 100 for s, d in zip(seeds, (0.3, -0.3, 0.3, -0.3, 0.0))})
+            for k in range(3)]  # pfedla minus these: +-0.3 points, mean 0: p = 1
+    found = comparisons("pfedla", {"split": [pfedla, _row("fedavg", level, level), *tied]})
+    assert len(found) == tests
+    strong = [c for c in found if c.other == "fedavg"]
+    assert [c.verdict(0.05) for c in strong] == [verdict, verdict]
+    assert abs(strong[0].result.t) == pytest.approx(scale * needed)
+    line = detectable_line(found, 0.05)
+    assert f"5 seeds need |t| >= {needed:.1f}" in line and "0.05 / 8" in line

@@ -14,7 +14,7 @@ from pathlib import Path
 from pfedla.benchmark.grid import chosen_run, diverged, diverged_run, fallback, first_cell, probe_cell
 from pfedla.benchmark.paths import REPO, Cell, Places
 from pfedla.benchmark.spec import BenchmarkSpec, budget
-from pfedla.benchmark.verdicts import ablation_lines, comparisons, verdict_table
+from pfedla.benchmark.verdicts import ablation_lines, comparisons, detectable_line, verdict_table
 from pfedla.report import (
     ROUND_SECONDS_EXPLAINED,
     SCORES_EXPLAINED,
@@ -234,8 +234,9 @@ def results_page(spec: BenchmarkSpec, places: Places) -> str:
         lines += section
         rows_by_split[split] = rows
     tests = comparisons(spec.reference, rows_by_split, spec.alpha)
+    detectable = detectable_line(tests, spec.alpha)
     lines += ["## Verdicts", "", *verdict_table(tests, spec.reference, spec.alpha), "",
-              *ablation_lines(tests, spec.reference, spec.alpha), ""]
+              *([detectable, ""] if detectable else []), *ablation_lines(tests, spec.reference, spec.alpha), ""]
     diverged_lines = diverged_markdown(spec, places)
     lines += [*diverged_lines, *([""] if diverged_lines else []), *cells_markdown(spec, places)]
     if spec.notes and (REPO / spec.notes).is_file():

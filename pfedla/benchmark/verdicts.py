@@ -4,9 +4,10 @@ Holm-adjusted p-value is at most the family-wise error rate; anything else is "n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from pfedla.stats import Paired, benjamini_hochberg, holm, paired
+from pfedla.stats import Paired, benjamini_hochberg, holm, holm_first_step_t, paired
 
 SCORES = (("(a)", "best"), ("(b)", "best_adapted"))
 
@@ -72,6 +73,22 @@ def verdict_table(tests: list[Comparison], reference: str, alpha: float) -> list
                      f"| {r.mean:+.2f} [{r.low:+.2f}, {r.high:+.2f}] | {_p(r.p)} | {_p(c.holm)} | {_p(c.bh)} "
                      f"| {c.verdict(alpha)} |")
     return lines
+
+
+def detectable_line(tests: list[Comparison], alpha: float) -> str:
+    """What the family can show at all: the |t| (and the mean difference, in standard deviations of the per-seed
+    differences) that Holm's first step needs at each number of seeds on the page. A family this large with
+    few seeds can only show large, steady differences; "no difference shown" is not "equal"."""
+    tested = [c for c in tests if c.result is not None]
+    if not tested:
+        return ""
+    m = len(tested)
+    needs = [f"{n} seeds need |t| >= {holm_first_step_t(m, n, alpha):.1f} (a mean difference of at least "
+             f"{holm_first_step_t(m, n, alpha) / math.sqrt(n):.1f} standard deviations of its per-seed differences)"
+             for n in sorted({c.result.n for c in tested})]
+    return (f"What this family can show: Holm's first step needs p <= {alpha:g} / {m} = {alpha / m:.2g}, so "
+            + "; ".join(needs) + ". Later steps need less. \"No difference shown\" means none shown at this number "
+            "of seeds, not that the methods are equal.")
 
 
 def _p(p: float | None) -> str:
