@@ -129,6 +129,8 @@ def test_a_whole_tiny_benchmark_runs_end_to_end_and_resumes_exactly_after_a_kill
     total = sum(round_seconds(x) * x["rounds"] for x in stored)
     assert "| s a round |" in page and f"({total / 3600:.1f} h of run time in all: each cell's seconds a round" in page
     assert "| pfedla | 2 | 0 |" in tuning and "## fedavg: 2 trials" in tuning
+    trial_hours = sum(t["seconds"] for t in record["trials"]) / 3600  # fedavg's record, from the loop above
+    assert f"| {trial_hours:.2f} |" in next(line for line in tuning.splitlines() if line.startswith("| fedavg | 2 |"))
     other = next(t["number"] for t in json.loads((root / "store/search/pfedla.json").read_text())["trials"]
                  if t["number"] != json.loads((root / "store/search/pfedla.json").read_text())["chosen"]["number"])
     checked = json.loads((root / f"store/proxy_check/dirichlet0.5/pfedla_t{other}/summary.json").read_text())
@@ -210,6 +212,24 @@ def _finished_run(path: Path, rounds: int, round_median: float, adapt_total: flo
                                                    "rejected_updates": rejected_updates,
                                                    "best": {"val/acc_mean": best, "test/acc_mean": best}}))
     (path / "metrics.csv").write_text("round,val/acc_mean\n" + "".join(f"{r},0.5\n" for r in range(1, rounds + 1)))
+
+
+def test_run_hours_are_split_by_the_cpu_that_ran_each_round():
+    """A cell resumed on another machine counts under each CPU by its rounds there; cells from before rounds named
+    their CPU count apart; a cell that timed no round counts nowhere. Against hand-computed hours."""
+    from pfedla.benchmark.render import hours_by_cpu
+
+    def run(rounds, median, cpus=None):
+        timing = {"rounds_timed": rounds, "round_s_median": median, **({"cpu_models": cpus} if cpus else {})}
+        return {"rounds": rounds, "timing": timing}
+
+    runs = [run(100, 36.0, {"Xeon": 100}),  # 1 h, all on the Xeon
+            run(100, 72.0, {"Xeon": 25, "EPYC": 75}),  # 2 h: a quarter of its rounds on the Xeon
+            run(50, 72.0),  # 1 h, its CPU not recorded
+            {"rounds": 100, "timing": {}}]  # timed no round
+    hours = hours_by_cpu(runs)
+    assert list(hours) == ["", "EPYC", "Xeon"]
+    assert hours == pytest.approx({"": 1.0, "EPYC": 1.5, "Xeon": 1.5})
 
 
 def test_status_counts_the_cells_and_estimates_what_is_left_from_the_finished_ones(tmp_path):

@@ -20,6 +20,7 @@ from pfedla.report import (
     SCORES_EXPLAINED,
     Job,
     alpha_markdown,
+    cpu_models,
     find_jobs,
     plot_curves,
     round_seconds,
@@ -162,21 +163,41 @@ def _link(path: Path, page: Path) -> str:
     return os.path.relpath(path, page.parent)
 
 
+def hours_by_cpu(summaries: list[dict]) -> dict[str, float]:
+    """Each run's seconds a round times its rounds, in hours, summed by the CPU that ran it: a run resumed on
+    another machine split by its rounds on each (``timing.cpu_models``); runs that name no CPU (from before rounds
+    recorded it) under ""; runs that timed no round left out."""
+    hours: dict[str, float] = {}
+    for run in summaries:
+        per_round = round_seconds(run)
+        if math.isnan(per_round):
+            continue
+        rounds = (run.get("timing") or {}).get("cpu_models") or {"": 1}
+        for cpu in cpu_models(run) or [""]:
+            share = per_round * run["rounds"] * rounds[cpu] / sum(rounds.values())
+            hours[cpu] = hours.get(cpu, 0.0) + share / 3600
+    return dict(sorted(hours.items()))
+
+
+def _by_cpu(hours: dict[str, float]) -> str:
+    return "; ".join(f"{h:.1f} h on {cpu or 'a CPU not recorded'}" for cpu, h in hours.items())
+
+
 def cells_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
     expected = [(split, m, s) for split, sp in spec.splits.items() for s in sp.seeds for m in spec.methods]
-    done, seconds, untimed = [], 0.0, 0
+    done, runs = [], []
     for split, m, s in expected:
         summary = places.stored(Cell(split, m, s)) / "summary.json"
         if summary.is_file():
             done.append((split, m, s))
-            run = json.loads(summary.read_text())
-            per_round = round_seconds(run)
-            seconds, untimed = seconds + (0.0 if math.isnan(per_round) else per_round * run["rounds"]), \
-                untimed + math.isnan(per_round)
+            runs.append(json.loads(summary.read_text()))
+    untimed = sum(math.isnan(round_seconds(run)) for run in runs)
+    hours = hours_by_cpu(runs)
     untimed_note = f"; {untimed} of them timed no round and are left out" if untimed else ""
-    lines = ["## Cells", "", f"{len(done)} of {len(expected)} cells finished ({seconds / 3600:.1f} h of run time "
-             f"in all: each cell's seconds a round times its rounds, summed over cells, which ran two at a time on "
-             f"the machine that ran them{untimed_note})."]
+    by_cpu = f" By CPU: {_by_cpu(hours)}." if len(hours) > 1 else ""
+    lines = ["## Cells", "", f"{len(done)} of {len(expected)} cells finished ({sum(hours.values()):.1f} h of run "
+             f"time in all: each cell's seconds a round times its rounds, summed over cells, which ran two at a time "
+             f"on the machine that ran them{untimed_note}).{by_cpu}"]
     missing = [c for c in expected if c not in done]
     if missing:
         lines += [f"Not finished yet (`python -m pfedla.benchmark {spec.name} run` runs them, resuming any that has a "
@@ -254,12 +275,13 @@ def tuning_page(spec: BenchmarkSpec, places: Places) -> str:
              "(`dataset.test_images=unused`). A trial's objective is its score-(a) validation accuracy over its last "
              "3 evaluations (pfedla/search.py). The chosen values are the best objective's; a float chosen within 5% "
              "of its log range's end is flagged (widen the range and search again).", "",
-             "| method | trials | failed | chosen (objective, trial) | at an edge |", "| --- | --- | --- | --- | --- |"]
+             "| method | trials | failed | chosen (objective, trial) | at an edge | trial hours |",
+             "| --- | --- | --- | --- | --- | --- |"]
     records = {}
     for method in spec.methods:
         path = places.search_record(method)
         if not path.is_file():
-            lines.append(f"| {method} | not searched yet ({budget(spec, method)} planned) | | | |")
+            lines.append(f"| {method} | not searched yet ({budget(spec, method)} planned) | | | | |")
             continue
         record = records[method] = json.loads(path.read_text())
         chosen = record["chosen"]
@@ -267,7 +289,12 @@ def tuning_page(spec: BenchmarkSpec, places: Places) -> str:
         failed = sum(1 for t in record["trials"] if t["state"] == "FAIL" and not t["interrupted"])
         why = spec.methods[method].trials_why
         lines.append(f"| {method} | {record['budget']}{f' ({why})' if why else ''} | {failed} | {values} "
-                     f"({100 * chosen['value']:.2f}, #{chosen['number']}) | {', '.join(chosen['at_edge']) or '–'} |")
+                     f"({100 * chosen['value']:.2f}, #{chosen['number']}) | {', '.join(chosen['at_edge']) or '–'} "
+                     f"| {_trial_seconds(record) / 3600:.2f} |")
+    if records:
+        total = sum(map(_trial_seconds, records.values())) / 3600
+        lines += ["", f"Trial hours: each trial's wall seconds, summed ({total:.1f} h over these searches; trials that "
+                  "ran side by side each count their own)."]
     for method, record in records.items():
         keys = sorted({k for t in record["trials"] for k in t["params"]})
         layers = sorted({k for t in record["trials"] for k in t.get("alpha_self", {})})
@@ -285,6 +312,10 @@ def tuning_page(spec: BenchmarkSpec, places: Places) -> str:
                          + f" | {value} | {_fmt(t['seconds'] or 0, 0)} |" + "".join(f" {a} |" for a in alpha))
     lines += proxy_check_markdown(spec, places)
     return "\n".join(lines) + "\n"
+
+
+def _trial_seconds(record: dict) -> float:
+    return sum(t["seconds"] or 0.0 for t in record["trials"])
 
 
 def proxy_check_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
