@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 from pfedla.algorithms.alpha_stats import one_line  # noqa: E402
 from pfedla.checkpointing import with_added_keys  # noqa: E402
 from pfedla.fairness import spread  # noqa: E402
+from pfedla.timing import cpu_models, cpu_round_seconds, round_seconds, run_wall  # noqa: E402
 
 IGNORED_KEYS = {"seed", "resume", "dataset.root", "dataset.download"}  # where the data was, not what it was
 IGNORED_PREFIXES = ("logger.", "trainer.", "checkpoint.", "viz.")  # how a job ran, not what it ran
@@ -85,45 +86,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def _scores(summaries: list[dict], which: str, key: str) -> tuple[float, float] | None:
     values = [x[which][key] for x in summaries if x.get(which) and key in x[which]]
     return _mean_std(values) if len(values) == len(summaries) else None
-
-
-def run_wall(summary: dict) -> tuple[float, bool]:
-    """A run's wall seconds over all its rounds, and whether that is an estimate. A run resumed from a checkpoint
-    that predates the run's clock (pfedla/server.py, run_seconds) timed only its last process: its seconds are
-    scaled by the rounds over the rounds that process trained."""
-    timed = summary.get("timing") or {}
-    covered = summary.get("wall_seconds_rounds", timed.get("rounds_timed", summary["rounds"]))
-    if covered < summary["rounds"]:  # none timed: unknown
-        return (summary["wall_seconds"] * summary["rounds"] / covered if covered else math.nan), True
-    return summary["wall_seconds"], False
-
-
-def round_seconds(summary: dict) -> float:
-    """A run's seconds a round: its median round (the summary's ``timing``, over the rounds after the first), with
-    score (b)'s adaptation counted as its mean over the rounds instead of its median; NaN where the run timed no
-    round. A pause of the machine mid-run (SIGSTOP) falls in one round, which the median leaves out, unless it fell
-    in an adaptation (whose total it joins); wall time (``run_wall``) counts every pause."""
-    timing = summary.get("timing") or {}
-    if timing.get("round_s_median") is None or not timing.get("rounds_timed"):
-        return math.nan
-    rounds, adapt_median = timing["rounds_timed"], timing.get("adapt_s_median", 0.0)
-    return timing["round_s_median"] - adapt_median + timing.get("adapt_s_total", 0.0) / rounds
-
-
-def cpu_round_seconds(summary: dict) -> float:
-    """A run's CPU seconds a round: its process's CPU seconds over the rounds that recorded them, per round (every
-    round counts, start-up and adaptation included: waiting for a core or a pause adds none); NaN where no round
-    recorded them (runs from before they were). Work in other processes (K ranks' others, Flower's nodes) is not
-    in it."""
-    timing = summary.get("timing") or {}
-    rounds = timing.get("cpu_rounds_timed", 0)
-    return timing["cpu_s_total"] / rounds if rounds else math.nan
-
-
-def cpu_models(summary: dict) -> list[str]:
-    """The CPUs a run's rounds ran on (``cpu_model``), sorted; empty for a run from before rounds recorded it. A run
-    resumed on another machine names each."""
-    return sorted((summary.get("timing") or {}).get("cpu_models") or {})
 
 
 def _seconds(value: float) -> str:

@@ -8,12 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import statistics
 import sys
 import time
 import traceback
 import warnings
-from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -35,7 +33,8 @@ from pfedla.models import build_model
 from pfedla.outputs import build_summary, write_json
 from pfedla.sampling import clients_per_round
 from pfedla.search import objective_value
-from pfedla.server import PHASES, FederatedModule
+from pfedla.server import FederatedModule
+from pfedla.timing import timing_summary
 from pfedla.unseen import evaluate_unseen, hold_out
 from pfedla.validate import validate_config
 from pfedla.viz.callbacks import Figures, PartitionFiles, RoundProgress
@@ -231,29 +230,6 @@ def compute_summary(module: FederatedModule) -> dict:
     if module.device.type == "cuda":
         out["peak_cuda_memory_mib"] = round(torch.cuda.max_memory_allocated(module.device) / 2**20, 1)
     return out
-
-
-def timing_summary(timings: list[dict]) -> dict:
-    """Seconds per round phase (client training, gathering results across ranks, server, evaluation) over the
-    run's rounds (a resumed run's checkpoint carries the earlier ones): medians over the rounds after the first
-    (which pays one-off start-up costs; so does a resumed process's first round), and totals. ``cpu_s_total``:
-    the process's CPU seconds over the ``cpu_rounds_timed`` rounds that recorded them (a checkpoint written before
-    they were recorded carries rounds without); ``cpu_models``: how many rounds ran on each CPU (``cpu_model``; a run
-    resumed on another machine names both), over the rounds that recorded it."""
-    phases = PHASES
-    steady = timings[1:] or timings
-    medians = {f"{p}_s_median": statistics.median(t[p] for t in steady) for p in phases} if steady else {}
-    cpu = [t["cpu"] for t in timings if "cpu" in t]
-    machines = Counter(t["cpu_model"] for t in timings if "cpu_model" in t)
-    return {
-        "rounds_timed": len(timings),
-        "round_s_median": statistics.median(sum(t[p] for p in phases) for t in steady) if steady else None,
-        **medians,
-        **{f"{p}_s_total": sum(t[p] for t in timings) for p in phases},
-        "cpu_rounds_timed": len(cpu),
-        "cpu_s_total": sum(cpu),
-        "cpu_models": dict(sorted(machines.items())),
-    }
 
 
 def name_wandb_run(cfg: DictConfig, hydra_cfg) -> None:

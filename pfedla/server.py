@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -29,36 +28,14 @@ from pfedla.engines import Engine, make_engine
 from pfedla.engines.batches import STREAM_ADAPT_BATCHES, STREAM_CLIENT_BATCHES
 from pfedla.outputs import write_metrics_csv
 from pfedla.sampling import sample_clients
+from pfedla.timing import PhaseTimer
 from pfedla.transport import InProcess, all_finite, plan_for
 
 log = logging.getLogger("pfedla")
-PHASES = ("client", "gather", "server", "eval", "adapt")  # adapt: local adaptation for score (b), at evaluation
+
 # Score (a): the personalized model as the server produces it; (b): that model after the client's local
 # adaptation. Metric names: ``{split}/acc_mean`` for (a), ``{split}/adapted_acc_mean`` for (b).
 SCORES = {"personalized": "", "adapted": "adapted_"}
-
-
-class PhaseTimer:
-    """Wall seconds per named phase of a round (synchronising the GPU so the split is real), and the CPU seconds
-    this process spent since the timer began (``cpu_seconds``: every thread of the process, time.process_time).
-    CPU seconds do not grow while the process waits for a core or is paused, so they measure a round's cost
-    under any load; they leave out work in other processes (K ranks' others, Flower's nodes)."""
-
-    def __init__(self, device: torch.device):
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        self.seconds: dict[str, float] = {p: 0.0 for p in PHASES}
-        self.cpu_started = time.process_time()
-
-    def cpu_seconds(self) -> float:
-        return time.process_time() - self.cpu_started
-
-    @contextmanager
-    def __call__(self, phase: str):
-        self.sync()
-        start = time.perf_counter()
-        yield
-        self.sync()
-        self.seconds[phase] += time.perf_counter() - start
 
 
 class FederatedModule(L.LightningModule):

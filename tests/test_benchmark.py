@@ -123,7 +123,7 @@ def test_a_whole_tiny_benchmark_runs_end_to_end_and_resumes_exactly_after_a_kill
     assert "## dirichlet0.5" in page and "| pfedla | 0,1 | 3 |" in page and "Holm p" in page
     assert "| dirichlet0.5 | (a) | fedavg | 2 |" in page and "Run on past 3 rounds" in page
     assert (root / "store" / "curves_dirichlet0.5.png").is_file() and "4 of 4 cells finished" in page
-    from pfedla.report import round_seconds  # the tables time a round; the total is the cells' rounds at that pace
+    from pfedla.timing import round_seconds  # the tables time a round; the total is the cells' rounds at that pace
 
     stored = [json.loads(p.read_text()) for p in (root / "store/runs").rglob("summary.json")]
     total = sum(round_seconds(x) * x["rounds"] for x in stored)

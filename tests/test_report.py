@@ -266,7 +266,8 @@ def test_the_benchmark_tables_time_a_round_by_its_median_so_a_pause_does_not_cou
     """A hand-built run of 4 rounds whose machine was paused 50 minutes in one round: its wall time says 3008 s;
     its median round is 2.0 s and score (b)'s adaptation took 0.4 s in all (median 0: one round in four), so a
     round costs 2.0 + 0.4 / 4 = 2.1 s. A sweep's report shows the wall time, a benchmark page the round."""
-    from pfedla.report import Job, round_seconds, table_markdown, table_rows
+    from pfedla.report import Job, table_markdown, table_rows
+    from pfedla.timing import round_seconds
 
     timing = {"rounds_timed": 4, "round_s_median": 2.0, "adapt_s_median": 0.0, "adapt_s_total": 0.4}
     best = {"round": 4, "val/acc_mean": 0.5, "test/acc_mean": 0.5, "client_acc": [0.4, 0.6]}
@@ -310,7 +311,7 @@ def test_a_benchmark_table_says_which_cpus_timed_its_runs(tmp_path):
 
 
 def test_a_runs_cpu_seconds_a_round_are_its_cpu_total_over_the_rounds_that_recorded_them():
-    from pfedla.report import cpu_round_seconds
+    from pfedla.timing import cpu_round_seconds
 
     timing = {"rounds_timed": 4, "round_s_median": 2.0, "cpu_rounds_timed": 2, "cpu_s_total": 3.0}
     assert cpu_round_seconds({"timing": timing}) == 1.5

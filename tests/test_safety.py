@@ -123,7 +123,7 @@ def test_a_resumed_runs_wall_time_and_timings_cover_every_round_over_its_process
     """A checkpoint carries the run's clock and per-round timings: the resumed summary's wall_seconds is the
     checkpoint's seconds plus this process's, over all rounds. A checkpoint from before that clock leaves only
     this process's seconds, says which rounds they cover, and the report scales them to all rounds, marked."""
-    from pfedla.report import run_wall
+    from pfedla.timing import run_wall
 
     ckpt = finished_run / "checkpoints/last.ckpt"
     saved = torch.load(ckpt, weights_only=True)
@@ -151,6 +151,7 @@ def test_a_rounds_cpu_seconds_leave_out_the_time_it_waited(synthetic_cfg, tmp_pa
     its server phase, as a paused or crowded process waits) takes 0.3 s more wall time, and no more CPU time. One
     thread, so that CPU seconds cannot outgrow wall seconds by computing on several cores at once."""
     import pfedla.server
+    import pfedla.timing
 
     sample = pfedla.server.sample_clients
 
@@ -165,7 +166,7 @@ def test_a_rounds_cpu_seconds_leave_out_the_time_it_waited(synthetic_cfg, tmp_pa
         timing = run(synthetic_cfg("federation.rounds=3"), tmp_path / "run")["timing"]
     finally:
         torch.set_num_threads(threads)
-    wall = sum(timing[f"{p}_s_total"] for p in pfedla.server.PHASES)
+    wall = sum(timing[f"{p}_s_total"] for p in pfedla.timing.PHASES)
     assert timing["cpu_rounds_timed"] == timing["rounds_timed"] == 3
     assert timing["cpu_models"] == {cpu_model(): 3}  # every round names the CPU it ran on
     assert timing["server_s_total"] >= 3 * 0.3
@@ -175,8 +176,7 @@ def test_a_rounds_cpu_seconds_leave_out_the_time_it_waited(synthetic_cfg, tmp_pa
 def test_timing_summary_counts_cpu_seconds_over_the_rounds_that_recorded_them():
     """A run resumed from a checkpoint written before rounds recorded CPU seconds: rounds 1-2 have none; rounds 3-5
     name their CPU, and round 5 ran on another machine (a resume there)."""
-    from pfedla.run import timing_summary
-    from pfedla.server import PHASES
+    from pfedla.timing import PHASES, timing_summary
 
     phases = {p: 0.0 for p in PHASES}
     timings = [{"round": 1, **phases}, {"round": 2, **phases}, {"round": 3, **phases, "cpu": 0.5},

@@ -56,11 +56,11 @@ from pfedla.report import (
     find_jobs,
     group_jobs,
     plot_curves,
-    run_wall,
     spread_markdown,
     table_markdown,
     table_rows,
 )
+from pfedla.timing import run_wall
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = ("pfedla", "heurpfedla", "fedavg", "fedbn", "pfedhn", "local")

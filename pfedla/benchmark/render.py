@@ -20,16 +20,15 @@ from pfedla.report import (
     SCORES_EXPLAINED,
     Job,
     alpha_markdown,
-    cpu_models,
     find_jobs,
     plot_curves,
-    round_seconds,
     spread_markdown,
     table_markdown,
     table_rows,
     unseen_markdown,
 )
 from pfedla.stats import WINDOW, WINDOW_ADAPTED, curve, late_slope
+from pfedla.timing import cpu_models, round_seconds
 
 
 def stored_groups(spec: BenchmarkSpec, places: Places, split: str, extended: bool = False) -> dict[str, list[Job]]:

@@ -6,8 +6,8 @@ most of its updates, ``grid.diverged``), partial (its work folder has a
 checkpoint; ``rounds`` is how far its metrics.csv got, and a resume goes on from the last checkpoint at or before
 it) or new. A round's seconds, for the estimate, come from finished cells of the same method on the same split,
 else of any method on that split, else the split is unmeasured: per cell, its CPU seconds a round
-(``pfedla.report.cpu_round_seconds``: neither the load beside it nor a pause adds any) where it recorded them, else
-its wall seconds a round (``pfedla.report.round_seconds``: its median round, with score (b)'s adaptation as its
+(``pfedla.timing.cpu_round_seconds``: neither the load beside it nor a pause adds any) where it recorded them, else
+its wall seconds a round (``pfedla.timing.round_seconds``: its median round, with score (b)'s adaptation as its
 mean over the rounds; a pause barely moves it, the load beside it does); the median over the cells. A cell's
 seconds are cell seconds at the grid's one thread a cell (cores / ``--jobs``): the machine time left is the cell
 time over ``--jobs``. Cells run on past the rounds (``extend``) and proxy
@@ -28,7 +28,7 @@ from pfedla.benchmark.grid import diverged, finished, rounds_of
 from pfedla.benchmark.paths import Cell, Places
 from pfedla.benchmark.spec import BenchmarkSpec
 from pfedla.compute import cpu_model
-from pfedla.report import cpu_models, cpu_round_seconds, round_seconds
+from pfedla.timing import cpu_models, cpu_round_seconds, round_seconds
 
 
 @dataclass
