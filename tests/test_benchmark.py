@@ -288,7 +288,7 @@ def test_a_method_whose_first_cell_diverged_runs_at_the_next_best_trial_that_doe
     """tiny (3 rounds, 4 clients: 12 updates a run), fedavg's search by hand: trial 0 chosen (proxy 0.9), trial 1 the
     same values again, trial 3 (0.85), trial 2 (0.8), trial 4 failed. The first cell (dirichlet0.5, seed 0) diverges
     (7 of 12 updates rejected); so does trial 3 at full scale; trial 2 does not: fedavg's cells run at its values."""
-    from pfedla.benchmark import grid, render
+    from pfedla.benchmark import grid, render, tuning_page
     from pfedla.benchmark.paths import Cell, Places
 
     spec = load_spec(_spec_file(tmp_path))
@@ -343,7 +343,7 @@ def test_a_method_whose_first_cell_diverged_runs_at_the_next_best_trial_that_doe
     page = "\n".join(render.diverged_markdown(spec, places))
     assert ("trial 0 (proxy 90.00: diverged, 7 updates rejected), trial 3 (proxy 85.00: diverged, 12 updates "
             "rejected), trial 2 (proxy 80.00: best validation 62.00); its final cells run at trial 2's values") in page
-    checked = "\n".join(render.proxy_check_markdown(spec, places))
+    checked = "\n".join(tuning_page.proxy_check_markdown(spec, places))
     assert "| 0 (chosen) | 90.00 | 30.00 | 30.00 |" in checked  # the chosen values' own (diverged) run
 
     # had trial 2 diverged too, no trial would be left: the cells keep the chosen values
