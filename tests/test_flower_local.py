@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from pfedla.flower.local import Processes, alive, client_blocks, descendants, free_ports
+from pfedla.flower.local import client_blocks
+from pfedla.flower.processes import Processes, alive, descendants, free_ports
 
 
 def test_clients_are_dealt_to_nodes_in_contiguous_blocks_as_equal_as_they_can_be():
