@@ -159,7 +159,7 @@ def _mean_alpha_stats(stats: list[dict]) -> dict | None:
 
 ROUND_SECONDS_EXPLAINED = (
     "s a round: each run's median round, with score (b)'s adaptation counted as its mean over the rounds, averaged "
-    "over seeds (round_seconds in pfedla/report.py). A pause of the machine the grid ran on falls in one round, which "
+    "over seeds (round_seconds in pfedla/timing.py). A pause of the machine the grid ran on falls in one round, which "
     "the median leaves out (unless it fell in an adaptation); wall time would count it. Other work on the machine "
     "during a run slows its rounds, and its s a round count that. CPU s a round: the run's CPU seconds over its rounds "
     "(cpu_round_seconds; one thread), which neither that load nor a pause changes, averaged over the seeds that "

@@ -61,7 +61,7 @@ class FederatedModule(L.LightningModule):
         self.rejected: list[list[int]] = []  # [round, client] of updates with NaN/Inf, never applied
         self.checkpointed_round = 0  # rounds_done in the last checkpoint written or loaded
         self._round_losses: list[torch.Tensor] = []
-        self.timings: list[dict] = []  # per round: wall seconds per phase (PHASES), CPU seconds, the CPU (checkpointed)
+        self.timings: list[dict] = []  # per round (checkpointed): seconds per timing.PHASES, CPU seconds, the CPU
         # The run's clock: seconds its earlier processes trained, through the checkpoint this one resumed (None: that
         # checkpoint predates the clock), and when this process began (reset by run() as it starts training)
         self.seconds_before: float | None = 0.0

@@ -121,6 +121,7 @@ def test_a_whole_tiny_benchmark_runs_end_to_end_and_resumes_exactly_after_a_kill
                             ["rounds"] == 5 for c in extended)
     page, tuning = (root / "RESULTS.md").read_text(), (root / "TUNING.md").read_text()
     assert "## dirichlet0.5" in page and "| pfedla | 0,1 | 3 |" in page and "Holm p" in page
+    assert "What this family can show: Holm's first step needs p <= 0.05 / 2" in page  # fedavg, 2 scores
     assert "| dirichlet0.5 | (a) | fedavg | 2 |" in page and "Run on past 3 rounds" in page
     assert (root / "store" / "curves_dirichlet0.5.png").is_file() and "4 of 4 cells finished" in page
     from pfedla.timing import round_seconds  # the tables time a round; the total is the cells' rounds at that pace
@@ -226,10 +227,32 @@ def test_run_hours_are_split_by_the_cpu_that_ran_each_round():
     runs = [run(100, 36.0, {"Xeon": 100}),  # 1 h, all on the Xeon
             run(100, 72.0, {"Xeon": 25, "EPYC": 75}),  # 2 h: a quarter of its rounds on the Xeon
             run(50, 72.0),  # 1 h, its CPU not recorded
+            run(100, 72.0, {"EPYC": 50}),  # 2 h, resumed on the EPYC from a checkpoint older than the CPU's record
             {"rounds": 100, "timing": {}}]  # timed no round
     hours = hours_by_cpu(runs)
     assert list(hours) == ["", "EPYC", "Xeon"]
-    assert hours == pytest.approx({"": 1.0, "EPYC": 1.5, "Xeon": 1.5})
+    assert hours == pytest.approx({"": 2.0, "EPYC": 2.5, "Xeon": 1.5})
+
+
+def test_the_tuning_page_sums_each_search_s_trial_hours(tmp_path):
+    """Trial hours by method and in all, from the trials' seconds (a trial cut before it finished has none)."""
+    from pfedla.benchmark.paths import Places
+    from pfedla.benchmark.tuning_page import tuning_page
+
+    spec = load_spec(_spec_file(tmp_path))
+    places = Places.of(spec)
+    for method, seconds in (("pfedla", (3600.0, None, 1800.0)), ("fedavg", (720.0, 720.0, 720.0))):
+        trials = [{"number": k, "params": {"client.lr": 0.1 * (k + 1)}, "value": None if s is None else 0.5,
+                   "state": "FAIL" if s is None else "COMPLETE", "interrupted": s is None, "seconds": s}
+                  for k, s in enumerate(seconds)]
+        chosen = {"number": 0, "params": trials[0]["params"], "value": 0.5, "at_edge": []}
+        places.search_record(method).parent.mkdir(parents=True, exist_ok=True)
+        places.search_record(method).write_text(json.dumps({"budget": 3, "space": method, "trials": trials,
+                                                            "chosen": chosen}))
+    page = tuning_page(spec, places).splitlines()
+    row = {line.split(" | ")[0][2:]: line for line in page if line.startswith(("| pfedla | 3", "| fedavg | 3"))}
+    assert row["pfedla"].endswith("| 1.50 |") and row["fedavg"].endswith("| 0.60 |")
+    assert "Trial hours: each trial's wall seconds, summed (2.1 h over these searches;" in "\n".join(page)
 
 
 def test_status_counts_the_cells_and_estimates_what_is_left_from_the_finished_ones(tmp_path):
@@ -274,6 +297,13 @@ def test_status_counts_the_cells_and_estimates_what_is_left_from_the_finished_on
     assert row.diverged == [] and row.cpus == {"Test CPU": 1}
     shown = _benchmark(str(tmp_path / "bench.yaml"), "status", "--jobs", "2")
     assert "the finished cells ran on: Test CPU (1); this machine:" in shown.stdout, shown.stdout
+    from pfedla.benchmark.render import cells_markdown  # the page's run time, by CPU where more than one ran cells
+
+    assert "By CPU:" not in "\n".join(cells_markdown(spec, places))
+    _finished_run(places.stored(Cell("dirichlet0.5", "pfedla", 0)), 3, 2400.0)
+    assert ("(2.0 h of run time in all" in "\n".join(cells_markdown(spec, places)) and
+            "By CPU: 2.0 h on a CPU not recorded; 0.0 h on Test CPU." in "\n".join(cells_markdown(spec, places)))
+    shutil.rmtree(places.stored(Cell("dirichlet0.5", "pfedla", 0)))
 
     # 3 rounds x 4 clients: 7 of 12 updates rejected is more than half (diverged), 6 is not
     for rejected, names in ((6, []), (7, ["fedavg_s0"])):

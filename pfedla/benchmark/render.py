@@ -29,7 +29,7 @@ from pfedla.report import (
     unseen_markdown,
 )
 from pfedla.stats import WINDOW, WINDOW_ADAPTED, curve, late_slope
-from pfedla.timing import cpu_models, round_seconds
+from pfedla.timing import round_seconds
 
 
 def stored_groups(spec: BenchmarkSpec, places: Places, split: str, extended: bool = False) -> dict[str, list[Job]]:
@@ -165,17 +165,21 @@ def _link(path: Path, page: Path) -> str:
 
 def hours_by_cpu(summaries: list[dict]) -> dict[str, float]:
     """Each run's seconds a round times its rounds, in hours, summed by the CPU that ran it: a run resumed on
-    another machine split by its rounds on each (``timing.cpu_models``); runs that name no CPU (from before rounds
-    recorded it) under ""; runs that timed no round left out."""
+    another machine split by its rounds on each (``timing.cpu_models``; one pace for all its rounds, its seconds a
+    round), the rounds that name no CPU (from before rounds recorded it) under ""; runs that timed no round left
+    out."""
     hours: dict[str, float] = {}
     for run in summaries:
         per_round = round_seconds(run)
         if math.isnan(per_round):
             continue
-        rounds = (run.get("timing") or {}).get("cpu_models") or {"": 1}
-        for cpu in cpu_models(run) or [""]:
-            share = per_round * run["rounds"] * rounds[cpu] / sum(rounds.values())
-            hours[cpu] = hours.get(cpu, 0.0) + share / 3600
+        timing = run["timing"]
+        rounds = dict(timing.get("cpu_models") or {})
+        unnamed = timing["rounds_timed"] - sum(rounds.values())
+        if unnamed > 0:
+            rounds[""] = rounds.get("", 0) + unnamed
+        for cpu, count in rounds.items():
+            hours[cpu] = hours.get(cpu, 0.0) + per_round * run["rounds"] * count / sum(rounds.values()) / 3600
     return dict(sorted(hours.items()))
 
 

@@ -84,7 +84,7 @@ def detectable_line(tests: list[Comparison], alpha: float) -> str:
         return ""
     m = len(tested)
     needs = [f"{n} seeds need |t| >= {holm_first_step_t(m, n, alpha):.1f} (a mean difference of at least "
-             f"{holm_first_step_t(m, n, alpha) / math.sqrt(n):.1f} standard deviations of its per-seed differences)"
+             f"{holm_first_step_t(m, n, alpha) / math.sqrt(n):.1f} standard deviations of the per-seed differences)"
              for n in sorted({c.result.n for c in tested})]
     return (f"What this family can show: Holm's first step needs p <= {alpha:g} / {m} = {alpha / m:.2g}, so "
             + "; ".join(needs) + ". Later steps need less. \"No difference shown\" means none shown at this number "
