@@ -15,7 +15,8 @@ import tempfile
 
 from hydra import compose, initialize_config_dir
 
-from pfedla.run import CONF_DIR, run
+from pfedla.config import CONF_DIR
+from pfedla.run import run
 
 
 def main() -> None:

@@ -99,7 +99,8 @@ def run_case(case: str, algorithm: str, engine: str, model: str, settings: str, 
 
     from hydra import compose, initialize_config_dir
 
-    from pfedla.run import CONF_DIR, make_trainer, setup
+    from pfedla.config import CONF_DIR
+    from pfedla.run import make_trainer, setup
     from pfedla.sampling import sample_clients
 
     logging.disable(logging.WARNING)

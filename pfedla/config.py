@@ -10,12 +10,15 @@ option's YAML through its defaults list.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from pfedla.compute import devices_or_one
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the YAML files: defaults, groups, experiments
 
 
 @dataclass

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pfedla.algorithms.alpha_stats import one_line  # noqa: E402
-from pfedla.checkpointing import with_added_keys  # noqa: E402
+from pfedla.compatibility import with_added_keys  # noqa: E402
 from pfedla.fairness import spread  # noqa: E402
 from pfedla.timing import cpu_models, cpu_round_seconds, round_seconds, run_wall  # noqa: E402
 
@@ -42,7 +42,7 @@ class Job:
     @property
     def config(self) -> dict:
         """The run's config, flattened; keys added since it ran read as their values from before they existed
-        (pfedla.checkpointing.ADDED_KEYS), so an older run groups with a newer one of the same experiment."""
+        (pfedla.compatibility.ADDED_KEYS), so an older run groups with a newer one of the same experiment."""
         return flatten(with_added_keys(self.summary["config"])) if self.summary else {}
 
 

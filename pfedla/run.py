@@ -22,26 +22,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import pfedla.config  # noqa: F401  (registers the schemas with Hydra's ConfigStore)
-from pfedla.algorithms import build_algorithm
-from pfedla.checkpointing import AtomicCheckpointIO, RoundCheckpoint, check_resume_compatible, load_checkpoint
-from pfedla.compute import choose_processes, runs_on_cpu
-from pfedla.datasets import FederatedData, build_federated_data
+from pfedla.assembly import assemble
+from pfedla.checkpointing import AtomicCheckpointIO, RoundCheckpoint, load_checkpoint
+from pfedla.compatibility import check_resume_compatible
+from pfedla.config import CONF_DIR  # importing it registers the schemas with Hydra's ConfigStore
+from pfedla.datasets import FederatedData
 from pfedla.distributed import FederatedDDPStrategy, launch_rank, restored_process_state
 from pfedla.errors import ConfigError
-from pfedla.models import build_model
 from pfedla.outputs import build_summary, write_json
-from pfedla.sampling import clients_per_round
 from pfedla.search import objective_value
 from pfedla.server import FederatedModule
 from pfedla.timing import timing_summary
-from pfedla.unseen import evaluate_unseen, hold_out
-from pfedla.validate import validate_config
+from pfedla.unseen import evaluate_unseen
 from pfedla.viz.callbacks import Figures, PartitionFiles, RoundProgress
 from pfedla.viz.wandb_logger import finish, make_wandb_logger
 
 log = logging.getLogger("pfedla")
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def quiet_third_parties() -> None:
@@ -52,22 +48,9 @@ def quiet_third_parties() -> None:
 
 
 def setup(cfg: DictConfig, federation: FederatedData | None = None) -> FederatedModule:
-    """Everything before training: validation, data, model, algorithm; ``trainer.devices=auto`` becomes a
-    number in ``cfg`` (pfedla/compute.py). Raises ConfigError early. ``federation``: the clients' data as built
-    elsewhere (a deployed server's: their facts alone, pfedla/flower/server_app.py) instead of from ``cfg``."""
-    validate_config(cfg)
-    partition = build_federated_data(cfg) if federation is None else federation
-    fed = cfg.federation
-    data, unseen = hold_out(partition, fed.unseen_fraction, cfg.seed)  # held-out clients never train
-    with open_dict(cfg):
-        cfg.trainer.devices = choose_processes(
-            cfg.trainer, runs_on_cpu(cfg.trainer.accelerator), round(sum(data.train_sizes) * fed.participation),
-            fed.rounds, clients_per_round(data.num_clients, fed.participation))
-    torch.manual_seed(cfg.seed)  # every client starts from this one initial model
-    model = build_model(cfg.model, data.input_shape, data.num_classes)
-    algorithm = build_algorithm(cfg.algorithm, model, data.num_clients)
-    algorithm.set_label_counts([torch.bincount(y, minlength=data.num_classes).tolist() for y in data.train_y])
-    return FederatedModule(model, algorithm, data, cfg, unseen, partition)
+    """The run's FederatedModule, around its parts (``assembly.assemble``: raises ConfigError before anything
+    trains; ``federation``: the clients' data as built elsewhere, a deployed server's)."""
+    return FederatedModule(assemble(cfg, federation), cfg)
 
 
 def is_distributed(cfg: DictConfig) -> bool:

@@ -19,12 +19,12 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pfedla.algorithms.base import Algorithm, Report, RoundContext
+from pfedla.algorithms.base import Report, RoundContext
 from pfedla.algorithms.stacked import ClientModel
+from pfedla.assembly import RunParts
 from pfedla.compute import Compute, choose_compute, cpu_model
-from pfedla.datasets import FederatedData
 from pfedla.distributed import Ranks, tensors_digest
-from pfedla.engines import Engine, make_engine
+from pfedla.engines import Engine
 from pfedla.engines.batches import STREAM_ADAPT_BATCHES, STREAM_CLIENT_BATCHES
 from pfedla.outputs import write_metrics_csv
 from pfedla.sampling import sample_clients
@@ -39,20 +39,19 @@ SCORES = {"personalized": "", "adapted": "adapted_"}
 
 
 class FederatedModule(L.LightningModule):
-    def __init__(self, model: nn.Module, algorithm: Algorithm, data: FederatedData, cfg,
-                 unseen: FederatedData | None = None, partition: FederatedData | None = None):
+    def __init__(self, parts: RunParts, cfg):
         super().__init__()
         self.automatic_optimization = False  # the algorithm owns every update
-        self.arch = [model]  # architecture only (functional_call swaps in each client's tensors); not state
-        self.algorithm = algorithm
-        self.data = data  # the training federation
-        self.unseen = unseen  # clients held out of every round (federation.unseen_fraction; pfedla/unseen.py)
-        self.partition = data if partition is None else partition  # every client, held out or not
+        self.arch = [parts.model]  # architecture only (functional_call swaps in each client's tensors); not state
+        self.algorithm = parts.algorithm
+        self.data = parts.data  # the training federation
+        self.unseen = parts.unseen  # clients held out of every round (federation.unseen_fraction; pfedla/unseen.py)
+        self.partition = parts.partition  # every client, held out or not
         self.cfg = cfg
         self.run_dir = None  # where metrics.csv is kept current (set by run()); None: nowhere
         # How clients train and are scored (client.engine); its Compute is chosen at fit start. The loop engine's
         # ``train_one`` is the seam tests use to observe what a client starts from.
-        self.engine: Engine = make_engine(cfg.client.engine, model, Compute(), cfg.trainer.eval_batch_size)
+        self.engine: Engine = parts.engine
         self.client_progress = lambda done, total: None  # set by the progress display
         self.transport = InProcess(self)  # where clients work: here, on self.data (pfedla/transport.py)
         self.history: list[dict] = []  # one record per evaluation round

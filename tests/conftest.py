@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import pfedla.config  # noqa: F401  (registers schemas)
-from pfedla.run import CONF_DIR
+from pfedla.config import CONF_DIR  # importing it registers the schemas
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 

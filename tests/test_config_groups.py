@@ -7,11 +7,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from pfedla.config import CONF_DIR
 from pfedla.datasets.federated import build_federated_data
 from pfedla.datasets.partition import LabelSkew, build_label_skew
 from pfedla.datasets.sources import PooledData, Source, build_source
 from pfedla.errors import ConfigError
-from pfedla.run import CONF_DIR, setup
+from pfedla.run import setup
 from pfedla.validate import validate_config
 from tests.conftest import SYNTHETIC, compose_config
 
@@ -74,7 +75,7 @@ def test_every_search_composes_with_its_sweeper():
 
 
 def test_a_checkpoint_from_before_target_resumes_and_a_changed_target_is_refused():
-    from pfedla.checkpointing import check_resume_compatible, with_added_keys
+    from pfedla.compatibility import check_resume_compatible, with_added_keys
 
     saved = {"algorithm": {"name": "fedprox", "mu": 0.01}, "model": {"name": "cnn"},  # from before _target_
              "dataset": {"name": "fmnist"}, "partition": {"name": "dirichlet", "alpha": 0.3}}

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from pfedla.algorithms.stacked import ClientModel
+from pfedla.config import CONF_DIR
 from pfedla.distributed import Ranks, _Layout
-from pfedla.run import CONF_DIR
 from tests.conftest import REPO, compose_config
 
 # 5 clients, 3 sampled per round: two ranks get an uneven share (2 + 1) every round.

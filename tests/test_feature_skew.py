@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pfedla.algorithms.alpha_stats import alpha_statistics
-from pfedla.checkpointing import check_resume_compatible
+from pfedla.compatibility import check_resume_compatible
 from pfedla.datasets import build_federated_data
 from pfedla.datasets.feature_skew import assign_groups, gaussian_blur, transform
 from pfedla.datasets.partition import (

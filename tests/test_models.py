@@ -2,11 +2,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from pfedla.config import CONF_DIR
 from pfedla.errors import ConfigError
 from pfedla.models import layer_groups
 from pfedla.models.build import build_model
 from pfedla.models.contract import body_names, head_module, head_names
-from pfedla.run import CONF_DIR, run
+from pfedla.run import run
 from tests.helpers import tiny_model
 
 

@@ -148,7 +148,7 @@ def test_fixed_alpha_new_client_recipe_uniform_starts_from_the_mean_of_all_model
 
 
 def test_a_checkpoint_from_before_alpha_and_test_images_existed_resumes_and_a_changed_test_set_is_refused():
-    from pfedla.checkpointing import check_resume_compatible, with_added_keys
+    from pfedla.compatibility import check_resume_compatible, with_added_keys
 
     current = {"seed": 0, "algorithm": {"name": "pfedla", "k": 0, "alpha": "learned", "hn_lr": 0.01},
                "dataset": {"name": "fmnist", "fraction": 1.0, "test_images": "pooled"}}

@@ -1,9 +1,9 @@
 """The ClientApp: what a SuperNode does for the clients whose data it holds, carried over Flower's records.
 
 Every message runs in a fresh process, which builds ``protocol.NodeWork`` from the node's and the run's config
-(the same ``pfedla.run.setup`` the simulation calls); what the node keeps between messages is on its disk (the
-tensors a method keeps on the client: pfedla/flower/kept.py, under ``--node-config state-dir=...``). Three
-messages:
+(the same ``pfedla.assembly.assemble`` the simulation's ``setup`` wraps, without Lightning: what a message
+imports, it pays every time); what the node keeps between messages is on its disk (the tensors a method keeps on
+the client: pfedla/flower/kept.py, under ``--node-config state-dir=...``). Three messages:
 
 - ``query``: the handshake, the clients this node holds, their facts (no image), its config and its partition's
   fingerprint;

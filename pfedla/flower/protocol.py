@@ -5,7 +5,7 @@ does with it, and what comes back.
   reply}``. It sends each client's model without its kept tensors (ClientModel.kept), naming them and the
   version the node fills them from, and puts the server's own copy back into what it hands its algorithm.
 - ``NodeWork`` is a node's side: it builds the run from the run's and its own config (the same
-  ``pfedla.run.setup`` the simulation calls), fills in kept tensors from its state directory
+  ``pfedla.assembly.assemble`` the simulation's ``setup`` wraps), fills in kept tensors from its state directory
   (pfedla/flower/kept.py), runs ``local_work``/``score_models`` and replies without the kept tensors.
 - The handshake: each node answers with the clients it holds and their facts (sizes, class counts, groups: no
   image, pfedla/datasets/federated.py ``client_facts``). ``node_of_clients`` checks the answers and
@@ -29,7 +29,8 @@ import torch
 from omegaconf import OmegaConf
 
 from pfedla.algorithms.stacked import ClientModel
-from pfedla.checkpointing import federation_differences
+from pfedla.assembly import assemble
+from pfedla.compatibility import federation_differences
 from pfedla.compute import choose_compute
 from pfedla.datasets.federated import FederatedData, client_facts, federation_from_facts
 from pfedla.flower.kept import KeptStore, settle
@@ -199,8 +200,6 @@ class NodeWork:
     (every request's task carries it)."""
 
     def __init__(self, node_config: dict, run_config: dict, threads: int | None = None):
-        from pfedla.run import setup
-
         if threads is not None:  # the server's count, before anything runs: the same ops round the same way
             torch.set_num_threads(int(threads))
         root = node_config.get("data-root")
@@ -210,11 +209,11 @@ class NodeWork:
         # handshake shows the server this config and the partition's fingerprint (node_of_clients)
         self.cfg = compose_run(f'{run_config["overrides"]} {node_config.get("overrides", "")}')
         self.clients = node_clients(node_config)
-        module = setup(self.cfg)
-        self.algorithm, self.engine = module.algorithm, module.engine
-        self.engine.compute = choose_compute(self.cfg.trainer, module.model, torch.device("cpu"),
+        parts = assemble(self.cfg)
+        self.algorithm, self.engine = parts.algorithm, parts.engine
+        self.engine.compute = choose_compute(self.cfg.trainer, parts.model, torch.device("cpu"),
                                              self.engine.channels_last)
-        self.data = module.data.to(torch.device("cpu"), self.engine.compute)
+        self.data = parts.data.to(torch.device("cpu"), self.engine.compute)
         outside = [c for c in self.clients if not 0 <= c < self.data.num_clients]
         if outside:
             raise ValueError(f"this SuperNode names client {outside[0]}, but the run has clients 0.."

@@ -8,8 +8,7 @@ import shlex
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import pfedla.config  # noqa: F401  (registers the schemas)
-from pfedla.run import CONF_DIR
+from pfedla.config import CONF_DIR  # importing it registers the schemas
 
 # A deployment trains in one server process; its clients are the SuperNodes (checked by pfedla/validate.py too).
 DEPLOYMENT = ("trainer.devices=1", "trainer.num_nodes=1")
