@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torchmetrics.functional.classification import multiclass_accuracy
 
 from pfedla.algorithms.base import Algorithm, ClientData, LocalPlan
 from pfedla.algorithms.stacked import ClientModel
@@ -81,6 +80,10 @@ def score_models(engine: Engine, data: FederatedData, clients: list[int], models
                  device: torch.device) -> dict[str, torch.Tensor]:
     """{split: accuracy [N] (zeros for clients not in ``clients``)} of ``data``'s clients (by position) on their
     validation and test splits, each scored with its model of ``models``."""
+    # imported here: torchmetrics imports torchvision's models, seconds that a deployment's training messages
+    # (a fresh process each) need not pay
+    from torchmetrics.functional.classification import multiclass_accuracy
+
     out = {}
     for split in ("val", "test"):
         xs, ys = data.split(split)

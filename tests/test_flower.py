@@ -265,3 +265,17 @@ def test_sigterm_to_the_command_stops_every_process_it_started(tmp_path):
             command.kill()
         for pid in flower_processes(tmp_path):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_node_message_benchmark_times_both_checkouts_and_prints_json(tmp_path):
+    """benchmarks/node_message.py against this very checkout: each side's message ran (every phase timed) and the
+    ratio is the two walls'."""
+    done = subprocess.run([str(FLOWER_PYTHON), "benchmarks/node_message.py", "--against", str(REPO), "--repeats", "1",
+                           *RUN[:2], "logger=none", "trainer.devices=1"], cwd=REPO, env=flower_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    for side in ("this", "against"):
+        assert all(out[side][k] > 0 for k in ("wall_s", "import_s", "build_s", "train_s"))
+        assert out[side]["wall_s"] > out[side]["import_s"] + out[side]["build_s"]
+    assert out["wall_ratio"] == round(out["against"]["wall_s"] / out["this"]["wall_s"], 2)

@@ -99,3 +99,47 @@ def test_updates_the_server_rejects_are_not_what_a_node_keeps(tmp_path):
     assert simulated.rejected and deployed.rejected == simulated.rejected
     assert min(r for r, _ in simulated.rejected) == 2  # round 1 accepted: versions 1 to fill from later
     assert (tmp_path / "deployed/metrics.csv").read_text() == (tmp_path / "simulated/metrics.csv").read_text()
+
+
+NODE_MESSAGE = """
+import json, shlex, sys
+import torch
+from pfedla.flower.protocol import NodeWork, without_kept
+
+overrides, state = sys.argv[1], sys.argv[2]
+heavy = ("lightning", "torchmetrics", "torchvision", "matplotlib", "scipy", "optuna", "wandb")
+loaded = {}
+node = NodeWork({"clients": "0,1", "state-dir": state}, {"overrides": overrides, "run-dir": state}, 1)
+sent = {c: node.algorithm.personalized_model(c) for c in (0, 1)}
+models = {c: without_kept(model) for c, model in sent.items()}
+kept = {k: v for c, model in sent.items() for k, v in
+        {f"kept/{c}": sorted(model.kept), f"version/{c}": 0, f"keep-from/{c}": 0}.items()}
+assert kept["kept/0"]  # FedPer keeps its head on the node: the message fills it in and keeps the trained one
+task = {"clients": [0, 1], "threads": 1, "round": 1, "stream": 0, **kept}
+trained = node.train({**task, "kind": "local"}, models)
+assert set(trained) == {"trained/0", "trained/1"}
+loaded["train"] = sorted(m for m in heavy if m in sys.modules)
+scores = node.evaluate({**task, "adapt": True}, models)
+assert scores["accs"]["test"].shape == (2,)
+loaded["evaluate"] = sorted(m for m in heavy if m in sys.modules)
+print(json.dumps(loaded))
+"""
+
+
+def test_a_node_message_loads_no_lightning_and_a_training_one_no_torchmetrics(tmp_path):
+    """A deployment starts a fresh ClientApp process for every message, so what it imports is paid every time:
+    Lightning (with torchmetrics and torchvision's models behind it) cost about 2.7 s of each one's 5.3 s here.
+    A node builds the run from ``assembly.assemble`` without the LightningModule; only scoring imports
+    torchmetrics (the stack's accuracy; with it come torchvision, matplotlib and scipy), and of the methods only
+    FedPAC's server step imports scipy."""
+    import json
+    import subprocess
+    import sys
+
+    overrides = shlex.join([*SYNTHETIC, "algorithm=fedper"])
+    out = subprocess.run([sys.executable, "-c", NODE_MESSAGE, overrides, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded["train"] == []
+    assert "torchmetrics" in loaded["evaluate"] and "lightning" not in loaded["evaluate"]

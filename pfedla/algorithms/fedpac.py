@@ -42,7 +42,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
-from scipy.optimize import minimize
 from torch import nn
 
 from pfedla.algorithms.base import ClientData, LocalPlan, Objective, Options, Report, options
@@ -102,6 +101,8 @@ def combination_weights(v: torch.Tensor, h: torch.Tensor, i: int) -> torch.Tenso
 
 def simplex_qp(matrix: np.ndarray) -> np.ndarray:
     """argmin a' M a over the probability simplex (M symmetric PSD), by SLSQP from the uniform point."""
+    from scipy.optimize import minimize  # here: every algorithm module is imported by every run and node message
+
     m = len(matrix)
     result = minimize(lambda a: a @ matrix @ a, np.full(m, 1.0 / m), jac=lambda a: 2 * matrix @ a,
                       bounds=[(0.0, 1.0)] * m, constraints=[{"type": "eq", "fun": lambda a: a.sum() - 1,
