@@ -314,6 +314,46 @@ def test_status_counts_the_cells_and_estimates_what_is_left_from_the_finished_on
     assert "| dirichlet0.5 | 2 | 1/4 | fedavg_s0 | pfedla_s1 2 |" in shown.stdout, shown.stdout
 
 
+def test_status_measures_a_method_by_its_cells_on_this_machine_s_cpu_where_it_has_them(tmp_path):
+    """tiny: 1 split x 2 seeds x {pfedla, fedavg}, 3 rounds, CPU seconds by hand. A method measured on this CPU and
+    on another is measured by this CPU's cells alone, and so is a split for a method with no finished cell; a method
+    measured elsewhere only keeps those cells. A cell resumed across CPUs is not this CPU's."""
+    from pfedla.benchmark import status
+    from pfedla.benchmark.paths import Cell, Places
+
+    spec = load_spec(_spec_file(tmp_path))
+    places = Places.of(spec)
+    here, split = cpu_model(), "dirichlet0.5"
+
+    def done(method, seed, cpu_total, cpu):
+        path = places.stored(Cell(split, method, seed))
+        shutil.rmtree(path, ignore_errors=True)
+        _finished_run(path, 3, 99.0, cpu_total=cpu_total, cpu=cpu)
+        return path
+
+    # pfedla: 3 s a round elsewhere, 1 s here; fedavg: no finished cell, so the split's cells of this CPU: 1 s
+    done("pfedla", 0, 9.0, "Another CPU")
+    done("pfedla", 1, 3.0, here)
+    row = status.split_status(spec, places, split, ["pfedla", "fedavg"])
+    assert row.cell_seconds_left == pytest.approx(2 * 3 * 1.0) and row.here == 1  # not 2 x 3 x 2.0 (all cells)
+
+    # fedavg measured elsewhere only (2 s a round): its own cells, not this CPU's pfedla
+    shutil.rmtree(places.stored(Cell(split, "pfedla", 0)))
+    done("fedavg", 0, 6.0, "Another CPU")
+    row = status.split_status(spec, places, split, ["pfedla", "fedavg"])
+    assert row.cell_seconds_left == pytest.approx(3 * 1.0 + 3 * 2.0) and row.here == 1
+
+    # pfedla_s1 resumed here from a checkpoint of another CPU: not this CPU's, so the split has none of its own
+    summary = done("pfedla", 1, 3.0, here) / "summary.json"
+    record = json.loads(summary.read_text())
+    record["timing"]["cpu_models"] = {"Another CPU": 1, here: 2}
+    summary.write_text(json.dumps(record))
+    row = status.split_status(spec, places, split, ["pfedla", "fedavg"])
+    assert row.here == 0 and row.cell_seconds_left == pytest.approx(3 * 1.0 + 3 * 2.0)
+    shown = _benchmark(str(tmp_path / "bench.yaml"), "status", "--jobs", "2")
+    assert "0 ran wholly on this machine's CPU, and where a method (else its split) has such cells" in shown.stdout
+
+
 def test_a_method_whose_first_cell_diverged_runs_at_the_next_best_trial_that_does_not(tmp_path, monkeypatch):
     """tiny (3 rounds, 4 clients: 12 updates a run), fedavg's search by hand: trial 0 chosen (proxy 0.9), trial 1 the
     same values again, trial 3 (0.85), trial 2 (0.8), trial 4 failed. The first cell (dirichlet0.5, seed 0) diverges

@@ -11,9 +11,10 @@ its wall seconds a round (``pfedla.timing.round_seconds``: its median round, wit
 mean over the rounds; a pause barely moves it, the load beside it does); the median over the cells. A cell's
 seconds are cell seconds at the grid's one thread a cell (cores / ``--jobs``): the machine time left is the cell
 time over ``--jobs``. Cells run on past the rounds (``extend``) and proxy
-checks are not in it: which cells run on is known only when the runs end. The report names the CPUs the finished
-cells ran on (a round names its CPU, ``pfedla.compute.cpu_model``) beside this machine's: the same code runs at
-different speeds on different CPUs, so an estimate from cells timed elsewhere holds for their CPU, not this one.
+checks are not in it: which cells run on is known only when the runs end. The same code runs at different speeds
+on different CPUs (a round names its CPU, ``pfedla.compute.cpu_model``), so where a method (else the split) has
+finished cells that ran wholly on this machine's CPU and timed their CPU seconds, only those measure it: the
+estimate then holds for this machine. The report names the CPUs the finished cells ran on beside this machine's.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class SplitStatus:
     by_cpu: int = 0  # finished cells measured by their CPU seconds (the rest by their wall seconds)
     diverged: list[str] = field(default_factory=list)  # finished cells that diverged (grid.diverged)
     cpus: Counter = field(default_factory=Counter)  # finished cells per CPU they ran on ("" : not recorded)
+    here: int = 0  # finished cells measured on this machine's CPU alone (by their CPU seconds)
 
 
 def seconds_a_round(summary: dict) -> tuple[float, bool]:
@@ -51,8 +53,15 @@ def seconds_a_round(summary: dict) -> tuple[float, bool]:
     return (cpu, True) if not math.isnan(cpu) else (round_seconds(summary), False)
 
 
+def preferred(seconds: list[tuple[float, bool]]) -> list[float]:
+    """Of finished cells' (seconds a round, measured on this machine's CPU), those of this CPU where there are
+    any, else all."""
+    here = [s for s, on_this_cpu in seconds if on_this_cpu]
+    return here or [s for s, _ in seconds]
+
+
 def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[str]) -> SplitStatus:
-    measured: dict[str, list[float]] = {}
+    measured: dict[str, list[tuple[float, bool]]] = {}  # method -> (seconds a round, on this machine's CPU)
     left: list[tuple[str, int]] = []  # (method, rounds left)
     done, partial, by_cpu, failed, cpus = 0, {}, 0, [], Counter()
     for seed in spec.splits[split].seeds:
@@ -66,7 +75,7 @@ def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[
                 cpus.update(cpu_models(summary) or [""])  # cells, not rounds
                 seconds, cpu = seconds_a_round(summary)
                 if not math.isnan(seconds):
-                    measured.setdefault(method, []).append(seconds)
+                    measured.setdefault(method, []).append((seconds, cpu and cpu_models(summary) == [cpu_model()]))
                     by_cpu += cpu
                 continue
             work = places.cell(cell)
@@ -78,14 +87,14 @@ def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[
     seconds, unmeasured = 0.0, 0
     for method, rounds in left:
         if method in measured:
-            seconds += rounds * statistics.median(measured[method])
+            seconds += rounds * statistics.median(preferred(measured[method]))
         elif on_split:
-            seconds += rounds * statistics.median(on_split)
+            seconds += rounds * statistics.median(preferred(on_split))
             unmeasured += 1
         else:
             seconds = math.nan
     return SplitStatus(split, done, partial, len(left) - len(partial), sum(r for _, r in left), seconds, unmeasured,
-                       by_cpu, failed, cpus)
+                       by_cpu, failed, cpus, sum(here for _, here in on_split))
 
 
 def report(spec: BenchmarkSpec, places: Places, methods: list[str], splits: list[str], jobs: int) -> str:
@@ -114,7 +123,9 @@ def report(spec: BenchmarkSpec, places: Places, methods: list[str], splits: list
                  + "; runs on past the rounds and proxy checks come on top")
     by_cpu, timed = sum(r.by_cpu for r in rows), sum(r.done for r in rows)
     lines.append(f"a finished cell's seconds a round: its CPU seconds where it recorded them ({by_cpu} of {timed} "
-                 "finished cells), else its wall seconds, which count the load beside it")
+                 "finished cells), else its wall seconds, which count the load beside it; "
+                 f"{sum(r.here for r in rows)} ran wholly on this machine's CPU, and where a method (else its split) "
+                 "has such cells, only they measure it")
     cpus = sum((r.cpus for r in rows), Counter())
     ran_on = "; ".join(f"{name or 'not recorded'} ({n})" for name, n in sorted(cpus.items())) or "none yet"
     lines.append(f"the finished cells ran on: {ran_on}; this machine: {cpu_model()}")
