@@ -1,0 +1,79 @@
+"""What the grid decides from the runs it finished: which trial's values a method whose first cell diverged runs at;
+on runs written by hand."""
+
+import json
+import shutil
+
+import pytest
+
+from pfedla.benchmark.spec import load_spec
+from tests.benchmark_helpers import finished_run, spec_file
+
+
+def test_a_method_whose_first_cell_diverged_runs_at_the_next_best_trial_that_does_not(tmp_path, monkeypatch):
+    """tiny (3 rounds, 4 clients: 12 updates a run), fedavg's search by hand: trial 0 chosen (proxy 0.9), trial 1 the
+    same values again, trial 3 (0.85), trial 2 (0.8), trial 4 failed. The first cell (dirichlet0.5, seed 0) diverges
+    (7 of 12 updates rejected); so does trial 3 at full scale; trial 2 does not: fedavg's cells run at its values."""
+    from pfedla.benchmark import grid, render, tuning_page
+    from pfedla.benchmark.paths import Cell, Places
+
+    spec = load_spec(spec_file(tmp_path))
+    places = Places.of(spec)
+    trial = lambda n, lr, value: {"number": n, "params": {"client.lr": lr}, "value": value}
+    trials = [trial(0, 0.1, 0.9), trial(1, 0.1, 0.9), trial(2, 0.05, 0.8), trial(3, 0.02, 0.85), trial(4, 0.3, None)]
+    places.search_record("fedavg").parent.mkdir(parents=True)
+    places.search_record("fedavg").write_text(json.dumps({"chosen": trials[0], "trials": trials}))
+    first, later = Cell("dirichlet0.5", "fedavg", 0), Cell("dirichlet0.5", "fedavg", 1)
+    probe = lambda n: Cell("dirichlet0.5", "fedavg", 0, "proxy_check", n)
+    lr = lambda cell: [v for v in grid.values_for(spec, places, cell) if v.startswith("client.lr=")]
+
+    assert grid.fallback(spec, places, "fedavg") is None and lr(later) == ["client.lr=0.1"]  # not run yet
+    for where in (places.stored, places.cell):
+        finished_run(where(first), 3, 1.0, rejected=6, best=0.7)
+    assert grid.fallback(spec, places, "fedavg") is None  # 6 of 12 rejected: not diverged
+    for where in (places.stored, places.cell):
+        shutil.rmtree(where(first))
+        finished_run(where(first), 3, 1.0, rejected=7, best=0.3)
+    assert grid.fallback(spec, places, "fedavg") == grid.Fallback(3, pending=True)
+    assert lr(later) == ["client.lr=0.1"]  # the fallback is not known yet
+    assert ("trial 0 (proxy 90.00: diverged, 7 updates rejected); trial 3 is still to run at full scale"
+            in "\n".join(render.diverged_markdown(spec, places)))
+
+    ran = []
+
+    def run_probe(spec_, places_, cell, threads):  # trial 3 diverges at full scale, trial 2 does not
+        ran.append(cell)
+        if cell.trial is not None:
+            assert lr(cell) == [f"client.lr={0.02 if cell.trial == 3 else 0.05}"]
+            for where in (places.cell, places.stored):
+                finished_run(where(cell), 3, 1.0, rejected=12 if cell.trial == 3 else 0, best=0.6 + cell.trial / 100)
+        else:
+            assert lr(cell) == ["client.lr=0.05"]  # the later cell runs at trial 2's values
+        return str(cell)
+
+    run_cell = grid.run_cell
+    monkeypatch.setattr(grid, "run_cell", run_probe)
+    grid.run_cells(spec, places, [later], jobs=1, threads=1)  # the grid's step: the fallback first, then the cell
+    assert ran == [probe(3), probe(2), later] and grid.fallback(spec, places, "fedavg") == grid.Fallback(2)
+    ran.remove(later)
+    assert lr(later) == lr(first) == ["client.lr=0.05"] and lr(probe(3)) == ["client.lr=0.02"]
+    moved = Cell("dirichlet0.5", "fedavg", 0, "diverged")
+    for where in (places.stored, places.cell):  # the diverged run is kept apart; trial 2's run is the first cell
+        assert len(json.loads((where(moved) / "summary.json").read_text())["rejected_updates"]) == 7
+        assert (where(first) / "summary.json").read_bytes() == (where(probe(2)) / "summary.json").read_bytes()
+    grid.settle_fallback(spec, places, "fedavg", threads=1)  # settled: nothing runs or moves again
+    assert ran == [probe(3), probe(2)] and grid.fallback(spec, places, "fedavg") == grid.Fallback(2)
+    monkeypatch.setattr(grid.subprocess, "call", lambda *a, **k: pytest.fail("the first cell ran again"))
+    assert run_cell(spec, places, first, 1) == str(first)  # the grid's step skips it: trial 2's run stands in
+
+    page = "\n".join(render.diverged_markdown(spec, places))
+    assert ("trial 0 (proxy 90.00: diverged, 7 updates rejected), trial 3 (proxy 85.00: diverged, 12 updates "
+            "rejected), trial 2 (proxy 80.00: best validation 62.00); its final cells run at trial 2's values") in page
+    checked = "\n".join(tuning_page.proxy_check_markdown(spec, places))
+    assert "| 0 (chosen) | 90.00 | 30.00 | 30.00 |" in checked  # the chosen values' own (diverged) run
+
+    # had trial 2 diverged too, no trial would be left: the cells keep the chosen values
+    shutil.rmtree(places.stored(probe(2)))
+    finished_run(places.stored(probe(2)), 3, 1.0, rejected=12)
+    assert grid.fallback(spec, places, "fedavg") == grid.Fallback(None) and lr(later) == ["client.lr=0.1"]
+
