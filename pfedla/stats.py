@@ -13,6 +13,8 @@ from scipy import stats as scipy_stats
 # A curve still rises when its slope over its last WINDOW rounds exceeds RISING points per 10 rounds. Score (b),
 # evaluated every 10 rounds and noisier (one local epoch can land well or badly), is fitted over more rounds.
 RISING, WINDOW, WINDOW_ADAPTED = 0.5, 30, 50
+# Each score's validation column and the window its slope is fitted over.
+SCORE_CURVES = (("val/acc_mean", WINDOW), ("val/adapted_acc_mean", WINDOW_ADAPTED))
 
 
 def curve(rows: list[dict], key: str) -> dict[int, float]:

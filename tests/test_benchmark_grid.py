@@ -1,8 +1,9 @@
-"""What the grid decides from the runs it finished: which trial's values a method whose first cell diverged runs at;
-on runs written by hand."""
+"""What the grid decides from the runs it finished: which cells run on past the protocol's rounds, and which trial's
+values a method whose first cell diverged runs at; on runs written by hand."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,39 @@ def test_a_method_whose_first_cell_diverged_runs_at_the_next_best_trial_that_doe
     finished_run(places.stored(probe(2)), 3, 1.0, rejected=12)
     assert grid.fallback(spec, places, "fedavg") == grid.Fallback(None) and lr(later) == ["client.lr=0.1"]
 
+
+def _curves(path: Path, rounds: int, a, b=None) -> Path:
+    """metrics.csv of a run: validation (a) ``a(round)`` every round, (b) ``b(round)`` every 10th (if given)."""
+    path.mkdir(parents=True, exist_ok=True)
+    rows = [f"{r},{a(r)},{b(r) if b and r % 10 == 0 else ''}" for r in range(1, rounds + 1)]
+    (path / "metrics.csv").write_text("round,val/acc_mean,val/adapted_acc_mean\n" + "\n".join(rows) + "\n")
+    return path / "metrics.csv"
+
+
+def test_a_cell_runs_on_when_either_score_s_validation_curve_still_rises(tmp_path):
+    """100 rounds. Rising: slope > 0.5 points per 10 rounds, fitted over the last 30 rounds for (a), the last 50 for
+    (b), whose rounds are every 10th. (b) rising at 1 point per 10 rounds beside a flat (a) (FedBABU's number is (b))
+    runs on; so does (a) rising where the run has no (b) (Local); 0.5 exactly, or a rise before the window, does
+    not. extension_cells picks exactly the rising cells of a grid."""
+    from pfedla.benchmark import grid
+    from pfedla.benchmark.paths import Cell, Places
+
+    flat = lambda r: 0.9
+    assert not grid.still_rising(_curves(tmp_path / "flat", 100, flat, flat), 0.5)
+    assert grid.still_rising(_curves(tmp_path / "b", 100, flat, lambda r: 0.8 + 0.001 * r), 0.5)
+    assert grid.still_rising(_curves(tmp_path / "a", 100, lambda r: 0.8 + 0.0006 * r), 0.5)
+    assert not grid.still_rising(_curves(tmp_path / "edge", 100, lambda r: 0.8 + 0.0005 * r,
+                                         lambda r: 0.8 + 0.0005 * r), 0.5)
+    early = lambda r: 0.5 + 0.01 * min(r, 50)  # steep up to round 50, flat in both windows
+    assert not grid.still_rising(_curves(tmp_path / "early", 100, early, early), 0.5)
+
+    spec = load_spec(spec_file(tmp_path, rounds=100, extend_rounds=200))
+    places = Places.of(spec)
+    rising = {("pfedla", 0): (flat, lambda r: 0.8 + 0.001 * r), ("fedavg", 1): (lambda r: 0.8 + 0.0006 * r, None)}
+    for method in ("pfedla", "fedavg"):
+        for seed in (0, 1):
+            stored = places.stored(Cell("dirichlet0.5", method, seed))
+            finished_run(stored, 100, 1.0)
+            _curves(stored, 100, *rising.get((method, seed), (flat, flat)))
+    picked = grid.extension_cells(spec, places, ["pfedla", "fedavg"], ["dirichlet0.5"])
+    assert picked == [Cell("dirichlet0.5", "pfedla", 0, "extended"), Cell("dirichlet0.5", "fedavg", 1, "extended")]

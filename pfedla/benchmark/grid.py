@@ -5,8 +5,8 @@ A cell with a finished summary.json is skipped, one with a checkpoint resumes fr
 starts; a cell the store already holds is skipped too, so a grid cut by a machine that went away goes on elsewhere.
 Cells go seed by seed (every method of seed 0 first), so a cut grid still compares every method. A finished cell's
 summary.json and metrics.csv are copied into the store at once. ``extend`` copies a finished cell whose validation
-curve still rises (pfedla.stats.late_slope) into its own folder and resumes it there to ``extend_rounds``: its
-first ``rounds`` are exactly the table's run, and the table's cell stays as it is. Where the cell's checkpoint is
+curve of either score still rises (``still_rising``) into its own folder and resumes it there to ``extend_rounds``:
+its first ``rounds`` are exactly the table's run, and the table's cell stays as it is. Where the cell's checkpoint is
 not on this machine (another ran it), the extended cell runs the table's run again from round 1 in its own folder,
 then on; a log line says if its first ``rounds`` differ from the table's run (``same_start``: another CPU or thread
 count can change the last bits).
@@ -37,7 +37,7 @@ from pfedla.benchmark.paths import REPO, Cell, Places
 from pfedla.benchmark.search import chosen_overrides
 from pfedla.benchmark.spec import BenchmarkSpec
 from pfedla.sampling import clients_per_round
-from pfedla.stats import WINDOW, curve, late_slope
+from pfedla.stats import SCORE_CURVES, curve, late_slope
 
 
 class NotSearched(RuntimeError):
@@ -105,10 +105,13 @@ def final_cells(spec: BenchmarkSpec, places: Places, methods, splits) -> list[Ce
 
 
 def still_rising(metrics: Path, rising: float) -> bool:
-    """Whether a run's score-(a) validation curve still climbs at its end (slope over its last WINDOW rounds)."""
+    """Whether either score's validation curve still climbs at a run's end: (a) over its last WINDOW rounds, (b)
+    (adapted every few rounds, where the run has it) over its last WINDOW_ADAPTED (``pfedla.stats.SCORE_CURVES``).
+    A method whose number is (b) (FedBABU, whose (a) has an untrained head) rises or not by (b)."""
     with open(metrics) as f:
-        slope = late_slope(curve(list(csv.DictReader(f)), "val/acc_mean"), WINDOW)
-    return slope is not None and round(slope, 2) > rising
+        rows = list(csv.DictReader(f))
+    slopes = (late_slope(curve(rows, key), window) for key, window in SCORE_CURVES)
+    return any(slope is not None and round(slope, 2) > rising for slope in slopes)
 
 
 DIVERGED_SHARE = 0.5  # a run diverged when the server rejected more than this share of its client updates

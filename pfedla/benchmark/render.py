@@ -28,7 +28,7 @@ from pfedla.report import (
     table_rows,
     unseen_markdown,
 )
-from pfedla.stats import WINDOW, WINDOW_ADAPTED, curve, late_slope
+from pfedla.stats import SCORE_CURVES, WINDOW, WINDOW_ADAPTED, curve, late_slope
 from pfedla.timing import round_seconds
 
 
@@ -60,9 +60,10 @@ def protocol_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
         "(`dataset.test_images=unused`), and the final runs test every client on the dataset's own test images "
         "alone, dealt by its label distribution (`dataset.test_images=held_out`; checked image by image, "
         "tests/test_held_out_test_set.py);",
-        f"- {spec.rounds} rounds per run; every score taken at the round of best *validation* accuracy; runs whose "
-        f"validation curve still rose at the end (slope > {spec.rising} points per 10 rounds over the last "
-        f"{WINDOW} rounds) ran on to {spec.extend_rounds} rounds, shown beside the tables, never in them;"
+        f"- {spec.rounds} rounds per run; every score taken at the round of best *validation* accuracy; runs where "
+        f"either score's validation curve still rose at the end (least-squares slope > {spec.rising} points per 10 "
+        f"rounds over the last {WINDOW} rounds for (a), the last {WINDOW_ADAPTED} for (b)) ran on to "
+        f"{spec.extend_rounds} rounds, shown beside the tables, never in them;"
         if spec.extend_rounds else f"- {spec.rounds} rounds per run; every score at the best-validation round;",
         f"- verdicts: {spec.reference} minus each other method, paired by seed (a seed fixes the partition both ran "
         f"on), two-sided paired t-test, Holm-corrected over the family of every such comparison on this page "
@@ -137,7 +138,7 @@ def split_markdown(spec: BenchmarkSpec, places: Places, split: str, folder: Path
     unseen = unseen_markdown(rows)
     if unseen:
         lines += [*unseen, ""]
-    for key, window in (("val/acc_mean", WINDOW), ("val/adapted_acc_mean", WINDOW_ADAPTED)):
+    for key, window in SCORE_CURVES:
         line = flatness_line(groups, key, window, spec.rising)
         lines += [line, ""] if line else []
     alpha = alpha_markdown(rows)
@@ -153,8 +154,8 @@ def split_markdown(spec: BenchmarkSpec, places: Places, split: str, folder: Path
                   "", f"![{split} collapse]({_link(collapsed, places.page)})", ""]
     extended = stored_groups(spec, places, split, extended=True)
     if extended:
-        lines += [f"Run on past {spec.rounds} rounds (their validation curves still rose; rounds 1-{spec.rounds} are "
-                  "the table's runs), scores at the best-validation round of all rounds:", "",
+        lines += [f"Run on past {spec.rounds} rounds (a validation curve, (a) or (b), still rose; rounds "
+                  f"1-{spec.rounds} are the table's runs), scores at the best-validation round of all rounds:", "",
                   *table_markdown(table_rows(extended), cost="round"), ""]
     return lines, rows
 
