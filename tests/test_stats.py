@@ -103,3 +103,14 @@ def test_the_detectable_t_is_where_the_family_s_strongest_verdict_flips(scale, v
     assert abs(strong[0].result.t) == pytest.approx(scale * needed)
     line = detectable_line(found, 0.05)
     assert f"5 seeds need |t| >= {needed:.1f}" in line and "0.05 / 8" in line
+
+
+def test_a_page_with_one_seed_per_method_says_no_test_was_run_rather_than_a_family_of_none():
+    from pfedla.benchmark.verdicts import comparisons, verdict_table
+
+    one = comparisons("pfedla", {"split": [_row("pfedla", {0: 0.9}, {0: 0.9}), _row("fedavg", {0: 0.8}, {0: 0.8})]})
+    assert [c.verdict(0.05) for c in one] == ["too few seeds", "too few seeds"]
+    assert verdict_table(one, "pfedla", 0.05) == [
+        "No paired test yet: each needs two or more seeds that both methods finished with a score."]
+    two = comparisons("pfedla", {"split": [_row("pfedla", {0: 0.9, 1: 0.91}), _row("fedavg", {0: 0.8, 1: 0.82})]})
+    assert "family: these 2 paired t-tests" in verdict_table(two, "pfedla", 0.05)[0]

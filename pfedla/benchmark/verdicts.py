@@ -59,6 +59,8 @@ def verdict_table(tests: list[Comparison], reference: str, alpha: float) -> list
     if not tests:
         return ["No comparison yet: the reference method and another need finished runs on the same seeds."]
     tested = [c for c in tests if c.result is not None]
+    if not tested:
+        return ["No paired test yet: each needs two or more seeds that both methods finished with a score."]
     lines = [f"{reference} minus each method, in points (score at the best-validation round), seed by seed; family: "
              f"these {len(tested)} paired t-tests, Holm-adjusted p (family-wise error {alpha:g}); BH: the "
              "Benjamini-Hochberg q-value of the same family, for reference.", "",
