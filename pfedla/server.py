@@ -222,7 +222,7 @@ class FederatedModule(L.LightningModule):
         ranks, everyone = self.ranks, list(range(self.data.num_clients))
         clients = ranks.share(everyone, [a + b for a, b in zip(self.data.train_sizes, self.data.test_sizes)])
         with timer("eval"):
-            models = self.algorithm.personalized_models(clients)
+            models = self.algorithm.scored_parts(clients)  # composed where the client is (transport)
             scores = {"personalized": self.transport.score(clients, models)}
         if adapt and self.algorithm.adapts:
             with timer("adapt"):  # the adaptation and the adapted models' scores

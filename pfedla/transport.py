@@ -4,7 +4,8 @@ The round (pfedla/server.py) sends each sampled client what ``algorithm.model_fo
 report back; it never touches client data itself. A transport carries that::
 
     transport.train(round_idx, clients, sent, kind, stream) -> [(params', buffers', loss)]  # one per client
-    transport.score(clients, models) -> {"val": accs[N], "test": accs[N]}
+    transport.score(clients, models) -> {"val": accs[N], "test": accs[N]}  # models: algorithm.scored_parts,
+                                                                         # composed where the clients are
     transport.adapted_score(round_idx, clients, models, stream) -> the same, of the models after score (b)'s
                                                                    local adaptation (never sent back)
 
@@ -110,9 +111,13 @@ class InProcess:
                           m.client_progress)
 
     def score(self, clients: list[int], models: list[ClientModel]) -> dict[str, torch.Tensor]:
-        return score_models(self.module.engine, self.module.data, clients, models, self.module.device)
+        """Scores (a): ``models`` are the algorithm's ``scored_parts``, composed here, where the clients are."""
+        composed = [self.module.algorithm.compose(m) for m in models]
+        return score_models(self.module.engine, self.module.data, clients, composed, self.module.device)
 
     def adapted_score(self, round_idx: int, clients: list[int], models: list[ClientModel], stream: int
                       ) -> dict[str, torch.Tensor]:
-        trained = self.train(round_idx, clients, dict(zip(clients, models)), "adapt", stream)
-        return self.score(clients, [ClientModel(p, b) for p, b, _ in trained])
+        composed = [self.module.algorithm.compose(m) for m in models]
+        trained = self.train(round_idx, clients, dict(zip(clients, composed)), "adapt", stream)
+        return score_models(self.module.engine, self.module.data, clients, [ClientModel(p, b) for p, b, _ in trained],
+                            self.module.device)

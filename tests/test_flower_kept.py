@@ -125,3 +125,65 @@ def test_heurpfedla_keeps_its_retained_layers_whole_and_sends_them_as_the_client
         assert all(torch.equal(sent.params[n], alg.client_params[n][i]) for n in sent.kept)
         assert not any(torch.equal(sent.params[n], alg.client_params[n][i]) for n in alg.param_names
                        if n not in sent.kept)  # the rest is a mix of the clients' models
+
+
+def test_apfl_keeps_its_local_model_on_the_client_and_the_node_mixes_it_into_the_scored_model(synthetic_cfg):
+    """APFL's local model v_i is the client's own in training (under ``local/``) and in scoring: the server sends
+    the global model w and alpha_i, the node fills in v_i and composes alpha_i v_i + (1 - alpha_i) w, by hand."""
+    from pfedla.algorithms.apfl import ALPHA, LOCAL
+    from pfedla.algorithms.base import RoundContext
+    from pfedla.flower.protocol import fill_kept, unflat, without_kept
+    from pfedla.run import setup
+
+    alg = setup(synthetic_cfg("algorithm=apfl", "model=cnn_bn")).algorithm
+    names = {*alg.param_names, *alg.buffer_names}
+    for i in range(alg.num_clients):  # each client's own model differs from the global one
+        alg.client_params.set_row(i, {n: torch.full_like(t, i + 1.0) for n, t in alg.client_params.row(i).items()})
+        alg.client_buffers.set_row(i, {n: torch.full_like(t, i + 2) for n, t in alg.client_buffers.row(i).items()})
+    alg.alpha.set_row(1, {"alpha": torch.tensor(0.25)})
+    alg.begin_round(RoundContext(1, [0, 1], 0, alg.device))
+    sent = alg.model_for(1)
+    assert sent.kept == {LOCAL + n for n in names} and sent.kept_prefix == LOCAL
+
+    parts = alg.scored_parts([1])[0]
+    assert parts.kept == {LOCAL + n for n in names} and parts.kept_prefix == LOCAL
+    params, buffers, _ = unflat(without_kept(parts))  # what travels: w and alpha_i, nothing of v_i
+    assert set(params) == {*alg.param_names, ALPHA} and buffers == {}
+    fill_kept(params, buffers, parts.kept, alg.own_model(1), LOCAL)  # the node's own copy of v_i
+    scored = alg.compose(ClientModel(params, buffers))
+    for n in alg.param_names:
+        w = alg.global_model[n][0]
+        assert not torch.equal(w, torch.full_like(w, 2.0))
+        assert torch.allclose(scored.params[n], 0.25 * 2.0 + 0.75 * w)
+    assert all(torch.equal(scored.buffers[n], torch.full_like(scored.buffers[n], 3)) for n in alg.buffer_names)
+    same = alg.personalized_model(1)  # the simulation's: the very same ops on the server's copies
+    assert all(torch.equal(same.params[n], scored.params[n]) for n in alg.param_names)
+
+
+def test_fedrod_keeps_its_personal_head_on_the_client_and_the_node_adds_it_to_the_generic_head(synthetic_cfg):
+    """FedRoD's personal head is the client's own in training and scoring: the server sends the generic model, the
+    node fills in the head and scores body + (generic + personal head), by hand."""
+    from pfedla.algorithms.base import RoundContext
+    from pfedla.algorithms.fedrod import PERSONAL_HEAD
+    from pfedla.flower.protocol import fill_kept, unflat, without_kept
+    from pfedla.run import setup
+
+    alg = setup(synthetic_cfg("algorithm=fedrod", "model=cnn_bn")).algorithm
+    own = {PERSONAL_HEAD + n for n in alg.personal_head.names}
+    alg.personal_head.set_row(1, {n: torch.full_like(t, 0.5) for n, t in alg.personal_head.row(1).items()})
+    alg.begin_round(RoundContext(1, [0, 1], 0, alg.device))
+    assert alg.model_for(1).kept == own
+
+    parts = alg.scored_parts([1])[0]
+    assert parts.kept == own
+    params, buffers, _ = unflat(without_kept(parts))  # what travels: the generic model alone
+    assert set(params) == set(alg.param_names)
+    fill_kept(params, buffers, parts.kept, alg.own_model(1))  # the node's own copy of the head
+    scored = alg.compose(ClientModel(params, buffers))
+    assert set(scored.params) == set(alg.param_names)
+    for n in alg.param_names:
+        generic = alg.global_model[n][0]
+        expected = generic + 0.5 if n in (f"{alg.head}.weight", f"{alg.head}.bias") else generic
+        assert torch.equal(scored.params[n], expected), n
+    same = alg.personalized_model(1)  # the simulation's: the very same ops on the server's copies
+    assert all(torch.equal(same.params[n], scored.params[n]) for n in alg.param_names)

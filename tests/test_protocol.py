@@ -73,13 +73,16 @@ def test_every_method_through_the_protocol_equals_its_simulation(tmp_path, algor
     assert (tmp_path / "deployed/metrics.csv").read_text() == (tmp_path / "simulated/metrics.csv").read_text()
     assert {t for t, _, _ in crossed} == {TRAIN, EVALUATE}
     assert all(not kept & names for _, kept, names in crossed), "a kept tensor travelled"
-    keeps = algorithm in ("fedper", "fedrep", "lgfedavg", "fedbn", "local", "heurpfedla", "ditto")
+    keeps = algorithm in ("fedper", "fedrep", "lgfedavg", "fedbn", "local", "heurpfedla", "ditto", "apfl",
+                         "fedrod")
     assert any(kept for _, kept, _ in crossed) == keeps
     a, b = deployed.algorithm.state_dict(), simulated.algorithm.state_dict()
     differ = {k for k in b if not torch.equal(a[k], b[k])}
     if keeps:
-        # the server's copies of what clients keep never moved; everything else is the simulation's
-        assert differ and all(k.startswith(("client_params.", "client_buffers.")) for k in differ), differ
+        # the server's copies of what clients keep never moved (FedRoD's personal heads are its own stack);
+        # everything else is the simulation's
+        own = ("personal_head.",) if algorithm == "fedrod" else ("client_params.", "client_buffers.")
+        assert differ and all(k.startswith(own) for k in differ), differ
     else:
         assert differ == set(), differ
 

@@ -8,7 +8,8 @@ public code clips it. All three gradients are taken at the step's starting point
 scored model is v_bar with the current global w. BatchNorm statistics of v_bar are the client's own (those
 of its local model); with alpha fixed at 0 or 1 (and no BatchNorm) APFL is FedAvg's global model or Local's
 model. client.momentum and weight_decay apply to every tensor of the state, alpha included (the paper: plain
-SGD; both default to 0). ``train/loss`` is f(w) + f(v_bar).
+SGD; both default to 0). ``train/loss`` is f(w) + f(v_bar). v_i never leaves the client (ClientModel.kept): a
+deployment's node keeps it and composes v_bar itself from the w and alpha_i the server sends (``compose``).
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ class APFL(FedAvg):
         self.alpha = StackedTensors.repeat({"alpha": torch.tensor(float(cfg.alpha), dtype=first.dtype)}, num_clients)
 
     def model_for(self, i: int) -> ClientModel:
-        sent = super().model_for(i)  # the global model (FedAvg's download); v_i and alpha_i live on the client
-        local = prefixed(self.own_model(i), LOCAL)
+        sent = super().model_for(i)  # the global model (FedAvg's download)
+        local = prefixed(self.own_model(i), LOCAL)  # v_i: never communicated, it lives on the client
         return ClientModel({**sent.params, **local.params, ALPHA: self.alpha["alpha"][i].clone()},
-                           {**sent.buffers, **local.buffers})
+                           {**sent.buffers, **local.buffers}, frozenset([*local.params, *local.buffers]), LOCAL)
 
     def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
         super().receive(i, sent, trained, num_samples)
@@ -63,10 +64,22 @@ class APFL(FedAvg):
         super().end_round()
 
     def personalized_model(self, i: int) -> ClientModel:
+        return self.compose(self.scored_parts([i])[0])
+
+    def scored_parts(self, clients: list[int]) -> list[ClientModel]:
+        """Each client's w, alpha_i and its own v_i (kept: in a deployment the node fills it in, and mixes)."""
+        parts = []
+        for i in clients:
+            local, glob = prefixed(self.own_model(i), LOCAL), self._with_global(self.own_model(i))
+            parts.append(ClientModel({**glob.params, **local.params, ALPHA: self.alpha["alpha"][i].clone()},
+                                     local.buffers, frozenset([*local.params, *local.buffers]), LOCAL))
+        return parts
+
+    def compose(self, parts: ClientModel) -> ClientModel:
         """v_bar = alpha_i v_i + (1 - alpha_i) w with the client's own BatchNorm statistics."""
-        alpha, local, glob = self.alpha["alpha"][i], self.own_model(i), self._with_global(self.own_model(i))
-        params = {n: alpha * local.params[n] + (1 - alpha) * glob.params[n] for n in self.param_names}
-        return ClientModel(params, local.buffers)
+        alpha, p = parts.params[ALPHA], parts.params
+        return ClientModel({n: alpha * p[LOCAL + n] + (1 - alpha) * p[n] for n in self.param_names},
+                           {n: parts.buffers[LOCAL + n] for n in self.buffer_names})
 
     def summary_fields(self, class_counts, groups=None) -> dict:
         """Where the learned mixing weights ended: alpha_i per client (1: the local model alone, 0: the global)."""

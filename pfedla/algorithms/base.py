@@ -229,6 +229,18 @@ class Algorithm(nn.Module):
         """``personalized_model`` for several clients (algorithms override it to batch the work)."""
         return [self.personalized_model(i) for i in clients]
 
+    def scored_parts(self, clients: list[int]) -> list[ClientModel]:
+        """What the server hands each of ``clients`` to be scored: ``personalized_models``, except for a method
+        whose scored model is built from tensors the client keeps (``ClientModel.kept``): then the parts it is
+        built from, which ``compose`` makes it from where those tensors are (on the node, in a deployment)."""
+        return self.personalized_models(clients)
+
+    def compose(self, parts: ClientModel) -> ClientModel:
+        """The scored model from ``scored_parts``' parts, their kept tensors in place: the parts themselves, unless a
+        method builds it (APFL: alpha v + (1 - alpha) w, v the client's own). ``personalized_model(i)`` is
+        ``compose`` of client i's parts."""
+        return parts
+
     def personalize_new_client(self, initial: ClientModel, fit, rounds: int, generator: torch.Generator
                                ) -> ClientModel:
         """Score (a) for a client that never trained (pfedla/unseen.py), by the method's own recipe.

@@ -4,7 +4,8 @@ clientrod.py / serverrod.py (the linear personal head; the hypernetwork variant 
 
 The model is a body and a generic head (pfedla/models/contract.py). Both are FedAvg's: trained by every
 client and averaged by sample count. Each client also keeps a personal head, a Linear of the generic
-head's shape that starts as a copy of its initial weights and never leaves the client. On each batch:
+head's shape that starts as a copy of its initial weights and never leaves the client (ClientModel.kept:
+a deployment's node keeps it, and composes the scored model with it). On each batch:
 
 - the body and the generic head take a step on the balanced softmax loss, the cross-entropy of
   g(f(x)) + log n_c, where n_c counts class c in the client's train split;
@@ -74,12 +75,23 @@ class FedRoD(FedAvg):
         counts = torch.tensor(train_counts, dtype=torch.float64)
         self.log_prior = torch.where(counts > 0, counts.clamp(min=1).log(), torch.full_like(counts, NO_CLASS))
 
+    def own_model(self, i: int) -> ClientModel:
+        """The client's own tensors: its copy of the shared model and its personal head (under ``personal_head/``),
+        which never leaves it (ClientModel.kept)."""
+        own = super().own_model(i)
+        own.params.update({PERSONAL_HEAD + n: t.clone() for n, t in self.personal_head.row(i).items()})
+        return own
+
+    def _own_with_global(self, i: int) -> ClientModel:
+        model = super()._own_with_global(i)
+        model.kept = frozenset(PERSONAL_HEAD + n for n in self.personal_head.names)
+        return model
+
     def model_for(self, i: int) -> ClientModel:
-        sent = super().model_for(i)  # the global model (counted as FedAvg's download)
-        dtype = sent.params[self.head_params[0]].dtype
-        own = {PERSONAL_HEAD + n: t.clone() for n, t in self.personal_head.row(i).items()}  # lives on the client
-        prior = {LOG_PRIOR: self.log_prior[i].to(dtype=dtype, device=sent.params[self.head_params[0]].device)}
-        return ClientModel({**sent.params, **own, **prior}, sent.buffers)
+        sent = super().model_for(i)  # the global model (counted as FedAvg's download) and the personal head, kept
+        head = sent.params[self.head_params[0]]
+        sent.params[LOG_PRIOR] = self.log_prior[i].to(dtype=head.dtype, device=head.device)
+        return sent
 
     def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
         super().receive(i, sent, trained, num_samples)  # body and generic head, averaged as FedAvg's
@@ -93,9 +105,17 @@ class FedRoD(FedAvg):
         return LocalPlan.epochs(epochs)
 
     def personalized_model(self, i: int) -> ClientModel:
+        return self.compose(self.scored_parts([i])[0])
+
+    def scored_parts(self, clients: list[int]) -> list[ClientModel]:
+        """Each client's generic model and its personal head (kept: in a deployment the node fills it in, and adds
+        it to the generic head)."""
+        return [super(FedRoD, self).personalized_model(i) for i in clients]
+
+    def compose(self, parts: ClientModel) -> ClientModel:
         """The body with the generic head plus the client's personal one (two Linear heads on the same features
         sum to one with the summed weights and biases)."""
-        model = super().personalized_model(i)
-        for n, t in self.personal_head.row(i).items():
-            model.params[f"{self.head}.{n}"] = model.params[f"{self.head}.{n}"] + t
-        return model
+        params = {n: t for n, t in parts.params.items() if not n.startswith(PERSONAL_HEAD)}
+        for n in self.personal_head.names:
+            params[f"{self.head}.{n}"] = params[f"{self.head}.{n}"] + parts.params[PERSONAL_HEAD + n]
+        return ClientModel(params, parts.buffers)

@@ -20,9 +20,10 @@ class ClientModel:
 
     ``kept`` names the tensors (params or buffers) that are the client's own copy as of its last accepted local
     training, which the protocol keeps on the client (FedPer's head, LG-FedAvg's body, FedBN's BatchNorm,
-    HeurpFedLA's retained layers, all of Local's, Ditto's personal model): a simulation holds that copy on the
-    server, a deployment never sends it either way (pfedla/flower/). The client's own tensor behind a kept name
-    is the one named without ``kept_prefix`` (Ditto trains its personal model under ``personal/`` + its name)."""
+    HeurpFedLA's retained layers, all of Local's, Ditto's personal model, APFL's local model, FedRoD's personal
+    head): a simulation holds that copy on the server, a deployment never sends it either way (pfedla/flower/).
+    The client's own tensor behind a kept name is the one named without ``kept_prefix`` (Ditto trains its
+    personal model under ``personal/`` + its name)."""
 
     params: Tensors
     buffers: Tensors

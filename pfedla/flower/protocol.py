@@ -246,8 +246,9 @@ class NodeWork:
 
     def evaluate(self, task: dict, models: dict[int, Tensors]) -> dict[str, Tensors]:
         """Each named client's model scored on its validation and test splits, after score (b)'s adaptation when
-        the task says ``adapt`` (the adapted models never leave the node)."""
-        received = self._received(task, models)
+        the task says ``adapt`` (the adapted models never leave the node). Each model is composed here from the
+        parts the server sent and the tensors this node keeps (``compose``: APFL mixes its local model in)."""
+        received = {c: self.algorithm.compose(parts) for c, parts in self._received(task, models).items()}
         clients = list(received)
         if task.get("adapt", False):
             plan = plan_for(self.algorithm, "adapt", self.cfg.client.epochs)
