@@ -24,7 +24,8 @@ def in_process_nodes(run_config: dict, state: Path):
     """An exchange that hands each node's request to a fresh ``NodeWork`` of that node, and what crossed."""
     node_config = {node: {"clients": f"{2 * node},{2 * node + 1}", "state-dir": str(state / f"node{node}")}
                    for node in (0, 1)}
-    crossed: list[tuple[str, set[str], set[str]]] = []  # per client and message: (type, kept, names that travelled)
+    crossed: list[tuple[str, set[str], set[str], set[str], set[str]]] = []  # per client and message: (type, kept,
+    # held, names that went down, names that came up)
 
     def handshake():
         return {node: NodeWork(node_config[node], run_config).handshake() for node in node_config}
@@ -37,8 +38,9 @@ def in_process_nodes(run_config: dict, state: Path):
             replies[node] = reply
             for c, tensors in request.models.items():
                 up = reply[f"trained/{c}"] if message_type == TRAIN else {}
-                names = {n.split("/", 1)[1] for n in [*tensors, *up]}
-                crossed.append((message_type, set(request.task.get(f"kept/{c}", [])), names))
+                kept, held = (set(request.task.get(f"{k}/{c}", [])) for k in ("kept", "held"))
+                crossed.append((message_type, kept, held, {n.split("/", 1)[1] for n in tensors},
+                                {n.split("/", 1)[1] for n in up}))
         return replies
 
     return handshake, exchange, crossed
@@ -71,11 +73,16 @@ def test_every_method_through_the_protocol_equals_its_simulation(tmp_path, algor
     deployed, crossed = run_deployed(overrides, tmp_path / "deployed", tmp_path / "nodes")
 
     assert (tmp_path / "deployed/metrics.csv").read_text() == (tmp_path / "simulated/metrics.csv").read_text()
-    assert {t for t, _, _ in crossed} == {TRAIN, EVALUATE}
-    assert all(not kept & names for _, kept, names in crossed), "a kept tensor travelled"
+    assert {t for t, *_ in crossed} == {TRAIN, EVALUATE}
+    assert all(not kept & (down | up) for _, kept, _, down, up in crossed), "a kept tensor travelled"
+    assert all(not held & down and held <= up for t, _, held, down, up in crossed if t == TRAIN), \
+        "a held tensor went down, or did not come up"
     keeps = algorithm in ("fedper", "fedrep", "lgfedavg", "fedbn", "local", "heurpfedla", "ditto", "apfl",
-                         "fedrod")
-    assert any(kept for _, kept, _ in crossed) == keeps
+                          "fedrod", "fedproto")  # in training: the server's copy of those tensors never moves
+    holds = algorithm in ("fedamp", "fedala", "fedfomo")  # own models that go up trained, never down
+    assert any(kept for t, kept, *_ in crossed if t == TRAIN) == keeps
+    assert any(held for _, _, held, *_ in crossed) == holds
+    assert any(kept for t, kept, *_ in crossed if t == EVALUATE) == (keeps or holds)  # scored where they are
     a, b = deployed.algorithm.state_dict(), simulated.algorithm.state_dict()
     differ = {k for k in b if not torch.equal(a[k], b[k])}
     if keeps:

@@ -131,11 +131,14 @@ class FedALA(Algorithm):
         self.ala = AdaptiveLocalAggregation(model, self.top, self.lower, cfg)
 
     def model_for(self, i: int) -> ClientModel:
-        own = self.own_model(i)  # lives on the client: not counted
+        own = self.own_model(i)  # lives on the client: not counted, not sent down (held); it goes up trained
         glob = {GLOBAL + n: t[0].clone() for n, t in self.global_model.as_dict().items()}
         self.count_bytes(down=nbytes(self.global_model.as_dict()))
         state = {**{WEIGHT + n: t.clone() for n, t in self.weights.row(i).items()}, STARTED: self.started[i].clone()}
-        return ClientModel({**own.params, **glob, **state}, own.buffers)
+        return ClientModel({**own.params, **glob, **state}, own.buffers, held=own.all_held())
+
+    def personalized_model(self, i: int) -> ClientModel:
+        return self.own_model(i).all_kept()  # the client's own: scored where it is
 
     @torch.no_grad()
     def receive_round(self, reports: list[Report]) -> None:

@@ -107,10 +107,13 @@ class FedAMP(Algorithm):
         del self._clouds
 
     def model_for(self, i: int) -> ClientModel:
-        own = self.own_model(i)  # lives on the client: not counted
+        own = self.own_model(i)  # lives on the client: not counted, not sent down (held); it goes up trained
         cloud = {CLOUD + n: t for n, t in self._cloud[i].items()}
         self.count_bytes(down=nbytes(cloud))
-        return ClientModel({**own.params, **cloud}, own.buffers)
+        return ClientModel({**own.params, **cloud}, own.buffers, held=own.all_held())
+
+    def personalized_model(self, i: int) -> ClientModel:
+        return self.own_model(i).all_kept()  # the client's own: scored where it is
 
     def receive_round(self, reports: list[Report]) -> None:
         for r in reports:

@@ -106,12 +106,16 @@ class FedFomo(Algorithm):
         self._trained: dict[int, ClientModel] = {}
 
     def model_for(self, i: int) -> ClientModel:
-        sent = self.own_model(i)  # its own model lives on the client: not counted
+        sent = self.own_model(i)  # its own model lives on the client: not counted, not sent down (held)
+        sent.held = sent.all_held()
         for k, n in enumerate(self._peers[i]):
             for name, t in self.client_params.row(n).items():
                 sent.params[peer(k) + name] = t.clone()
             self.count_bytes(down=nbytes(self.client_params.row(n)))
         return sent
+
+    def personalized_model(self, i: int) -> ClientModel:
+        return self.own_model(i).all_kept()  # the client's own: scored where it is
 
     def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
         weights = trained.params[WEIGHTS]

@@ -86,10 +86,13 @@ class FedProto(Algorithm):
         self.register_buffer("global_has", torch.zeros(head.out_features))
 
     def model_for(self, i: int) -> ClientModel:
-        own = self.own_model(i)  # lives on the client: not counted
+        own = self.own_model(i).all_kept()  # lives on the client: never sent either way, not counted
         self.count_bytes(down=self._wire_bytes(self.global_has))
         sent = {GLOBAL: self.global_protos.clone(), GLOBAL_HAS: self.global_has.clone()}
-        return ClientModel({**own.params, **sent}, own.buffers)
+        return ClientModel({**own.params, **sent}, own.buffers, own.kept)
+
+    def personalized_model(self, i: int) -> ClientModel:
+        return self.own_model(i).all_kept()  # the client's own: scored where it is
 
     def _wire_bytes(self, has: torch.Tensor) -> int:
         """Prototype rows of the classes present, and one byte per class saying which."""

@@ -23,16 +23,30 @@ class ClientModel:
     HeurpFedLA's retained layers, all of Local's, Ditto's personal model, APFL's local model, FedRoD's personal
     head): a simulation holds that copy on the server, a deployment never sends it either way (pfedla/flower/).
     The client's own tensor behind a kept name is the one named without ``kept_prefix`` (Ditto trains its
-    personal model under ``personal/`` + its name)."""
+    personal model under ``personal/`` + its name).
+
+    ``held`` names tensors of the client's own model, under their own names, that the client already holds (its
+    copy as of its last accepted local training, as for ``kept``) but that go up with the trained model, because
+    the server aggregates them (FedAMP's, FedALA's and FedFomo's own models): a deployment does not send them down.
+    """
 
     params: Tensors
     buffers: Tensors
     kept: frozenset[str] = frozenset()
     kept_prefix: str = ""
+    held: frozenset[str] = frozenset()
 
     def own_name(self, name: str) -> str:
         """The client's own tensor that kept tensor ``name`` is."""
         return name.removeprefix(self.kept_prefix)
+
+    def all_kept(self) -> ClientModel:
+        """This model with every tensor kept: the client's own model, as of its last accepted local training."""
+        return ClientModel(self.params, self.buffers, frozenset([*self.params, *self.buffers]))
+
+    def all_held(self) -> frozenset[str]:
+        """Every tensor name of this model (a ``held`` set)."""
+        return frozenset([*self.params, *self.buffers])
 
 
 PERSONAL = "personal/"  # a client's personal model in its training state (Ditto, pFedMe)

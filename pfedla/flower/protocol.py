@@ -2,8 +2,9 @@
 does with it, and what comes back.
 
 - ``Remote`` is ``pfedla.transport``'s interface over an ``exchange(message_type, {node: Request}) -> {node:
-  reply}``. It sends each client's model without its kept tensors (ClientModel.kept), naming them and the
-  version the node fills them from, and puts the server's own copy back into what it hands its algorithm.
+  reply}``. It sends each client's model without its kept and held tensors (ClientModel.kept, .held), naming
+  them and the version the node fills them from, and puts the server's own copy of the kept ones back into what
+  it hands its algorithm (held ones come back up).
 - ``NodeWork`` is a node's side: it builds the run from the run's and its own config (the same
   ``pfedla.assembly.assemble`` the simulation's ``setup`` wraps), fills in kept tensors from its state directory
   (pfedla/flower/kept.py), runs ``local_work``/``score_models`` and replies without the kept tensors.
@@ -67,9 +68,14 @@ def unflat(tensors: Tensors) -> tuple[Tensors, Tensors, Tensors]:
 
 
 def without_kept(model: ClientModel, **extra: torch.Tensor) -> Tensors:
-    """``model`` flat, without the tensors it keeps on the client."""
-    return flat({n: t for n, t in model.params.items() if n not in model.kept},
-                {n: t for n, t in model.buffers.items() if n not in model.kept}, **extra)
+    """``model`` flat, without the tensors it keeps on the client (what goes up)."""
+    return without(model, model.kept, **extra)
+
+
+def without(model: ClientModel, names: frozenset[str], **extra: torch.Tensor) -> Tensors:
+    """``model`` flat, without ``names`` (what goes down: without the kept and the held tensors)."""
+    return flat({n: t for n, t in model.params.items() if n not in names},
+                {n: t for n, t in model.buffers.items() if n not in names}, **extra)
 
 
 def fill_kept(params: Tensors, buffers: Tensors, names: frozenset[str], source: ClientModel, prefix: str = ""
@@ -171,9 +177,9 @@ class Remote:
 
     def _send(self, clients: list[int], models: dict[int, ClientModel], message_type: str, what: str,
               through: int, **task) -> dict[int, dict[str, Tensors]]:
-        """One request per node holding some of ``clients``: their models without their kept tensors, and the
-        task (clients, this process's thread count, each client's kept names and their version as of round
-        ``through``, for training also the version the last checkpoint expects, ``task``); the replies by
+        """One request per node holding some of ``clients``: their models without their kept and held tensors, and
+        the task (clients, this process's thread count, each client's kept and held names and their version as of
+        round ``through``, for training also the version the last checkpoint expects, ``task``); the replies by
         node."""
         requests: dict[int, Request] = {}
         for c in clients:
@@ -185,10 +191,13 @@ class Remote:
             if model.kept:
                 request.task[f"kept/{c}"] = sorted(model.kept)
                 request.task[f"kept-prefix/{c}"] = model.kept_prefix
+            if model.held:
+                request.task[f"held/{c}"] = sorted(model.held)
+            if model.kept or model.held:
                 request.task[f"version/{c}"] = self.module.last_trained(c, through)
                 if message_type == TRAIN:
                     request.task[f"keep-from/{c}"] = self.module.last_trained(c, self.module.checkpointed_round)
-            request.models[c] = without_kept(model)
+            request.models[c] = without(model, model.kept | model.held)
         return self.exchange(message_type, requests, what)
 
 
@@ -239,7 +248,7 @@ class NodeWork:
         reply = {}
         for c, (params, buffers, loss) in zip(clients, results):
             trained = ClientModel(params, buffers, sent[c].kept, sent[c].kept_prefix)
-            if trained.kept:
+            if trained.kept or sent[c].held:
                 loss = settle(self.kept, c, round_idx, trained, loss, int(task[f"keep-from/{c}"]))
             reply[f"trained/{c}"] = without_kept(trained, loss=loss)
         return reply
@@ -259,7 +268,8 @@ class NodeWork:
         return {"accs": {split: a[clients] for split, a in accs.items()}}
 
     def _received(self, task: dict, models: dict[int, Tensors]) -> dict[int, ClientModel]:
-        """{client: the model the server sent it, its kept tensors filled in from the version the server names}."""
+        """{client: the model the server sent it, its kept and held tensors filled in from the version the server
+        names}."""
         clients = [int(c) for c in task["clients"]]
         foreign = sorted(set(clients) - set(self.clients))
         if foreign:
@@ -268,9 +278,11 @@ class NodeWork:
         for c in clients:
             params, buffers, _ = unflat(models[c])
             kept, prefix = frozenset(task.get(f"kept/{c}", [])), str(task.get(f"kept-prefix/{c}", ""))
-            if kept:
+            held = frozenset(task.get(f"held/{c}", []))
+            if kept or held:
                 version = int(task[f"version/{c}"])
-                fill_kept(params, buffers, kept,
-                          self.algorithm.own_model(c) if version == 0 else self.kept.load(c, version), prefix)
-            out[c] = ClientModel(params, buffers, kept, prefix)
+                own = self.algorithm.own_model(c) if version == 0 else self.kept.load(c, version)
+                fill_kept(params, buffers, kept, own, prefix)
+                fill_kept(params, buffers, held, own)
+            out[c] = ClientModel(params, buffers, kept, prefix, held)
         return out
