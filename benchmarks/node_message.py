@@ -30,14 +30,18 @@ MESSAGE = """
 import sys, time
 started = time.perf_counter()
 import pfedla.flower.client_app
-from pfedla.flower.protocol import NodeWork, without_kept
+from pfedla.flower.protocol import NodeWork
+try:
+    from pfedla.flower.protocol import to_node
+except ImportError:  # a checkout from before it (--against)
+    from pfedla.flower.protocol import without_kept as to_node
 imported = time.perf_counter()
 node = NodeWork({"clients": "0,1", "state-dir": sys.argv[2]}, {"overrides": sys.argv[1], "run-dir": sys.argv[2]}, 1)
 built = time.perf_counter()
 sent = {c: node.algorithm.personalized_model(c) for c in (0, 1)}
 assert not any(m.kept for m in sent.values()), "a method without kept tensors, please"
 node.train({"clients": [0, 1], "threads": 1, "round": 1, "stream": 0, "kind": "local"},
-           {c: without_kept(m) for c, m in sent.items()})
+           {c: to_node(m) for c, m in sent.items()})
 print(imported - started, built - imported, time.perf_counter() - built)
 """
 

@@ -132,7 +132,7 @@ def test_apfl_keeps_its_local_model_on_the_client_and_the_node_mixes_it_into_the
     the global model w and alpha_i, the node fills in v_i and composes alpha_i v_i + (1 - alpha_i) w, by hand."""
     from pfedla.algorithms.apfl import ALPHA, LOCAL
     from pfedla.algorithms.base import RoundContext
-    from pfedla.flower.protocol import fill_kept, unflat, without_kept
+    from pfedla.flower.protocol import fill_kept, to_node, unflat
     from pfedla.run import setup
 
     alg = setup(synthetic_cfg("algorithm=apfl", "model=cnn_bn")).algorithm
@@ -147,7 +147,7 @@ def test_apfl_keeps_its_local_model_on_the_client_and_the_node_mixes_it_into_the
 
     parts = alg.scored_parts([1])[0]
     assert parts.kept == {LOCAL + n for n in names} and parts.kept_prefix == LOCAL
-    params, buffers, _ = unflat(without_kept(parts))  # what travels: w and alpha_i, nothing of v_i
+    params, buffers, _ = unflat(to_node(parts))  # what travels: w and alpha_i, nothing of v_i
     assert set(params) == {*alg.param_names, ALPHA} and buffers == {}
     fill_kept(params, buffers, parts.kept, alg.own_model(1), LOCAL)  # the node's own copy of v_i
     scored = alg.compose(ClientModel(params, buffers))
@@ -165,7 +165,7 @@ def test_fedrod_keeps_its_personal_head_on_the_client_and_the_node_adds_it_to_th
     node fills in the head and scores body + (generic + personal head), by hand."""
     from pfedla.algorithms.base import RoundContext
     from pfedla.algorithms.fedrod import PERSONAL_HEAD
-    from pfedla.flower.protocol import fill_kept, unflat, without_kept
+    from pfedla.flower.protocol import fill_kept, to_node, unflat
     from pfedla.run import setup
 
     alg = setup(synthetic_cfg("algorithm=fedrod", "model=cnn_bn")).algorithm
@@ -176,7 +176,7 @@ def test_fedrod_keeps_its_personal_head_on_the_client_and_the_node_adds_it_to_th
 
     parts = alg.scored_parts([1])[0]
     assert parts.kept == own
-    params, buffers, _ = unflat(without_kept(parts))  # what travels: the generic model alone
+    params, buffers, _ = unflat(to_node(parts))  # what travels: the generic model alone
     assert set(params) == set(alg.param_names)
     fill_kept(params, buffers, parts.kept, alg.own_model(1))  # the node's own copy of the head
     scored = alg.compose(ClientModel(params, buffers))
@@ -187,3 +187,22 @@ def test_fedrod_keeps_its_personal_head_on_the_client_and_the_node_adds_it_to_th
         assert torch.equal(scored.params[n], expected), n
     same = alg.personalized_model(1)  # the simulation's: the very same ops on the server's copies
     assert all(torch.equal(same.params[n], scored.params[n]) for n in alg.param_names)
+
+
+def test_what_a_client_did_not_change_does_not_come_back_and_the_server_fills_it_from_what_it_sent():
+    """Bits, not values: -0.0 is not 0.0 (a server filling in 0.0 would change the run's bits), a NaN is itself."""
+    from pfedla.flower.protocol import fill_missing, same_bits, unchanged, unflat, without
+
+    assert same_bits(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, float("nan")]))
+    assert not same_bits(torch.tensor(-0.0), torch.tensor(0.0)) and torch.equal(torch.tensor(-0.0), torch.tensor(0.0))
+    assert not same_bits(torch.tensor([1.0]), torch.tensor([1.0], dtype=torch.float64))
+    sent = ClientModel({"w": torch.ones(3), "cloud/w": torch.full((3,), 2.0), "z": torch.zeros(2)},
+                       {"n": torch.tensor(4)})
+    trained = ClientModel({"w": torch.tensor([1.0, 0.5, 1.0]), "cloud/w": torch.full((3,), 2.0),
+                           "z": torch.tensor([0.0, -0.0]), "proto": torch.ones(2)}, {"n": torch.tensor(4)})
+    assert unchanged(trained, sent) == {"cloud/w", "n"}
+    params, buffers, extra = unflat(without(trained, unchanged(trained, sent), loss=torch.tensor(0.1)))
+    assert set(params) == {"w", "z", "proto"} and buffers == {} and set(extra) == {"loss"}
+    fill_missing(params, buffers, sent)
+    assert set(params) == {"w", "z", "proto", "cloud/w"} and torch.equal(buffers["n"], torch.tensor(4))
+    assert all(same_bits(params[n], trained.params[n]) for n in trained.params)

@@ -75,8 +75,7 @@ def test_every_method_through_the_protocol_equals_its_simulation(tmp_path, algor
     assert (tmp_path / "deployed/metrics.csv").read_text() == (tmp_path / "simulated/metrics.csv").read_text()
     assert {t for t, *_ in crossed} == {TRAIN, EVALUATE}
     assert all(not kept & (down | up) for _, kept, _, down, up in crossed), "a kept tensor travelled"
-    assert all(not held & down and held <= up for t, _, held, down, up in crossed if t == TRAIN), \
-        "a held tensor went down, or did not come up"
+    assert all(not held & down for _, _, held, down, _ in crossed), "a held tensor went down"
     keeps = algorithm in ("fedper", "fedrep", "lgfedavg", "fedbn", "local", "heurpfedla", "ditto", "apfl",
                           "fedrod", "fedproto")  # in training: the server's copy of those tensors never moves
     holds = algorithm in ("fedamp", "fedala", "fedfomo")  # own models that go up trained, never down
@@ -114,14 +113,14 @@ def test_updates_the_server_rejects_are_not_what_a_node_keeps(tmp_path):
 NODE_MESSAGE = """
 import json, shlex, sys
 import torch
-from pfedla.flower.protocol import NodeWork, without_kept
+from pfedla.flower.protocol import NodeWork, to_node
 
 overrides, state = sys.argv[1], sys.argv[2]
 heavy = ("lightning", "torchmetrics", "torchvision", "matplotlib", "scipy", "optuna", "wandb")
 loaded = {}
 node = NodeWork({"clients": "0,1", "state-dir": state}, {"overrides": overrides, "run-dir": state}, 1)
 sent = {c: node.algorithm.personalized_model(c) for c in (0, 1)}
-models = {c: without_kept(model) for c, model in sent.items()}
+models = {c: to_node(model) for c, model in sent.items()}
 kept = {k: v for c, model in sent.items() for k, v in
         {f"kept/{c}": sorted(model.kept), f"version/{c}": 0, f"keep-from/{c}": 0}.items()}
 assert kept["kept/0"]  # FedPer keeps its head on the node: the message fills it in and keeps the trained one

@@ -7,7 +7,8 @@ does with it, and what comes back.
   it hands its algorithm (held ones come back up).
 - ``NodeWork`` is a node's side: it builds the run from the run's and its own config (the same
   ``pfedla.assembly.assemble`` the simulation's ``setup`` wraps), fills in kept tensors from its state directory
-  (pfedla/flower/kept.py), runs ``local_work``/``score_models`` and replies without the kept tensors.
+  (pfedla/flower/kept.py), runs ``local_work``/``score_models`` and replies without the kept tensors and
+  without those it did not change.
 - The handshake: each node answers with the clients it holds and their facts (sizes, class counts, groups: no
   image, pfedla/datasets/federated.py ``client_facts``). ``node_of_clients`` checks the answers and
   ``server_federation`` assembles the federation the server runs on, so the server never loads the data.
@@ -67,15 +68,37 @@ def unflat(tensors: Tensors) -> tuple[Tensors, Tensors, Tensors]:
     return part("p/"), part("b/"), part("x/")
 
 
-def without_kept(model: ClientModel, **extra: torch.Tensor) -> Tensors:
-    """``model`` flat, without the tensors it keeps on the client (what goes up)."""
-    return without(model, model.kept, **extra)
+def to_node(model: ClientModel) -> Tensors:
+    """What the server sends of ``model``: all of it but what the client keeps or holds."""
+    return without(model, model.kept | model.held)
 
 
 def without(model: ClientModel, names: frozenset[str], **extra: torch.Tensor) -> Tensors:
-    """``model`` flat, without ``names`` (what goes down: without the kept and the held tensors)."""
+    """``model`` flat, without ``names``: down, without its kept and held tensors; up, without its kept ones and
+    those it did not change."""
     return flat({n: t for n, t in model.params.items() if n not in names},
                 {n: t for n, t in model.buffers.items() if n not in names}, **extra)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors are the same bits (not just equal values: -0.0 is not 0.0, a NaN is itself)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.detach().reshape(-1).view(torch.uint8), b.detach().reshape(-1).view(torch.uint8))
+
+
+def unchanged(trained: ClientModel, sent: ClientModel) -> frozenset[str]:
+    """The tensors of ``trained`` that are bit for bit those of ``sent``: the server has them, so they need not
+    come back (what a client received and did not train: FedAMP's cloud model, FedRoD's log prior, ...)."""
+    before = {**sent.params, **sent.buffers}
+    return frozenset(n for n, t in {**trained.params, **trained.buffers}.items()
+                     if n in before and same_bits(t, before[n]))
+
+
+def fill_missing(params: Tensors, buffers: Tensors, source: ClientModel) -> None:
+    """Put ``source``'s tensors into ``params`` and ``buffers`` under each of its names they lack."""
+    params.update({n: t for n, t in source.params.items() if n not in params})
+    buffers.update({n: t for n, t in source.buffers.items() if n not in buffers})
 
 
 def fill_kept(params: Tensors, buffers: Tensors, names: frozenset[str], source: ClientModel, prefix: str = ""
@@ -153,7 +176,9 @@ class Remote:
         out = []
         for c in clients:
             params, buffers, extra = unflat(replies[self.node_of[c]][f"trained/{c}"])
-            fill_kept(params, buffers, sent[c].kept, sent[c])  # the server's copy of them (it never moves)
+            # what did not come back: the kept tensors (the server's copy of them never moves) and those the
+            # client did not change, which are what the server sent
+            fill_missing(params, buffers, sent[c])
             out.append((params, buffers, extra["loss"]))
         return out
 
@@ -197,7 +222,7 @@ class Remote:
                 request.task[f"version/{c}"] = self.module.last_trained(c, through)
                 if message_type == TRAIN:
                     request.task[f"keep-from/{c}"] = self.module.last_trained(c, self.module.checkpointed_round)
-            request.models[c] = without(model, model.kept | model.held)
+            request.models[c] = to_node(model)
         return self.exchange(message_type, requests, what)
 
 
@@ -239,7 +264,8 @@ class NodeWork:
 
     def train(self, task: dict, models: dict[int, Tensors]) -> dict[str, Tensors]:
         """Each named client runs the plan of ``kind`` from the model it was sent, its kept tensors filled in from
-        its own copy, which the trained ones then replace (``settle``); replies without them."""
+        its own copy, which the trained ones then replace (``settle``); replies without them and without what it
+        did not change (the server has that)."""
         sent = self._received(task, models)
         clients, round_idx = list(sent), int(task["round"])
         plan = plan_for(self.algorithm, str(task["kind"]), self.cfg.client.epochs)
@@ -250,7 +276,7 @@ class NodeWork:
             trained = ClientModel(params, buffers, sent[c].kept, sent[c].kept_prefix)
             if trained.kept or sent[c].held:
                 loss = settle(self.kept, c, round_idx, trained, loss, int(task[f"keep-from/{c}"]))
-            reply[f"trained/{c}"] = without_kept(trained, loss=loss)
+            reply[f"trained/{c}"] = without(trained, trained.kept | unchanged(trained, sent[c]), loss=loss)
         return reply
 
     def evaluate(self, task: dict, models: dict[int, Tensors]) -> dict[str, Tensors]:
