@@ -75,22 +75,22 @@ HEAD = ("fc3.weight", "fc3.bias")  # cnn_bn's classifier: head_layers=1 in fedpe
 
 
 @pytest.mark.parametrize("algorithm, kept", [
-    ("fedavg", lambda names: set()),
-    ("pfedla", lambda names: set()),
-    ("fedper", lambda names: set(HEAD)),
-    ("lgfedavg", lambda names: set(names) - set(HEAD)),
-    ("fedbn", lambda names: {n for n in names if n.startswith(("bn1.", "bn2."))}),
-    ("local", lambda names: set(names)),
+    ("fedavg", lambda alg: set()),
+    ("pfedla", lambda alg: set(alg.buffer_names)),  # BatchNorm statistics, never mixed
+    ("pfedhn", lambda alg: set(alg.buffer_names)),  # never generated
+    ("fedper", lambda alg: set(HEAD)),
+    ("lgfedavg", lambda alg: {*alg.param_names, *alg.buffer_names} - set(HEAD)),
+    ("fedbn", lambda alg: {n for n in [*alg.param_names, *alg.buffer_names] if n.startswith(("bn1.", "bn2."))}),
+    ("local", lambda alg: {*alg.param_names, *alg.buffer_names}),
 ])
 def test_the_tensors_a_method_keeps_on_the_client_are_the_ones_it_never_shares(synthetic_cfg, algorithm, kept):
     from pfedla.algorithms.base import RoundContext
     from pfedla.run import setup
 
     alg = setup(synthetic_cfg(f"algorithm={algorithm}", "model=cnn_bn")).algorithm
-    names = [*alg.param_names, *alg.buffer_names]
-    assert set(alg.personalized_model(1).kept) == kept(names)
+    assert set(alg.personalized_model(1).kept) == kept(alg)
     alg.begin_round(RoundContext(1, [0, 1], 0, alg.device))
-    assert set(alg.model_for(1).kept) == kept(names)
+    assert set(alg.model_for(1).kept) == kept(alg)
 
 
 def test_ditto_keeps_its_personal_model_on_the_client_in_training_and_scoring(synthetic_cfg):
@@ -121,8 +121,9 @@ def test_heurpfedla_keeps_its_retained_layers_whole_and_sends_them_as_the_client
     for i in (0, 2):
         sent = alg.model_for(i)
         layers = [layer for layer, members in alg.layers.items() if set(members) <= sent.kept]
-        assert len(layers) == 2 and sent.kept == {n for layer in layers for n in alg.layers[layer]}
-        assert all(torch.equal(sent.params[n], alg.client_params[n][i]) for n in sent.kept)
+        assert len(layers) == 2  # and its BatchNorm statistics, which pFedLA never mixes
+        assert sent.kept == {n for layer in layers for n in alg.layers[layer]} | set(alg.buffer_names)
+        assert all(torch.equal(sent.params[n], alg.client_params[n][i]) for n in sent.kept if n in sent.params)
         assert not any(torch.equal(sent.params[n], alg.client_params[n][i]) for n in alg.param_names
                        if n not in sent.kept)  # the rest is a mix of the clients' models
 
@@ -161,15 +162,15 @@ def test_apfl_keeps_its_local_model_on_the_client_and_the_node_mixes_it_into_the
 
 
 def test_fedrod_keeps_its_personal_head_on_the_client_and_the_node_adds_it_to_the_generic_head(synthetic_cfg):
-    """FedRoD's personal head is the client's own in training and scoring: the server sends the generic model, the
-    node fills in the head and scores body + (generic + personal head), by hand."""
+    """FedRoD's personal head (and its log prior) is the client's own in training and scoring: the server sends the
+    generic model, the node fills in the head and scores body + (generic + personal head), by hand."""
     from pfedla.algorithms.base import RoundContext
-    from pfedla.algorithms.fedrod import PERSONAL_HEAD
+    from pfedla.algorithms.fedrod import LOG_PRIOR, PERSONAL_HEAD
     from pfedla.flower.protocol import fill_kept, to_node, unflat
     from pfedla.run import setup
 
     alg = setup(synthetic_cfg("algorithm=fedrod", "model=cnn_bn")).algorithm
-    own = {PERSONAL_HEAD + n for n in alg.personal_head.names}
+    own = {*(PERSONAL_HEAD + n for n in alg.personal_head.names), LOG_PRIOR}  # its labels' log prior too
     alg.personal_head.set_row(1, {n: torch.full_like(t, 0.5) for n, t in alg.personal_head.row(1).items()})
     alg.begin_round(RoundContext(1, [0, 1], 0, alg.device))
     assert alg.model_for(1).kept == own

@@ -130,15 +130,23 @@ class FedALA(Algorithm):
         self.register_buffer("started", torch.zeros(num_clients))
         self.ala = AdaptiveLocalAggregation(model, self.top, self.lower, cfg)
 
+    def own_model(self, i: int) -> ClientModel:
+        """The client's own: its model, its ALA weights W and its first-adaptation flag (under ``ala/``)."""
+        own = super().own_model(i)
+        own.params.update({**{WEIGHT + n: t.clone() for n, t in self.weights.row(i).items()},
+                           STARTED: self.started[i].clone()})
+        return own
+
     def model_for(self, i: int) -> ClientModel:
-        own = self.own_model(i)  # lives on the client: not counted, not sent down (held); it goes up trained
+        own = self.own_model(i)  # lives on the client: not counted
         glob = {GLOBAL + n: t[0].clone() for n, t in self.global_model.as_dict().items()}
         self.count_bytes(down=nbytes(self.global_model.as_dict()))
-        state = {**{WEIGHT + n: t.clone() for n, t in self.weights.row(i).items()}, STARTED: self.started[i].clone()}
-        return ClientModel({**own.params, **glob, **state}, own.buffers, held=own.all_held())
+        # its parameters go up trained (the global model's mean), W and the flag too (the run's summary reports
+        # W), never down (held); its BatchNorm statistics stay on it (kept)
+        return ClientModel({**own.params, **glob}, own.buffers, frozenset(own.buffers), held=frozenset(own.params))
 
     def personalized_model(self, i: int) -> ClientModel:
-        return self.own_model(i).all_kept()  # the client's own: scored where it is
+        return super().own_model(i).all_kept()  # the client's own model: scored where it is
 
     @torch.no_grad()
     def receive_round(self, reports: list[Report]) -> None:

@@ -110,7 +110,9 @@ class FedAMP(Algorithm):
         own = self.own_model(i)  # lives on the client: not counted, not sent down (held); it goes up trained
         cloud = {CLOUD + n: t for n, t in self._cloud[i].items()}
         self.count_bytes(down=nbytes(cloud))
-        return ClientModel({**own.params, **cloud}, own.buffers, held=own.all_held())
+        # its parameters go up trained (the server builds the cloud models from them); its BatchNorm statistics,
+        # which no cloud model holds, stay on it
+        return ClientModel({**own.params, **cloud}, own.buffers, frozenset(own.buffers), held=frozenset(own.params))
 
     def personalized_model(self, i: int) -> ClientModel:
         return self.own_model(i).all_kept()  # the client's own: scored where it is

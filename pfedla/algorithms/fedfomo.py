@@ -107,7 +107,7 @@ class FedFomo(Algorithm):
 
     def model_for(self, i: int) -> ClientModel:
         sent = self.own_model(i)  # its own model lives on the client: not counted, not sent down (held)
-        sent.held = sent.all_held()
+        sent.held, sent.kept = frozenset(sent.params), frozenset(sent.buffers)  # peers get its parameters alone
         for k, n in enumerate(self._peers[i]):
             for name, t in self.client_params.row(n).items():
                 sent.params[peer(k) + name] = t.clone()

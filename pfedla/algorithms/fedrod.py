@@ -76,22 +76,18 @@ class FedRoD(FedAvg):
         self.log_prior = torch.where(counts > 0, counts.clamp(min=1).log(), torch.full_like(counts, NO_CLASS))
 
     def own_model(self, i: int) -> ClientModel:
-        """The client's own tensors: its copy of the shared model and its personal head (under ``personal_head/``),
-        which never leaves it (ClientModel.kept)."""
+        """The client's own tensors: its copy of the shared model, its personal head (under ``personal_head/``)
+        and the log prior of its labels, which never leave it (ClientModel.kept)."""
         own = super().own_model(i)
+        head = own.params[self.head_params[0]]
         own.params.update({PERSONAL_HEAD + n: t.clone() for n, t in self.personal_head.row(i).items()})
+        own.params[LOG_PRIOR] = self.log_prior[i].to(dtype=head.dtype, device=head.device)
         return own
 
     def _own_with_global(self, i: int) -> ClientModel:
         model = super()._own_with_global(i)
-        model.kept = frozenset(PERSONAL_HEAD + n for n in self.personal_head.names)
+        model.kept = frozenset([*(PERSONAL_HEAD + n for n in self.personal_head.names), LOG_PRIOR])
         return model
-
-    def model_for(self, i: int) -> ClientModel:
-        sent = super().model_for(i)  # the global model (counted as FedAvg's download) and the personal head, kept
-        head = sent.params[self.head_params[0]]
-        sent.params[LOG_PRIOR] = self.log_prior[i].to(dtype=head.dtype, device=head.device)
-        return sent
 
     def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
         super().receive(i, sent, trained, num_samples)  # body and generic head, averaged as FedAvg's
@@ -115,7 +111,7 @@ class FedRoD(FedAvg):
     def compose(self, parts: ClientModel) -> ClientModel:
         """The body with the generic head plus the client's personal one (two Linear heads on the same features
         sum to one with the summed weights and biases)."""
-        params = {n: t for n, t in parts.params.items() if not n.startswith(PERSONAL_HEAD)}
+        params = {n: parts.params[n] for n in self.param_names}
         for n in self.personal_head.names:
             params[f"{self.head}.{n}"] = params[f"{self.head}.{n}"] + parts.params[PERSONAL_HEAD + n]
         return ClientModel(params, parts.buffers)

@@ -116,7 +116,9 @@ class PFedHN(Algorithm):
     def model_for(self, i: int) -> ClientModel:
         params = {n: t[self._row[i]].detach().clone() for n, t in self._generated.items()}
         self.count_bytes(down=nbytes(params))
-        return ClientModel(params, {n: t.clone() for n, t in self.client_buffers.row(i).items()})
+        # BatchNorm statistics are not generated: the client's own, they stay on it (kept)
+        return ClientModel(params, {n: t.clone() for n, t in self.client_buffers.row(i).items()},
+                           frozenset(self.buffer_names))
 
     def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
         for n in self._generated:
@@ -162,7 +164,8 @@ class PFedHN(Algorithm):
         out = []
         for chunk in torch.tensor(clients, device=self.device).split(256):  # bounded memory
             generated = self.generate(chunk)
-            out += [ClientModel({n: t[r] for n, t in generated.items()}, self.client_buffers.row(i))
+            out += [ClientModel({n: t[r] for n, t in generated.items()}, self.client_buffers.row(i),
+                                frozenset(self.buffer_names))
                     for r, i in enumerate(chunk.tolist())]
         return out
 

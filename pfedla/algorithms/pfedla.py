@@ -134,8 +134,9 @@ class PFedLA(Algorithm):
         sent = self._sent_names(r)
         self.count_bytes(down=nbytes(params, sent))
         self.bytes_saved += nbytes(params, self._local_names(r))
+        # BatchNorm statistics are never mixed: the client's own, they stay on it (kept), as its retained layers
         return ClientModel(params, {n: t.clone() for n, t in self.client_buffers.row(i).items()},
-                           frozenset(self._local_names(r)))
+                           frozenset([*self._local_names(r), *self.buffer_names]))
 
     def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
         r = self._row[i]
@@ -178,7 +179,7 @@ class PFedLA(Algorithm):
             alpha, retained = self._effective_alpha(self._alpha(chunk), chunk)
             aggregated = aggregate(self.server_view, alpha, self.layers)
             for r, i in enumerate(chunk.tolist()):
-                params, kept = {n: aggregated[n][r] for n in self.param_names}, set()
+                params, kept = {n: aggregated[n][r] for n in self.param_names}, set(self.buffer_names)
                 for l, layer in enumerate(self.layer_names):
                     if retained is not None and retained[r, l]:
                         params.update({n: self.client_params[n][i] for n in self.layers[layer]})

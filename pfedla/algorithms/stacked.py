@@ -44,10 +44,6 @@ class ClientModel:
         """This model with every tensor kept: the client's own model, as of its last accepted local training."""
         return ClientModel(self.params, self.buffers, frozenset([*self.params, *self.buffers]))
 
-    def all_held(self) -> frozenset[str]:
-        """Every tensor name of this model (a ``held`` set)."""
-        return frozenset([*self.params, *self.buffers])
-
 
 PERSONAL = "personal/"  # a client's personal model in its training state (Ditto, pFedMe)
 
