@@ -57,16 +57,17 @@ def _python(args: list[str], tmp_path: Path) -> None:
 
 
 def assert_server_states_equal_but_what_clients_keep(deployed: Path, simulated: Path, algorithm: str) -> None:
-    """Every tensor of the two last.ckpt equal, except the server's copies of what the clients keep (HeurpFedLA's
-    retained layers, FedPer's head), which never reached the server in the deployment: FedPer's head rows are
-    still the one initial head every client started from."""
+    """Every tensor of the two last.ckpt equal, except the server's copies of what the clients keep (pFedLA's
+    BatchNorm statistics, HeurpFedLA's retained layers too, FedPer's head), which never reached the server in the
+    deployment: FedPer's head rows are still the one initial head every client started from."""
     ckpt = {d: torch.load(d / "checkpoints/last.ckpt", weights_only=True)["state_dict"] for d in (deployed, simulated)}
     assert ckpt[deployed].keys() == ckpt[simulated].keys()
     differ = {k for k in ckpt[simulated] if not torch.equal(ckpt[deployed][k], ckpt[simulated][k])}
-    if algorithm == "pfedla":
-        assert differ == set()
-    elif algorithm == "heurpfedla":  # k=2 layers retained per client: weight and bias (conv1/bn1 here)
-        assert differ and all(k.startswith("algorithm.client_params.") for k in differ), differ
+    statistics = {k for k in ckpt[simulated] if k.startswith("algorithm.client_buffers.")}
+    if algorithm == "pfedla":  # BatchNorm statistics, never mixed
+        assert differ == statistics, differ
+    elif algorithm == "heurpfedla":  # and k=2 layers retained per client: weight and bias (conv1/bn1 here)
+        assert statistics < differ and all(k.startswith("algorithm.client_params.") for k in differ - statistics)
     else:
         assert differ == {"algorithm.client_params.fc3__weight", "algorithm.client_params.fc3__bias"}, differ
         for k in differ:
