@@ -191,12 +191,14 @@ def test_fedrod_keeps_its_personal_head_on_the_client_and_the_node_adds_it_to_th
 
 
 def test_what_a_client_did_not_change_does_not_come_back_and_the_server_fills_it_from_what_it_sent():
-    """Bits, not values: -0.0 is not 0.0 (a server filling in 0.0 would change the run's bits), a NaN is itself."""
-    from pfedla.flower.protocol import fill_missing, same_bits, unchanged, unflat, without
+    """Bits, not values: -0.0 is not 0.0 (a server filling in 0.0 would change the run's bits), a NaN is itself.
+    The server rebuilds the trained model the plan's result holds, in its order; a tensor lost on the way fails."""
+    from pfedla.flower.protocol import DeploymentError, completed, same_bits, unchanged, unflat, without
 
     assert same_bits(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, float("nan")]))
     assert not same_bits(torch.tensor(-0.0), torch.tensor(0.0)) and torch.equal(torch.tensor(-0.0), torch.tensor(0.0))
     assert not same_bits(torch.tensor([1.0]), torch.tensor([1.0], dtype=torch.float64))
+    assert same_bits(torch.arange(6.0)[::2], torch.tensor([0.0, 2.0, 4.0]))  # a strided view
     sent = ClientModel({"w": torch.ones(3), "cloud/w": torch.full((3,), 2.0), "z": torch.zeros(2)},
                        {"n": torch.tensor(4)})
     trained = ClientModel({"w": torch.tensor([1.0, 0.5, 1.0]), "cloud/w": torch.full((3,), 2.0),
@@ -204,6 +206,10 @@ def test_what_a_client_did_not_change_does_not_come_back_and_the_server_fills_it
     assert unchanged(trained, sent) == {"cloud/w", "n"}
     params, buffers, extra = unflat(without(trained, unchanged(trained, sent), loss=torch.tensor(0.1)))
     assert set(params) == {"w", "z", "proto"} and buffers == {} and set(extra) == {"loss"}
-    fill_missing(params, buffers, sent)
-    assert set(params) == {"w", "z", "proto", "cloud/w"} and torch.equal(buffers["n"], torch.tensor(4))
-    assert all(same_bits(params[n], trained.params[n]) for n in trained.params)
+    got = completed(params, buffers, trained, sent, 3)  # the plan's result: the trained model's names
+    assert [list(t) for t in got] == [list(trained.params), list(trained.buffers)]
+    assert all(same_bits(got[0][n], trained.params[n]) for n in trained.params)
+    assert torch.equal(got[1]["n"], torch.tensor(4))
+    del params["proto"]  # lost on the way: not in the reply, and the server never had it
+    with pytest.raises(DeploymentError, match="client 3's reply lacks proto, which the server did not send either"):
+        completed(params, buffers, trained, sent, 3)

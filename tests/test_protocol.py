@@ -130,20 +130,26 @@ def test_every_method_through_the_protocol_equals_its_simulation(tmp_path, algor
 
 
 @pytest.mark.slow
-def test_updates_the_server_rejects_are_not_what_a_node_keeps(tmp_path):
-    """FedPer at lr 3: NaN updates from round 2 on. The server rejects them as in simulation, and the nodes keep
-    the heads of the last accepted round (round 1 for most), which the server asks for by that version."""
+@pytest.mark.parametrize("algorithm, model", [("fedper", "cnn_bn"), ("fedamp", "cnn")])
+def test_updates_the_server_rejects_are_not_what_a_node_keeps(tmp_path, algorithm, model):
+    """At lr 3: NaN updates from round 2 on. The server rejects them as in simulation, and the nodes keep the
+    tensors of the last accepted round (round 1 for most), which the server asks for by that version: FedPer's
+    heads (kept), FedAMP's own models without BatchNorm (held alone: up, never down)."""
     from pfedla.run import run, setup
 
-    overrides = [*SYNTHETIC, "algorithm=fedper", "model=cnn_bn", "federation.participation=0.75", "client.lr=3",
-                 "federation.rounds=3"]
+    overrides = [*SYNTHETIC, f"algorithm={algorithm}", f"model={model}", "federation.participation=0.75",
+                 "client.lr=3", "federation.rounds=3"]
     simulated_cfg = compose_run(shlex.join(overrides))
     simulated = setup(simulated_cfg)
     run(simulated_cfg, str(tmp_path / "simulated"), module=simulated)
-    deployed, _ = run_deployed(overrides, tmp_path / "deployed", tmp_path / "nodes")
+    deployed, crossed = run_deployed(overrides, tmp_path / "deployed", tmp_path / "nodes")
     assert simulated.rejected and deployed.rejected == simulated.rejected
     assert min(r for r, _ in simulated.rejected) == 2  # round 1 accepted: versions 1 to fill from later
     assert (tmp_path / "deployed/metrics.csv").read_text() == (tmp_path / "simulated/metrics.csv").read_text()
+    if algorithm == "fedamp":
+        assert all(c.held and not c.kept and not c.held & c.down for c in crossed if c.type == TRAIN)
+        a, b = deployed.algorithm.state_dict(), simulated.algorithm.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in b)  # held tensors come up: the server's state is the same
 
 
 NODE_MESSAGE = """

@@ -44,7 +44,7 @@ from pfedla.algorithms.stacked import ClientModel, StackedTensors, nbytes
 from pfedla.errors import check
 
 GLOBAL = "global/"  # the global model in a client's state
-WEIGHT = "ala/weight/"  # W, per top tensor (the client's own, never sent)
+WEIGHT = "ala/weight/"  # W, per top tensor (the client's own: never sent down, uploaded for the run's summary)
 STARTED = "ala/started"  # 1 once the client has made its first (to convergence) adaptation
 
 

@@ -100,7 +100,8 @@ class PFedLA(Algorithm):
         else:  # a buffer, so a checkpoint holds it (similarity's is set from the label counts before round 1)
             self.register_buffer("fixed_alpha", fixed_alpha(self.alpha_rule, num_clients, len(self.layers)))
         # HeurpFedLA: a layer a client keeps local is not uploaded, so the server's copy of it goes
-        # stale while the client's own copy (client_params) moves on. pFedLA uploads everything.
+        # stale while the client's own copy (client_params) moves on. pFedLA uploads every parameter (its
+        # BatchNorm statistics, never mixed, stay on the client: kept).
         self.uploaded_params = None
         if self.k:
             self.uploaded_params = StackedTensors({n: t.clone() for n, t in self.client_params.as_dict().items()})

@@ -27,7 +27,8 @@ class ClientModel:
 
     ``held`` names tensors of the client's own model, under their own names, that the client already holds (its
     copy as of its last accepted local training, as for ``kept``) but that go up with the trained model, because
-    the server aggregates them (FedAMP's, FedALA's and FedFomo's own models): a deployment does not send them down.
+    the server reads them (FedAMP's and FedALA's own models, which it aggregates; FedFomo's, which it relays to
+    peers; FedALA's weights, which the run's summary reports): a deployment does not send them down.
     """
 
     params: Tensors

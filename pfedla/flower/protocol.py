@@ -84,21 +84,30 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two tensors are the same bits (not just equal values: -0.0 is not 0.0, a NaN is itself)."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    return torch.equal(a.detach().reshape(-1).view(torch.uint8), b.detach().reshape(-1).view(torch.uint8))
+    bits = lambda t: t.detach().contiguous().reshape(-1).view(torch.uint8)
+    return torch.equal(bits(a), bits(b))
 
 
 def unchanged(trained: ClientModel, sent: ClientModel) -> frozenset[str]:
     """The tensors of ``trained`` that are bit for bit those of ``sent``: the server has them, so they need not
-    come back (what a client received and did not train: FedAMP's cloud model, FedRoD's log prior, ...)."""
+    come back (what a client received and did not train: FedAMP's cloud model, pFedGraph's cluster model, ...)."""
     before = {**sent.params, **sent.buffers}
     return frozenset(n for n, t in {**trained.params, **trained.buffers}.items()
                      if n in before and same_bits(t, before[n]))
 
 
-def fill_missing(params: Tensors, buffers: Tensors, source: ClientModel) -> None:
-    """Put ``source``'s tensors into ``params`` and ``buffers`` under each of its names they lack."""
-    params.update({n: t for n, t in source.params.items() if n not in params})
-    buffers.update({n: t for n, t in source.buffers.items() if n not in buffers})
+def completed(params: Tensors, buffers: Tensors, template: ClientModel, sent: ClientModel, client: int
+              ) -> tuple[Tensors, Tensors]:
+    """The trained model as the simulation's client returns it: every tensor the plan's result holds
+    (``template``, LocalPlan.upload_template), in its order, from the reply, or where it did not come back (kept,
+    or unchanged) from what the server sent; a tensor in neither is an error naming the client."""
+    def take(names, got: Tensors, had: Tensors) -> Tensors:
+        lost = [n for n in names if n not in got and n not in had]
+        if lost:
+            raise DeploymentError(f"client {client}'s reply lacks {lost[0]}, which the server did not send either")
+        return {n: got[n] if n in got else had[n] for n in names}
+
+    return take(template.params, params, sent.params), take(template.buffers, buffers, sent.buffers)
 
 
 def fill_kept(params: Tensors, buffers: Tensors, names: frozenset[str], source: ClientModel, prefix: str = ""
@@ -173,12 +182,13 @@ class Remote:
         """The round's local training (score (b)'s adaptation is ``adapted_score``)."""
         replies = self._send(clients, sent, TRAIN, f"round {round_idx} ({kind})", round_idx - 1, kind=kind,
                              round=round_idx, stream=stream)
+        plan = plan_for(self.module.algorithm, kind, self.module.cfg.client.epochs)
         out = []
         for c in clients:
             params, buffers, extra = unflat(replies[self.node_of[c]][f"trained/{c}"])
             # what did not come back: the kept tensors (the server's copy of them never moves) and those the
             # client did not change, which are what the server sent
-            fill_missing(params, buffers, sent[c])
+            params, buffers = completed(params, buffers, plan.upload_template(sent[c]), sent[c], c)
             out.append((params, buffers, extra["loss"]))
         return out
 
