@@ -70,7 +70,9 @@ class APFL(FedAvg):
         """Each client's w, alpha_i and its own v_i (kept: in a deployment the node fills it in, and mixes)."""
         parts = []
         for i in clients:
-            local, glob = prefixed(self.own_model(i), LOCAL), self._with_global(self.own_model(i))
+            own = self.own_model(i)
+            local = prefixed(own, LOCAL)  # v_i under local/ (new dicts: the next line leaves them as they are)
+            glob = self._with_global(own)
             parts.append(ClientModel({**glob.params, **local.params, ALPHA: self.alpha["alpha"][i].clone()},
                                      local.buffers, frozenset([*local.params, *local.buffers]), LOCAL))
         return parts

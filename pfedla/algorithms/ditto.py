@@ -51,9 +51,7 @@ class Ditto(FedAvg):
         self._trained[i] = unprefixed(trained.params, trained.buffers, PERSONAL, self.param_names, self.buffer_names)
 
     def personalized_model(self, i: int) -> ClientModel:
-        model = self.own_model(i)
-        model.kept = frozenset([*model.params, *model.buffers])
-        return model
+        return self.own_model(i).all_kept()
 
     def local_plan(self, epochs: int) -> LocalPlan:
         lam, names = self.lam, self.param_names
