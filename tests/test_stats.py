@@ -70,7 +70,13 @@ def test_verdicts_are_holm_corrected_over_the_whole_family_and_answer_the_ablati
     assert "Does learned alpha beat every fixed alpha (pfedla_self, pfedla_uniform)? **yes**" in lines
     weaker = _row("pfedla_similarity", {s: 0.9 + 0.001 * s - (0.002 if s % 2 else -0.001) for s in seeds})
     lines = "\n".join(ablation_lines(comparisons("pfedla", {"split": [pfedla, *fixed, weaker]}), "pfedla", 0.05))
-    assert "**no**: ahead after correction in 4 of the 6 comparisons" in lines
+    assert "**no**: after correction, ahead in 4 of the 6 comparisons" in lines
+    # what is not ahead is told apart: behind (a difference shown, the other way) or no difference shown
+    assert "on (a) ahead in 2 of 3, no difference shown in 1 (pfedla_similarity on split: +0.02)" in lines
+    assert "on (b) ahead in 2 of 3, no difference shown in 1 (pfedla_similarity on split: -0.18)." in lines
+    behind = _row("pfedla_similarity", {s: 0.95 + 0.001 * s for s in seeds}, {s: 0.95 for s in seeds})
+    lines = "\n".join(ablation_lines(comparisons("pfedla", {"split": [pfedla, *fixed, behind]}), "pfedla", 0.05))
+    assert "on (a) ahead in 2 of 3, behind in 1 (pfedla_similarity on split: -5.00)" in lines, lines
 
 
 def test_holm_first_step_t_matches_printed_t_tables():

@@ -114,6 +114,16 @@ def ablation_lines(tests: list[Comparison], reference: str, alpha: float) -> lis
         beaten = [c for c in fixed if c.verdict(alpha) == "ahead"]
         answer = "yes" if len(beaten) == len(fixed) else "no"
         lines.append(f"- Does learned alpha beat every fixed alpha ({', '.join(sorted({c.other for c in fixed}))})? "
-                     f"**{answer}**: ahead after correction in {len(beaten)} of the {len(fixed)} comparisons "
-                     f"({', '.join(f'{c.other} {c.split} {c.score}' for c in beaten) or 'none'}).")
+                     f"**{answer}**: after correction, ahead in {len(beaten)} of the {len(fixed)} comparisons"
+                     + "".join(f"; {_outcomes(fixed, score, alpha)}" for score in sorted({c.score for c in fixed}))
+                     + ".")
     return lines
+
+
+def _outcomes(tests: list[Comparison], score: str, alpha: float) -> str:
+    """On one score: the comparisons the reference is ahead in, behind in, and shows no difference in, by name."""
+    on = [c for c in tests if c.score == score]
+    named = {v: [f"{c.other} on {c.split}: {c.result.mean:+.2f}" for c in on if c.verdict(alpha) == v]
+             for v in ("ahead", "behind", "no difference shown")}
+    return f"on {score} ahead in {len(named['ahead'])} of {len(on)}" + "".join(
+        f", {v} in {len(named[v])} ({', '.join(named[v])})" for v in ("behind", "no difference shown") if named[v])
