@@ -40,7 +40,7 @@ def benchmark(spec: str, *args: str, **kw) -> subprocess.CompletedProcess:
 def finished_run(path: Path, rounds: int, round_median: float, adapt_total: float = 0.0,
                   cpu_total: float | None = None, rejected: int = 0, best: float = 0.5, cpu: str | None = None) -> None:
     """A finished run of 4 clients, all in every round, with ``rejected`` of its updates rejected."""
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
     timing = {"rounds_timed": rounds, "round_s_median": round_median, "adapt_s_median": 0.0,
               "adapt_s_total": adapt_total}
     if cpu_total is not None:

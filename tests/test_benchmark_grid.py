@@ -79,6 +79,44 @@ def test_a_method_whose_first_cell_diverged_runs_at_the_next_best_trial_that_doe
     assert grid.fallback(spec, places, "fedavg") == grid.Fallback(None) and lr(later) == ["client.lr=0.1"]
 
 
+def test_a_method_s_other_cells_wait_for_its_first_cell_which_decides_their_values(tmp_path, monkeypatch):
+    """Two jobs, fedavg's two cells (tiny: dirichlet0.5, seeds 0 and 1), the later one listed first. The first cell
+    runs first and diverges (its runs take a moment; the fake ``python -m pfedla.run`` writes them); the later cell
+    starts only after it, so at the fallback trial's values, never at the chosen ones. A later cell whose first
+    cell is neither finished nor in the step is refused, naming it."""
+    import threading
+    import time
+
+    from pfedla.benchmark import grid
+    from pfedla.benchmark.paths import Cell, Places
+
+    spec = load_spec(spec_file(tmp_path))
+    places = Places.of(spec)
+    trial = lambda n, lr, value: {"number": n, "params": {"client.lr": lr}, "value": value}
+    trials = [trial(0, 0.1, 0.9), trial(1, 0.05, 0.8)]
+    places.search_record("fedavg").parent.mkdir(parents=True)
+    places.search_record("fedavg").write_text(json.dumps({"chosen": trials[0], "trials": trials}))
+    first, later = Cell("dirichlet0.5", "fedavg", 0), Cell("dirichlet0.5", "fedavg", 1)
+    with pytest.raises(grid.NotSearched, match="fedavg_s0.*--splits dirichlet0.5 --methods fedavg"):
+        grid.run_cells(spec, places, [later], jobs=2, threads=1)
+
+    started, lock = [], threading.Lock()
+
+    def python_m_pfedla_run(command, **kwargs):  # writes the run a command asks for, a moment later
+        args = dict(a.split("=", 1) for a in command if "=" in a)
+        path = Path(args["hydra.run.dir"])
+        with lock:
+            started.append((path.name, args["client.lr"]))
+        time.sleep(0.5)
+        finished_run(path, 3, 1.0, rejected=7 if path == places.cell(first) else 0)
+        return 0
+
+    monkeypatch.setattr(grid.subprocess, "call", python_m_pfedla_run)
+    grid.run_cells(spec, places, [later, first], jobs=2, threads=1)
+    assert started == [("fedavg_s0", "0.1"), ("fedavg_t1", "0.05"), ("fedavg_s1", "0.05")], started
+    assert grid.fallback(spec, places, "fedavg") == grid.Fallback(1)
+
+
 def _curves(path: Path, rounds: int, a, b=None) -> Path:
     """metrics.csv of a run: validation (a) ``a(round)`` every round, (b) ``b(round)`` every 10th (if given)."""
     path.mkdir(parents=True, exist_ok=True)

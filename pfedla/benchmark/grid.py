@@ -41,7 +41,7 @@ from pfedla.stats import SCORE_CURVES, curve, late_slope
 
 
 class NotSearched(RuntimeError):
-    """A final run needs its method's finished search."""
+    """A final run needs what decides its values: its method's finished search, and its method's first cell."""
 
 
 class CellFailed(RuntimeError):
@@ -335,14 +335,41 @@ def same_start(extended: Path, stored: Path, rounds: int) -> bool:
 
 def run_cells(spec: BenchmarkSpec, places: Places, cells: list[Cell], jobs: int, threads: int) -> None:
     """The cells, ``jobs`` at a time; first, each method of theirs whose first cell diverged and whose fallback is
-    not settled yet settles it (its proxy-check cells run in one job while the other jobs run cells)."""
+    not settled yet settles it (its proxy-check cells run in one job while the other jobs run cells).
+
+    A method's first cell decides the values of its other final cells (its fallback's, should it diverge), so it
+    runs before them: first cells go first, and another final cell of the method starts only once its first cell
+    has finished. A final cell whose first cell is neither finished nor among ``cells`` is refused (NotSearched)."""
     methods = sorted({c.method for c in cells})
     for method in methods:
         search_record(places, method)  # every search finished, before any cell starts
+    firsts = {m: first_cell(spec, m) for m in methods}
+    for cell in cells:
+        first = firsts[cell.method]
+        if cell.kind == "runs" and first not in cells and not finished(places.stored(first), spec.rounds):
+            raise NotSearched(f"{cell} runs at values its method's first cell decides ({first}: the fallback's, "
+                              "should it diverge), which has not run: run it first, e.g. --splits "
+                              f"{first.split} --methods {cell.method}")
+    cells = sorted(cells, key=lambda c: c != firsts[c.method])  # stable: the first cells, then the rest in order
+    ended = {firsts[m]: threading.Event() for m in methods if firsts[m] in cells}
     unsettled = [m for m in methods if (f := fallback(spec, places, m)) is not None and (f.pending or diverged_run(
         places.stored(first_cell(spec, m)), spec.rounds))]
     print(f"{len(cells)} cells to run, {jobs} at a time" + (f"; first the fallback of {', '.join(unsettled)}"
                                                            if unsettled else ""), flush=True)
-    work = lambda item: (settle_fallback(spec, places, item, threads) if isinstance(item, str)
-                         else run_cell(spec, places, item, threads))
+
+    def work(item):
+        if isinstance(item, str):
+            return settle_fallback(spec, places, item, threads)
+        first = firsts[item.method]
+        if item in ended:
+            try:
+                return run_cell(spec, places, item, threads)
+            finally:
+                ended[item].set()
+        if item.kind == "runs" and first in ended:
+            ended[first].wait()
+            if not finished(places.stored(first), spec.rounds):
+                raise CellFailed(f"{item} waits on its method's first cell, {first}, which stopped")
+        return run_cell(spec, places, item, threads)
+
     in_parallel(work, [*unsettled, *cells], jobs, "cell")
