@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pfedla.benchmark.grid import chosen_run, diverged, diverged_run, fallback, first_cell, probe_cell
 from pfedla.benchmark.paths import REPO, Cell, Places
+from pfedla.benchmark.reductions import reduction_lines
 from pfedla.benchmark.spec import BenchmarkSpec, budget
 from pfedla.benchmark.tuning_page import tuning_page
 from pfedla.benchmark.verdicts import ablation_lines, comparisons, detectable_line, verdict_table
@@ -263,6 +264,8 @@ def results_page(spec: BenchmarkSpec, places: Places) -> str:
     detectable = detectable_line(tests, spec.alpha)
     lines += ["## Verdicts", "", *verdict_table(tests, spec.reference, spec.alpha), "",
               *([detectable, ""] if detectable else []), *ablation_lines(tests, spec.reference, spec.alpha), ""]
+    reduced = reduction_lines(spec, places)
+    lines += [*reduced, *([""] if reduced else [])]
     diverged_lines = diverged_markdown(spec, places)
     lines += [*diverged_lines, *([""] if diverged_lines else []), *cells_markdown(spec, places)]
     if spec.notes and (REPO / spec.notes).is_file():

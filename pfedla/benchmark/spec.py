@@ -69,6 +69,8 @@ class BenchmarkSpec:
     extend_rounds: int = 0  # final runs whose validation curve still rises at ``rounds`` run on to this (0: never)
     rising: float = 0.5  # "still rising": least-squares slope over the last rounds above this, points / 10 rounds
     reference: str = MISSING  # the method every verdict compares against
+    reductions: dict[str, str] = field(default_factory=dict)  # method: another it must equal bit for bit in score
+    # (a) and the training loss on every seed both ran at the same values (an exact reduction; the page checks it)
     alpha: float = 0.05  # the family-wise error rate of the Holm-corrected verdicts
     work: str = MISSING  # run dirs, checkpoints and studies (not committed), relative to the repository
     store: str = MISSING  # what the pages are rebuilt from (committed): trials, chosen values, finished runs
@@ -129,6 +131,10 @@ def check_spec(spec: BenchmarkSpec, path: Path) -> None:
                     where != "search.proxy" and key in ("seed", "federation.rounds")):
                 raise ConfigError(f"{path}: {where} sets {key}; the benchmark sets it from splits.*.seeds, rounds and "
                                   "methods.*.algorithm, so remove it")
+    for method, other in spec.reductions.items():
+        if method not in spec.methods or other not in spec.methods:
+            raise ConfigError(f"{path}: reductions.{method}={other} names a method not among the methods "
+                              f"({', '.join(spec.methods)})")
     unknown = sorted(set(spec.proxy_check.methods) - set(spec.methods))
     if unknown:
         raise ConfigError(f"{path}: proxy_check.methods names {', '.join(unknown)}, not among the methods")
