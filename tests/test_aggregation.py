@@ -52,7 +52,7 @@ def test_all_zero_fallback_through_the_hypernetwork_has_finite_gradients():
     alpha = algo.hypernetworks.alpha(torch.tensor([1]), rows)
     assert torch.equal(alpha[0], torch.tensor([0.0, 1.0, 0.0]).expand(5, 3))
     alpha.sum().backward()
-    assert all(torch.isfinite(r.grad).all() for r in rows.values() if r.grad is not None)
+    assert all(r.grad is not None and torch.isfinite(r.grad).all() for r in rows.values())
 
 
 def test_batched_hypernetwork_forward_and_backward_equal_per_client_computation():

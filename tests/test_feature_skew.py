@@ -50,9 +50,11 @@ def test_group_zero_keeps_its_images_and_invert_mirrors_about_the_pool_mean():
 
 def test_noise_has_std_group_times_level_and_is_the_same_for_the_same_stream():
     x = torch.zeros(200, 1, 16, 16)
-    out = transform(x, "noise", 2, 0.5, torch.Generator().manual_seed(7))
-    assert out.std().item() == pytest.approx(1.0, rel=0.02) and out.mean().item() == pytest.approx(0.0, abs=0.01)
-    assert torch.equal(out, transform(x, "noise", 2, 0.5, torch.Generator().manual_seed(7)))
+    for group, level in ((2, 0.5), (1, 0.5), (3, 0.2)):  # std = group x level: 1.0, 0.5, 0.6
+        out = transform(x, "noise", group, level, torch.Generator().manual_seed(7))
+        assert out.std().item() == pytest.approx(group * level, rel=0.02), (group, level)
+        assert out.mean().item() == pytest.approx(0.0, abs=0.01 * group * level)
+    assert torch.equal(out, transform(x, "noise", 3, 0.2, torch.Generator().manual_seed(7)))
 
 
 def test_blur_spreads_one_pixel_as_a_normalised_gaussian_and_keeps_a_flat_image():

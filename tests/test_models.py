@@ -20,8 +20,21 @@ def test_module_grouping_pairs_weight_and_bias_and_never_includes_bn_statistics(
 
 def test_tensor_and_block_groupings():
     model = tiny_model()
+    assert layer_groups(model, "tensor") == {n: [n] for n, _ in model.named_parameters()}
     assert len(layer_groups(model, "tensor")) == 10
     assert layer_groups(model, "block") == layer_groups(model, "module")  # flat model: blocks are modules
+    from collections import OrderedDict
+
+    from torch import nn
+
+    nested = nn.Sequential(OrderedDict(features=nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)),
+                                       head=nn.Linear(2, 3)))
+    assert layer_groups(nested, "module") == {
+        "features.0": ["features.0.weight", "features.0.bias"], "features.1": ["features.1.weight", "features.1.bias"],
+        "head": ["head.weight", "head.bias"]}
+    assert layer_groups(nested, "block") == {
+        "features": ["features.0.weight", "features.0.bias", "features.1.weight", "features.1.bias"],
+        "head": ["head.weight", "head.bias"]}
     with pytest.raises(ConfigError, match="algorithm.grouping"):
         layer_groups(model, "neuron")
 
@@ -36,9 +49,22 @@ def test_cnn_accepts_paper_input_shapes(shape):
 def test_batchnorm_statistics_stay_each_clients_own_under_pfedla(synthetic_cfg, tmp_path):
     from pfedla.run import setup
 
-    cfg = synthetic_cfg("model=cnn_bn", "federation.rounds=2")
+    cfg = synthetic_cfg("model=cnn_bn", "federation.rounds=2", "federation.participation=1.0")
     module = setup(cfg)
+    algo, train = module.algorithm, module.engine.train
+    checked = []
+
+    def train_spying(models, *args, **kwargs):  # every client trains from its own statistics, never a mix
+        own = [algo.client_buffers.row(i) for i in range(algo.num_clients)]
+        assert len(models) == len(own)
+        for (_, buffers), mine in zip(models, own):
+            assert buffers.keys() == mine.keys() and all(torch.equal(buffers[n], mine[n]) for n in mine)
+        checked.append(not torch.equal(own[0]["bn1.running_mean"], own[1]["bn1.running_mean"]))
+        return train(models, *args, **kwargs)
+
+    module.engine.train = train_spying
     run(cfg, tmp_path, module=module)
+    assert any(checked), "no round started from statistics that differ between clients"
     mean = module.algorithm.client_buffers["bn1.running_mean"]
     assert not torch.allclose(mean[0], mean[1]), "running stats were mixed or never updated"
     assert int(module.algorithm.client_buffers["bn1.num_batches_tracked"][0]) > 0

@@ -272,6 +272,14 @@ def test_fedfomo_affinities_add_up_and_pick_the_peers():
     assert algo.affinity[0, 2] == pytest.approx(0.7) and algo.affinity[0, 1] == 0
     assert algo.summary_fields(None)["fedfomo_affinity"][0][2] == pytest.approx(0.7)
     assert algo.peers_of(0, RoundContext(2, [0]))[0] == 2  # the highest affinity first
+    algo.begin_round(RoundContext(2, [0]))  # a second round's weight adds to the first's
+    sent = algo.model_for(0)
+    weights = torch.tensor([0.2 if peer == 2 else 0.0 for peer in algo._peers[0]])
+    assert 2 in algo._peers[0]
+    algo.receive(0, sent, ClientModel({**{n: sent.params[n] for n in algo.param_names}, WEIGHTS: weights},
+                                      sent.buffers), 10)
+    algo.end_round()
+    assert algo.affinity[0, 2] == pytest.approx(0.9)
     explore = _fomo(num_clients=6, peers=1, epsilon=1.0)[0]
     picks = set()
     for r in range(12):
