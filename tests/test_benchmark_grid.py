@@ -152,3 +152,40 @@ def test_a_cell_runs_on_when_either_score_s_validation_curve_still_rises(tmp_pat
             _curves(stored, 100, *rising.get((method, seed), (flat, flat)))
     picked = grid.extension_cells(spec, places, ["pfedla", "fedavg"], ["dirichlet0.5"])
     assert picked == [Cell("dirichlet0.5", "pfedla", 0, "extended"), Cell("dirichlet0.5", "fedavg", 1, "extended")]
+
+
+def test_commands_print_the_final_runs_that_may_start_now_and_run_stores_them_without_running_them_again(
+        tmp_path, monkeypatch):
+    """tiny: before any cell, only each method's first cell may start (it decides the others' values). Its printed
+    line, run in a shell as a scheduler would, leaves a finished run that ``run`` stores as it is; then the
+    method's later cell may start."""
+    import subprocess
+
+    from pfedla.benchmark import grid
+    from pfedla.benchmark.paths import Cell, Places
+
+    spec = load_spec(spec_file(tmp_path))
+    places = Places.of(spec)
+    for method in ("pfedla", "fedavg"):
+        trial = {"number": 0, "params": {"client.lr": 0.05}, "value": 0.9}
+        places.search_record(method).parent.mkdir(parents=True, exist_ok=True)
+        places.search_record(method).write_text(json.dumps({"chosen": trial, "trials": [trial]}))
+    cells = grid.final_cells(spec, places, list(spec.methods), list(spec.splits))
+    lines = grid.commands(spec, places, cells, threads=1)
+    assert lines[0] == ("# tiny: 4 final cells left, 2 may start now; 2 wait for their method's first cell (or its "
+                        "fallback), which decides their values: print the commands again once it has finished")
+    runs = [line for line in lines if not line.startswith("#")]
+    named = {line.split("hydra.run.dir=")[1].split()[0].rsplit("/", 1)[1]: line for line in runs}
+    assert sorted(named) == ["fedavg_s0", "pfedla_s0"]
+    assert all("client.lr=0.05" in line and "dataset.test_images=held_out" in line for line in runs)
+
+    first = Cell("dirichlet0.5", "fedavg", 0)
+    done = subprocess.run(named["fedavg_s0"], shell=True, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.setattr(grid.subprocess, "call", lambda *a, **k: pytest.fail("a finished run ran again"))
+    grid.run_cells(spec, places, [first], jobs=1, threads=1)
+    stored = (places.stored(first) / "summary.json").read_bytes()
+    assert stored == (places.cell(first) / "summary.json").read_bytes() and json.loads(stored)["rounds"] == 3
+    later = [line for line in grid.commands(spec, places, grid.final_cells(spec, places, ["fedavg"], ["dirichlet0.5"]),
+                                            threads=1) if not line.startswith("#")]
+    assert len(later) == 1 and "fedavg_s1" in later[0]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -278,6 +279,40 @@ def cell_command(spec: BenchmarkSpec, places: Places, cell: Cell, rounds: int | 
             "trainer.devices=1", "trainer.progress_bar=false", f"hydra.run.dir={path}", *resume]
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    """What a cell's process runs with besides the command: its threads, and no W&B."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
+
+
+def ready_cells(spec: BenchmarkSpec, places: Places, cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
+    """(the final cells that may start now, those that wait): a method's other cells wait until its first cell,
+    whose divergence decides their values, has finished and any fallback it needs is settled."""
+    ready, waiting = [], []
+    for cell in cells:
+        first = first_cell(spec, cell.method)
+        settled = fallback(spec, places, cell.method)
+        if cell == first or (finished(places.stored(first), spec.rounds) and not (
+                settled is not None and (settled.pending or diverged_run(places.stored(first), spec.rounds)))):
+            ready.append(cell)
+        else:
+            waiting.append(cell)
+    return ready, waiting
+
+
+def commands(spec: BenchmarkSpec, places: Places, cells: list[Cell], threads: int) -> list[str]:
+    """One shell line per final cell that may start now, to run anywhere the repository and its work folder are
+    (a scheduler's array job, GNU parallel); ``run`` afterwards stores what they finished, without running them
+    again, and runs whatever is left."""
+    ready, waiting = ready_cells(spec, places, cells)
+    env = " ".join(f"{k}={v}" for k, v in thread_env(threads).items())
+    lines = [f"# {spec.name}: {len(cells)} final cells left, {len(ready)} may start now"
+             + (f"; {len(waiting)} wait for their method's first cell (or its fallback), which decides their "
+                "values: print the commands again once it has finished" if waiting else "")]
+    lines += [f"cd {shlex.quote(str(REPO))} && {env} {shlex.join(cell_command(spec, places, c))}" for c in ready]
+    lines.append(f"# then: python -m pfedla.benchmark {spec.name} run (stores the finished runs, runs what is left)")
+    return lines
+
+
 def run_cell(spec: BenchmarkSpec, places: Places, cell: Cell, threads: int) -> str:
     """Runs (or resumes) ``cell`` to its rounds and stores it. An extended cell runs in two stages, each to its own
     ``federation.rounds``: the table's run (copied with its checkpoint when this machine has it, else run again from
@@ -299,7 +334,7 @@ def run_cell(spec: BenchmarkSpec, places: Places, cell: Cell, threads: int) -> s
         if finished(path, rounds) or (stage < rounds and rounds_of(path)[0] >= stage):
             continue  # this stage is behind the run
         path.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
+        env = {**os.environ, **thread_env(threads)}
         started = time.perf_counter()
         with open(path / "console.log", "a") as console:
             code = subprocess.call(cell_command(spec, places, cell, stage), cwd=REPO, env=env, stdout=console,
