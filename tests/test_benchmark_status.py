@@ -150,3 +150,30 @@ def test_status_measures_a_method_by_its_cells_on_this_machine_s_cpu_where_it_ha
     assert row.here == 0 and row.cell_seconds_left == pytest.approx(3 * 1.0 + 3 * 2.0)
     shown = benchmark(str(tmp_path / "bench.yaml"), "status", "--jobs", "2")
     assert "0 ran wholly on this machine's CPU, and where a method (else its split) has such cells" in shown.stdout
+
+
+def test_status_adds_the_cells_run_on_and_the_proxy_check_by_hand(tmp_path):
+    """tiny (3 rounds, run on to 5; proxy check: pfedla's best 2 trials). Done: pfedla_s0 (flat, 1440 s a round) and
+    fedavg_s0 (rising, 720 s a round), no checkpoint on this machine. Run on: fedavg_s0's 5 rounds again, 1.0 h;
+    1 of 2 finished cells rose, so the 2 cells left add 2 x 1/2 x 2 rounds x 1080 s (the split's median) = 0.6 h.
+    Proxy check: pfedla's next-best trial, 3 rounds x 1440 s = 1.2 h."""
+    from pfedla.benchmark import status
+    from pfedla.benchmark.paths import Cell, Places
+
+    spec = load_spec(spec_file(tmp_path))
+    places = Places.of(spec)
+    finished_run(places.stored(Cell("dirichlet0.5", "pfedla", 0)), 3, 1440.0)
+    rising = places.stored(Cell("dirichlet0.5", "fedavg", 0))
+    finished_run(rising, 3, 720.0)
+    (rising / "metrics.csv").write_text("round,val/acc_mean\n1,0.5\n2,0.6\n3,0.7\n")  # 100 points per 10 rounds
+    trials = [{"number": n, "params": {"client.lr": lr}, "value": v} for n, lr, v in ((0, 0.1, 0.9), (1, 0.2, 0.8),
+                                                                                    (2, 0.3, 0.7))]
+    places.search_record("pfedla").parent.mkdir(parents=True)
+    places.search_record("pfedla").write_text(json.dumps({"chosen": trials[0], "trials": trials}))
+    rows = [status.split_status(spec, places, "dirichlet0.5", ["pfedla", "fedavg"])]
+    lines = status.extra_lines(spec, places, ["pfedla", "fedavg"], rows)
+    assert lines == ["run on to 5 rounds: 1 finished cells still rise (1.0 cell hours at their methods' seconds a "
+                     "round); 1 of 2 finished cells rose, so about 0.6 cell hours more if the cells left rise as often",
+                     "proxy check (pfedla): 1 cells left, 1.2 cell hours"]
+    shown = "\n".join(status.report(spec, places, ["pfedla", "fedavg"], ["dirichlet0.5"], 2).splitlines())
+    assert "on top of that:\n- run on to 5 rounds: 1 finished cells" in shown

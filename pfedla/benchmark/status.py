@@ -10,8 +10,8 @@ else of any method on that split, else the split is unmeasured: per cell, its CP
 its wall seconds a round (``pfedla.timing.round_seconds``: its median round, with score (b)'s adaptation as its
 mean over the rounds; a pause barely moves it, the load beside it does); the median over the cells. A cell's
 seconds are cell seconds at the grid's one thread a cell (cores / ``--jobs``): the machine time left is the cell
-time over ``--jobs``. Cells run on past the rounds (``extend``) and proxy
-checks are not in it: which cells run on is known only when the runs end. The same code runs at different speeds
+time over ``--jobs``. The cells run on past the rounds (``extend``) and the proxy check's come on top: those
+known to run on, and the cells left at the rate the finished ones rose. The same code runs at different speeds
 on different CPUs (a round names its CPU, ``pfedla.compute.cpu_model``), so where a method (else the split) has
 finished cells that ran wholly on this machine's CPU and timed their CPU seconds, only those measure it: the
 estimate then holds for this machine. The report names the CPUs the finished cells ran on beside this machine's.
@@ -25,7 +25,15 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pfedla.benchmark.grid import diverged, finished, rounds_of
+from pfedla.benchmark.grid import (
+    checked_methods,
+    diverged,
+    extension_cells,
+    finished,
+    proxy_check_cells,
+    rounds_of,
+    still_rising,
+)
 from pfedla.benchmark.paths import Cell, Places
 from pfedla.benchmark.spec import BenchmarkSpec
 from pfedla.compute import cpu_model
@@ -45,6 +53,8 @@ class SplitStatus:
     diverged: list[str] = field(default_factory=list)  # finished cells that diverged (grid.diverged)
     cpus: Counter = field(default_factory=Counter)  # finished cells per CPU they ran on ("" : not recorded)
     here: int = 0  # finished cells measured on this machine's CPU alone (by their CPU seconds)
+    per_method: dict[str, float] = field(default_factory=dict)  # method -> its seconds a round (as estimated)
+    per_split: float = math.nan  # the split's seconds a round (a method with no finished cell; nan: none)
 
 
 def seconds_a_round(summary: dict) -> tuple[float, bool]:
@@ -94,7 +104,55 @@ def split_status(spec: BenchmarkSpec, places: Places, split: str, methods: list[
         else:
             seconds = math.nan
     return SplitStatus(split, done, partial, len(left) - len(partial), sum(r for _, r in left), seconds, unmeasured,
-                       by_cpu, failed, cpus, sum(here for _, here in on_split))
+                       by_cpu, failed, cpus, sum(here for _, here in on_split),
+                       {m: statistics.median(preferred(v)) for m, v in measured.items()},
+                       statistics.median(preferred(on_split)) if on_split else math.nan)
+
+
+def _seconds(row: SplitStatus, method: str) -> float:
+    return row.per_method.get(method, row.per_split)
+
+
+def extra_lines(spec: BenchmarkSpec, places: Places, methods: list[str], rows: list[SplitStatus]) -> list[str]:
+    """The work beyond the final runs, in cell hours: the cells run on past the rounds (those known to rise, and
+    the cells left at the rate the finished ones rose) and the proxy check's cells."""
+    by_split = {r.split: r for r in rows}
+    for split in spec.splits:  # the proxy check runs on the first split, whichever splits were asked for
+        by_split.setdefault(split, split_status(spec, places, split, methods))
+    lines = []
+    if spec.extend_rounds:
+        known = extension_cells(spec, places, methods, [r.split for r in rows])
+        hours = 0.0
+        for cell in known:
+            reached = rounds_of(places.cell(cell))[1] if (places.cell(cell) / "checkpoints" / "last.ckpt").is_file() \
+                else (spec.rounds if (places.cell(Cell(cell.split, cell.method, cell.seed)) / "checkpoints" /
+                                      "last.ckpt").is_file() else 0)
+            hours += (spec.extend_rounds - reached) * _seconds(by_split[cell.split], cell.method) / 3600
+        rose = finished_cells = 0
+        expected = 0.0
+        for row in rows:
+            done = [Cell(row.split, m, s) for s in spec.splits[row.split].seeds for m in methods
+                    if finished(places.stored(Cell(row.split, m, s)), spec.rounds)]
+            up = [c for c in done if still_rising(places.stored(c) / "metrics.csv", spec.rising)]
+            rose, finished_cells = rose + len(up), finished_cells + len(done)
+            if done:
+                left = len(spec.splits[row.split].seeds) * len(methods) - len(done)
+                expected += left * len(up) / len(done) * (spec.extend_rounds - spec.rounds) * row.per_split / 3600
+        lines.append(f"run on to {spec.extend_rounds} rounds: {len(known)} finished cells still rise ("
+                     f"{hours:.1f} cell hours at their methods' seconds a round); {rose} of {finished_cells} finished "
+                     f"cells rose, so about {expected:.1f} cell hours more if the cells left rise as often")
+    if spec.proxy_check.top:
+        checked = [m for m in checked_methods(spec, places) if m in methods]
+        searched = all(places.search_record(m).is_file() for m in checked)
+        if checked and searched:
+            cells = proxy_check_cells(spec, places, checked)
+            hours = sum(spec.rounds * _seconds(by_split[c.split], c.method) for c in cells) / 3600
+            lines.append(f"proxy check ({', '.join(checked)}): {len(cells)} cells left, {hours:.1f} cell hours")
+        elif checked:
+            lines.append(f"proxy check ({', '.join(checked)}): its cells are known once the searches finished")
+        else:
+            lines.append("proxy check: its methods are known once the first split's first seed has its final runs")
+    return lines
 
 
 def report(spec: BenchmarkSpec, places: Places, methods: list[str], splits: list[str], jobs: int) -> str:
@@ -120,7 +178,8 @@ def report(spec: BenchmarkSpec, places: Places, methods: list[str], splits: list
     lines.append(f"left{where}: {hours:.1f} cell hours, about {hours / max(jobs, 1):.1f} h of this machine at {jobs} "
                  f"at a time (if the finished cells ran {jobs} at a time too)"
                  + (f"; not yet measurable: {', '.join(unknown)} (no finished cell)" if unknown else "")
-                 + "; runs on past the rounds and proxy checks come on top")
+                 + "; on top of that:")
+    lines += [f"- {line}" for line in extra_lines(spec, places, methods, rows)]
     by_cpu, timed = sum(r.by_cpu for r in rows), sum(r.done for r in rows)
     lines.append(f"a finished cell's seconds a round: its CPU seconds where it recorded them ({by_cpu} of {timed} "
                  "finished cells), else its wall seconds, which count the load beside it; "
