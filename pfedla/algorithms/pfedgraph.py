@@ -11,9 +11,11 @@ and sends each client its own aggregate. For participants P with data shares p_j
   simplex (a >= 0, sum a = 1). That is the Euclidean projection of p + s_i / (2 alpha) onto the simplex,
   solved in closed form (``project_to_simplex``). The authors' code solves the same QP with cvxpy.
   A large alpha gives the data shares (FedAvg's weights). A small one keeps a client with its most
-  similar peers, itself first (s_ii = 1).
-- **Aggregation.** The client's next model is sum_j a_ij w_j over every tensor (BatchNorm statistics
-  too, as in the authors' code). Its cluster vector c_i = sum_j a_ij w_j / ||w_j|| (parameters) is kept
+  similar peers, itself first (s_ii = 1). Once every similarity in a row is above 0.9 (all count as 1),
+  the row is the data shares whatever alpha is.
+- **Aggregation.** The client's next model is sum_j a_ij w_j over every tensor (the authors' code mixes
+  every tensor of its state dict; its CNN has no BatchNorm, and here BatchNorm statistics are mixed
+  too). Its cluster vector c_i = sum_j a_ij w_j / ||w_j|| (parameters) is kept
   for its next local training.
 - **Local training.** The client starts from its aggregate. Its loss is the cross-entropy minus
   ``lam`` sum_j a_ij cos(w, w_j) (= lam <c_i, w> / ||w||): a pull towards its neighbours' directions, the
