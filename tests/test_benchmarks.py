@@ -72,3 +72,20 @@ def test_gpu_check_smoke_runs_on_the_cpu_and_writes_well_formed_json(tmp_path):
     assert report["bf16_minus_fp32_points"] == pytest.approx(100 * (bf16["test_acc_mean"] - fp32["test_acc_mean"]),
                                                              abs=1e-3)
     assert report["bf16_within_half_a_point"] is (abs(100 * (bf16["test_acc_mean"] - fp32["test_acc_mean"])) <= 0.5)
+
+
+def test_readapt_at_the_run_s_own_lr_gives_its_last_score_b_again(synthetic_cfg, tmp_path):
+    """benchmarks/readapt.py on a finished run: at the run's own client.lr it scores (b) as the run's last round did
+    (the same batch order; the contiguous layout may flip a prediction); at lr 0, (b) is (a)."""
+    from pfedla.run import run, setup
+
+    cfg = synthetic_cfg("algorithm=fedper", "federation.rounds=2", "federation.adapt_every=1", "checkpoint.every=1",
+                        "trainer.memory_format=contiguous")
+    summary = run(cfg, tmp_path / "run", module=setup(cfg))
+    proc = subprocess.run([sys.executable, "benchmarks/readapt.py", str(tmp_path / "run"), "--lrs",
+                           str(cfg.client.lr), "0"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    own, still = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert own["round"] == 2 and own["a_test_mean"] == pytest.approx(100 * summary["final"]["test/acc_mean"], abs=0.01)
+    assert own["b_test_mean"] == pytest.approx(100 * summary["final_adapted"]["test/adapted_acc_mean"], abs=0.01)
+    assert still["b_test_mean"] == pytest.approx(still["a_test_mean"], abs=0.01)
