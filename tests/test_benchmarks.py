@@ -89,3 +89,4 @@ def test_readapt_at_the_run_s_own_lr_gives_its_last_score_b_again(synthetic_cfg,
     assert own["round"] == 2 and own["a_test_mean"] == pytest.approx(100 * summary["final"]["test/acc_mean"], abs=0.01)
     assert own["b_test_mean"] == pytest.approx(100 * summary["final_adapted"]["test/adapted_acc_mean"], abs=0.01)
     assert still["b_test_mean"] == pytest.approx(still["a_test_mean"], abs=0.01)
+    assert own["b_val_mean"] == pytest.approx(100 * summary["final_adapted"]["val/adapted_acc_mean"], abs=0.01)
