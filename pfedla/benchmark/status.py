@@ -113,6 +113,17 @@ def _seconds(row: SplitStatus, method: str) -> float:
     return row.per_method.get(method, row.per_split)
 
 
+def _extension_start(spec: BenchmarkSpec, places: Places, cell: Cell) -> int:
+    """The round an extended cell goes on from here: its own checkpoint's, else the table's run's checkpoint
+    (``rounds``), else none on this machine (0: the table's run runs again)."""
+    def checkpointed(c: Cell) -> bool:
+        return (places.cell(c) / "checkpoints" / "last.ckpt").is_file()
+
+    if checkpointed(cell):
+        return rounds_of(places.cell(cell))[1]
+    return spec.rounds if checkpointed(Cell(cell.split, cell.method, cell.seed)) else 0
+
+
 def extra_lines(spec: BenchmarkSpec, places: Places, methods: list[str], rows: list[SplitStatus]) -> list[str]:
     """The work beyond the final runs, in cell hours: the cells run on past the rounds (those known to rise, and
     the cells left at the rate the finished ones rose) and the proxy check's cells."""
@@ -124,10 +135,8 @@ def extra_lines(spec: BenchmarkSpec, places: Places, methods: list[str], rows: l
         known = extension_cells(spec, places, methods, [r.split for r in rows])
         hours = 0.0
         for cell in known:
-            reached = rounds_of(places.cell(cell))[1] if (places.cell(cell) / "checkpoints" / "last.ckpt").is_file() \
-                else (spec.rounds if (places.cell(Cell(cell.split, cell.method, cell.seed)) / "checkpoints" /
-                                      "last.ckpt").is_file() else 0)
-            hours += (spec.extend_rounds - reached) * _seconds(by_split[cell.split], cell.method) / 3600
+            hours += (spec.extend_rounds - _extension_start(spec, places, cell)) * _seconds(
+                by_split[cell.split], cell.method) / 3600
         rose = finished_cells = 0
         expected = 0.0
         for row in rows:
