@@ -15,7 +15,7 @@ def test_a_method_whose_first_cell_diverged_runs_at_the_next_best_trial_that_doe
     """tiny (3 rounds, 4 clients: 12 updates a run), fedavg's search by hand: trial 0 chosen (proxy 0.9), trial 1 the
     same values again, trial 3 (0.85), trial 2 (0.8), trial 4 failed. The first cell (dirichlet0.5, seed 0) diverges
     (7 of 12 updates rejected); so does trial 3 at full scale; trial 2 does not: fedavg's cells run at its values."""
-    from pfedla.benchmark import grid, render, tuning_page
+    from pfedla.benchmark import fallback, grid, render, tuning_page
     from pfedla.benchmark.paths import Cell, Places
 
     spec = load_spec(spec_file(tmp_path))
@@ -26,16 +26,16 @@ def test_a_method_whose_first_cell_diverged_runs_at_the_next_best_trial_that_doe
     places.search_record("fedavg").write_text(json.dumps({"chosen": trials[0], "trials": trials}))
     first, later = Cell("dirichlet0.5", "fedavg", 0), Cell("dirichlet0.5", "fedavg", 1)
     probe = lambda n: Cell("dirichlet0.5", "fedavg", 0, "proxy_check", n)
-    lr = lambda cell: [v for v in grid.values_for(spec, places, cell) if v.startswith("client.lr=")]
+    lr = lambda cell: [v for v in fallback.values_for(spec, places, cell) if v.startswith("client.lr=")]
 
-    assert grid.fallback(spec, places, "fedavg") is None and lr(later) == ["client.lr=0.1"]  # not run yet
+    assert fallback.fallback(spec, places, "fedavg") is None and lr(later) == ["client.lr=0.1"]  # not run yet
     for where in (places.stored, places.cell):
         finished_run(where(first), 3, 1.0, rejected=6, best=0.7)
-    assert grid.fallback(spec, places, "fedavg") is None  # 6 of 12 rejected: not diverged
+    assert fallback.fallback(spec, places, "fedavg") is None  # 6 of 12 rejected: not diverged
     for where in (places.stored, places.cell):
         shutil.rmtree(where(first))
         finished_run(where(first), 3, 1.0, rejected=7, best=0.3)
-    assert grid.fallback(spec, places, "fedavg") == grid.Fallback(3, pending=True)
+    assert fallback.fallback(spec, places, "fedavg") == fallback.Fallback(3, pending=True)
     assert lr(later) == ["client.lr=0.1"]  # the fallback is not known yet
     assert ("trial 0 (proxy 90.00: diverged, 7 updates rejected); trial 3 is still to run at full scale"
             in "\n".join(render.diverged_markdown(spec, places)))
@@ -55,7 +55,7 @@ def test_a_method_whose_first_cell_diverged_runs_at_the_next_best_trial_that_doe
     run_cell = grid.run_cell
     monkeypatch.setattr(grid, "run_cell", run_probe)
     grid.run_cells(spec, places, [later], jobs=1, threads=1)  # the grid's step: the fallback first, then the cell
-    assert ran == [probe(3), probe(2), later] and grid.fallback(spec, places, "fedavg") == grid.Fallback(2)
+    assert ran == [probe(3), probe(2), later] and fallback.fallback(spec, places, "fedavg") == fallback.Fallback(2)
     ran.remove(later)
     assert lr(later) == lr(first) == ["client.lr=0.05"] and lr(probe(3)) == ["client.lr=0.02"]
     moved = Cell("dirichlet0.5", "fedavg", 0, "diverged")
@@ -63,7 +63,7 @@ def test_a_method_whose_first_cell_diverged_runs_at_the_next_best_trial_that_doe
         assert len(json.loads((where(moved) / "summary.json").read_text())["rejected_updates"]) == 7
         assert (where(first) / "summary.json").read_bytes() == (where(probe(2)) / "summary.json").read_bytes()
     grid.settle_fallback(spec, places, "fedavg", threads=1)  # settled: nothing runs or moves again
-    assert ran == [probe(3), probe(2)] and grid.fallback(spec, places, "fedavg") == grid.Fallback(2)
+    assert ran == [probe(3), probe(2)] and fallback.fallback(spec, places, "fedavg") == fallback.Fallback(2)
     monkeypatch.setattr(grid.subprocess, "call", lambda *a, **k: pytest.fail("the first cell ran again"))
     assert run_cell(spec, places, first, 1) == str(first)  # the grid's step skips it: trial 2's run stands in
 
@@ -76,7 +76,7 @@ def test_a_method_whose_first_cell_diverged_runs_at_the_next_best_trial_that_doe
     # had trial 2 diverged too, no trial would be left: the cells keep the chosen values
     shutil.rmtree(places.stored(probe(2)))
     finished_run(places.stored(probe(2)), 3, 1.0, rejected=12)
-    assert grid.fallback(spec, places, "fedavg") == grid.Fallback(None) and lr(later) == ["client.lr=0.1"]
+    assert fallback.fallback(spec, places, "fedavg") == fallback.Fallback(None) and lr(later) == ["client.lr=0.1"]
 
 
 def test_a_method_s_other_cells_wait_for_its_first_cell_which_decides_their_values(tmp_path, monkeypatch):
@@ -87,7 +87,7 @@ def test_a_method_s_other_cells_wait_for_its_first_cell_which_decides_their_valu
     import threading
     import time
 
-    from pfedla.benchmark import grid
+    from pfedla.benchmark import fallback, grid
     from pfedla.benchmark.paths import Cell, Places
 
     spec = load_spec(spec_file(tmp_path))
@@ -97,7 +97,7 @@ def test_a_method_s_other_cells_wait_for_its_first_cell_which_decides_their_valu
     places.search_record("fedavg").parent.mkdir(parents=True)
     places.search_record("fedavg").write_text(json.dumps({"chosen": trials[0], "trials": trials}))
     first, later = Cell("dirichlet0.5", "fedavg", 0), Cell("dirichlet0.5", "fedavg", 1)
-    with pytest.raises(grid.NotSearched, match="fedavg_s0.*--splits dirichlet0.5 --methods fedavg"):
+    with pytest.raises(fallback.NotSearched, match="fedavg_s0.*--splits dirichlet0.5 --methods fedavg"):
         grid.run_cells(spec, places, [later], jobs=2, threads=1)
 
     started, lock = [], threading.Lock()
@@ -114,7 +114,7 @@ def test_a_method_s_other_cells_wait_for_its_first_cell_which_decides_their_valu
     monkeypatch.setattr(grid.subprocess, "call", python_m_pfedla_run)
     grid.run_cells(spec, places, [later, first], jobs=2, threads=1)
     assert started == [("fedavg_s0", "0.1"), ("fedavg_t1", "0.05"), ("fedavg_s1", "0.05")], started
-    assert grid.fallback(spec, places, "fedavg") == grid.Fallback(1)
+    assert fallback.fallback(spec, places, "fedavg") == fallback.Fallback(1)
 
 
 def _curves(path: Path, rounds: int, a, b=None) -> Path:
@@ -130,17 +130,17 @@ def test_a_cell_runs_on_when_either_score_s_validation_curve_still_rises(tmp_pat
     (b), whose rounds are every 10th. (b) rising at 1 point per 10 rounds beside a flat (a) (FedBABU's number is (b))
     runs on; so does (a) rising where the run has no (b) (Local); 0.5 exactly, or a rise before the window, does
     not. extension_cells picks exactly the rising cells of a grid."""
-    from pfedla.benchmark import grid
+    from pfedla.benchmark import grid, run_dirs
     from pfedla.benchmark.paths import Cell, Places
 
     flat = lambda r: 0.9
-    assert not grid.still_rising(_curves(tmp_path / "flat", 100, flat, flat), 0.5)
-    assert grid.still_rising(_curves(tmp_path / "b", 100, flat, lambda r: 0.8 + 0.001 * r), 0.5)
-    assert grid.still_rising(_curves(tmp_path / "a", 100, lambda r: 0.8 + 0.0006 * r), 0.5)
-    assert not grid.still_rising(_curves(tmp_path / "edge", 100, lambda r: 0.8 + 0.0005 * r,
+    assert not run_dirs.still_rising(_curves(tmp_path / "flat", 100, flat, flat), 0.5)
+    assert run_dirs.still_rising(_curves(tmp_path / "b", 100, flat, lambda r: 0.8 + 0.001 * r), 0.5)
+    assert run_dirs.still_rising(_curves(tmp_path / "a", 100, lambda r: 0.8 + 0.0006 * r), 0.5)
+    assert not run_dirs.still_rising(_curves(tmp_path / "edge", 100, lambda r: 0.8 + 0.0005 * r,
                                          lambda r: 0.8 + 0.0005 * r), 0.5)
     early = lambda r: 0.5 + 0.01 * min(r, 50)  # steep up to round 50, flat in both windows
-    assert not grid.still_rising(_curves(tmp_path / "early", 100, early, early), 0.5)
+    assert not run_dirs.still_rising(_curves(tmp_path / "early", 100, early, early), 0.5)
 
     spec = load_spec(spec_file(tmp_path, rounds=100, extend_rounds=200))
     places = Places.of(spec)

@@ -35,7 +35,8 @@ def modules_with_code() -> set[str]:
 
 
 def test_the_files_table_parses_a_row_that_names_several_files():
-    text = "x\n## Files\n\n| file | what |\n|---|---|\n| pfedla/a/b.py, c.py | two |\n| `pfedla/d/__main__.py` | one |\n"
+    text = ("x\n## Files\n\n| file | what |\n|---|---|\n| pfedla/a/b.py, c.py | two |\n"
+            "| `pfedla/d/__main__.py` | one |\n")
     assert files_named_in_design(text) == {"pfedla/a/b.py", "pfedla/a/c.py", "pfedla/d/__main__.py"}
 
 

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", help="only these methods (default: all of the yaml's)")
     parser.add_argument("--splits", nargs="+", help="only these splits (run, extend)")
     args = parser.parse_args(argv)
-    from pfedla.benchmark import grid, render, search, status  # after argparse: --help stays instant
+    from pfedla.benchmark import fallback, grid, render, search, status  # after argparse: --help stays instant
 
     try:
         spec = load_spec(args.name)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             grid.run_cells(spec, places, grid.proxy_check_cells(spec, places, checked), args.jobs, threads)
         if "render" in steps:
             render.render(spec, places)
-    except (ConfigError, search.SearchFailed, grid.NotSearched, grid.CellFailed) as err:
+    except (ConfigError, search.SearchFailed, fallback.NotSearched, grid.CellFailed) as err:
         print(f"pfedla.benchmark: error: {err}", file=sys.stderr)
         sys.exit(2)
 

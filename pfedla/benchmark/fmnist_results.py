@@ -49,7 +49,7 @@ from pfedla.benchmark.fmnist_verdicts import (
     late_slope,
     rising_markdown,
 )
-from pfedla.benchmark.grid import rounds_of as _rounds  # a run dir's rounds by summary and curve
+from pfedla.benchmark.run_dirs import rounds_of as _rounds  # a run dir's rounds by summary and curve
 from pfedla.report import (
     SCORES_EXPLAINED,
     alpha_markdown,

@@ -10,13 +10,6 @@ its first ``rounds`` are exactly the table's run, and the table's cell stays as 
 not on this machine (another ran it), the extended cell runs the table's run again from round 1 in its own folder,
 then on; a log line says if its first ``rounds`` differ from the table's run (``same_start``: another CPU or thread
 count can change the last bits).
-
-A method whose first cell (the first split, its first seed) diverged at the chosen values (``diverged``: the server
-rejected most of its updates as non-finite) falls back to the next-best trial of its own search that does not
-diverge at full scale (``fallback``): trials in order of proxy value, repeats of the same values skipped, each run
-as a proxy-check cell of the first split's first seed. That trial's values then stand in for the chosen ones in all
-of the method's final cells; the diverged run moves to ``diverged/`` in the store and the work folder, and the
-fallback trial's run becomes the first cell (``settle_fallback``).
 """
 
 from __future__ import annotations
@@ -31,18 +24,20 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
+from pfedla.benchmark.fallback import (
+    NotSearched,
+    diverged_run,
+    fallback,
+    first_cell,
+    probe_cell,
+    search_record,
+    values_for,
+)
 from pfedla.benchmark.paths import REPO, Cell, Places
-from pfedla.benchmark.search import chosen_overrides
+from pfedla.benchmark.run_dirs import finished, rounds_of, still_rising
 from pfedla.benchmark.spec import BenchmarkSpec
-from pfedla.sampling import clients_per_round
-from pfedla.stats import SCORE_CURVES, curve, late_slope
-
-
-class NotSearched(RuntimeError):
-    """A final run needs what decides its values: its method's finished search, and its method's first cell."""
 
 
 class CellFailed(RuntimeError):
@@ -66,34 +61,6 @@ def in_parallel(work, items: list, jobs: int, what: str) -> list:
     return results
 
 
-def search_record(places: Places, method: str) -> dict:
-    record = places.search_record(method)
-    if not record.is_file():
-        raise NotSearched(f"method {method} has no finished search ({record}); run the step `search` first")
-    return json.loads(record.read_text())
-
-
-def rounds_of(path: Path) -> tuple[int, int]:
-    """A run dir's rounds by its summary.json and by the last row of its metrics.csv (0 where missing)."""
-    summary, metrics = path / "summary.json", path / "metrics.csv"
-    said = json.loads(summary.read_text()).get("rounds", 0) if summary.is_file() else 0
-    logged = 0
-    if metrics.is_file():
-        with open(metrics) as f:
-            logged = max((int(r["round"]) for r in csv.DictReader(f) if r.get("round")), default=0)
-    return said, logged
-
-
-def finished(path: Path, rounds: int) -> bool:
-    """A run dir that finished ``rounds`` rounds or more: not stopped by a signal, its summary and curve agreeing
-    (a cell being extended has its old, shorter summary beside a longer metrics.csv)."""
-    summary = path / "summary.json"
-    if not summary.is_file() or '"stopped_by_signal"' in summary.read_text():
-        return False
-    said, logged = rounds_of(path)
-    return said >= rounds and said == logged
-
-
 def rounds_for(spec: BenchmarkSpec, cell: Cell) -> int:
     return spec.extend_rounds if cell.kind == "extended" else spec.rounds
 
@@ -103,27 +70,6 @@ def final_cells(spec: BenchmarkSpec, places: Places, methods, splits) -> list[Ce
     cells = [Cell(split, method, seed) for seed in seeds for split in splits if seed in spec.splits[split].seeds
              for method in methods]
     return [c for c in cells if not finished(places.stored(c), spec.rounds)]
-
-
-def still_rising(metrics: Path, rising: float) -> bool:
-    """Whether either score's validation curve still climbs at a run's end: (a) over its last WINDOW rounds, (b)
-    (adapted every few rounds, where the run has it) over its last WINDOW_ADAPTED (``pfedla.stats.SCORE_CURVES``).
-    A method whose number is (b) (FedBABU, whose (a) has an untrained head) rises or not by (b)."""
-    with open(metrics) as f:
-        rows = list(csv.DictReader(f))
-    slopes = (late_slope(curve(rows, key), window) for key, window in SCORE_CURVES)
-    return any(slope is not None and round(slope, 2) > rising for slope in slopes)
-
-
-DIVERGED_SHARE = 0.5  # a run diverged when the server rejected more than this share of its client updates
-
-
-def diverged(summary: dict) -> bool:
-    """Whether a finished run diverged: the server rejected (non-finite) more than ``DIVERGED_SHARE`` of the client
-    updates of its rounds (``fallback``: what a method whose first cell diverged runs with)."""
-    fed = summary["config"]["federation"]
-    updates = summary["rounds"] * clients_per_round(fed["num_clients"], fed["participation"])
-    return len(summary.get("rejected_updates", [])) > DIVERGED_SHARE * updates
 
 
 def extension_cells(spec: BenchmarkSpec, places: Places, methods, splits) -> list[Cell]:
@@ -173,75 +119,6 @@ def proxy_check_cells(spec: BenchmarkSpec, places: Places, methods) -> list[Cell
                 if not finished(places.stored(cell), spec.rounds):
                     cells.append(cell)
     return cells
-
-
-def first_cell(spec: BenchmarkSpec, method: str, kind: str = "runs") -> Cell:
-    """A method's first final cell: the first split, its first seed (``kind`` diverged: where it moves)."""
-    split = next(iter(spec.splits))
-    return Cell(split, method, spec.splits[split].seeds[0], kind)
-
-
-def diverged_run(path: Path, rounds: int) -> bool:
-    """A run dir (or stored cell) that finished ``rounds`` rounds and diverged."""
-    return finished(path, rounds) and diverged(json.loads((path / "summary.json").read_text()))
-
-
-def probe_cell(spec: BenchmarkSpec, method: str, trial: int) -> Cell:
-    """A trial's run at full scale: the proxy-check cell of the method's first cell."""
-    first = first_cell(spec, method)
-    return Cell(first.split, method, first.seed, "proxy_check", trial)
-
-
-def chosen_run(spec: BenchmarkSpec, places: Places, method: str) -> Cell:
-    """The chosen values' own run at full scale: the first cell, or where it moved once it diverged."""
-    moved = first_cell(spec, method, "diverged")
-    return moved if places.stored(moved).is_dir() else first_cell(spec, method)
-
-
-@dataclass(frozen=True)
-class Fallback:
-    """The trial whose values a method's final cells run with, its first cell having diverged at the chosen ones.
-    ``trial`` None: every other trial diverged too (the cells keep the chosen values); ``pending``: that trial's
-    proxy-check cell has not finished yet."""
-
-    trial: int | None
-    pending: bool = False
-
-
-def fallback(spec: BenchmarkSpec, places: Places, method: str) -> Fallback | None:
-    """None while the method's first cell has not diverged (or not finished); else its fallback trial."""
-    moved = first_cell(spec, method, "diverged")
-    if not (finished(places.stored(moved), spec.rounds) or diverged_run(places.stored(first_cell(spec, method)),
-                                                                         spec.rounds)):
-        return None
-    record = search_record(places, method)
-    tried = [record["chosen"]["params"]]
-    done = sorted((t for t in record["trials"] if t["value"] is not None), key=lambda t: (-t["value"], t["number"]))
-    for trial in done:
-        if trial["params"] in tried:
-            continue
-        tried.append(trial["params"])
-        probe = probe_cell(spec, method, trial["number"])
-        if not finished(places.stored(probe), spec.rounds):
-            return Fallback(trial["number"], pending=True)
-        if not diverged_run(places.stored(probe), spec.rounds):
-            return Fallback(trial["number"])
-    return Fallback(None)
-
-
-def values_for(spec: BenchmarkSpec, places: Places, cell: Cell) -> list[str]:
-    """The searched values a cell runs with: the chosen trial's, or the fallback trial's once the method's first cell
-    diverged and that trial did not (``run_cell`` settles it before it runs any other cell of the method), or (proxy
-    check) its own trial's."""
-    record = search_record(places, cell.method)
-    number = cell.trial
-    if number is None:
-        settled = fallback(spec, places, cell.method)
-        if settled is None or settled.trial is None or settled.pending:
-            return chosen_overrides(record)
-        number = settled.trial
-    trial = next(t for t in record["trials"] if t["number"] == number)
-    return chosen_overrides({"chosen": trial})
 
 
 _settling: dict[str, threading.Lock] = {}

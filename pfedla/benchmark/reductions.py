@@ -7,8 +7,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pfedla.benchmark.grid import finished, values_for
+from pfedla.benchmark.fallback import values_for
 from pfedla.benchmark.paths import Cell, Places
+from pfedla.benchmark.run_dirs import finished
 from pfedla.benchmark.spec import BenchmarkSpec
 
 COLUMNS = ("round", "val/acc_mean", "test/acc_mean", "test/acc_weighted", "train/loss")
@@ -36,10 +37,11 @@ def reduction_lines(spec: BenchmarkSpec, places: Places) -> list[str]:
     """The page's account of each reduction: the seeds it holds on, per split, and any where it does not."""
     if not spec.reductions:
         return []
+    pairs = ", ".join(f"{a} = {b}" for a, b in spec.reductions.items())
     lines = ["## Exact reductions", "",
-             "Methods that must equal another bit for bit (" + ", ".join(f"{a} = {b}" for a, b in spec.reductions.items())
-             + f"): score (a) on validation and test and the training loss (`{'`, `'.join(COLUMNS[1:])}`), every "
-             "round of metrics.csv, on every seed both finished at the same values.", ""]
+             f"Methods that must equal another bit for bit ({pairs}): score (a) on validation and test and the "
+             f"training loss (`{'`, `'.join(COLUMNS[1:])}`), every round of metrics.csv, on every seed "
+             "both finished at the same values.", ""]
     for method, other in spec.reductions.items():
         held, failed, apart = [], [], []
         for split, about in spec.splits.items():

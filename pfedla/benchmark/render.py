@@ -11,9 +11,10 @@ import math
 import os
 from pathlib import Path
 
-from pfedla.benchmark.grid import chosen_run, diverged, diverged_run, fallback, first_cell, probe_cell
+from pfedla.benchmark.fallback import chosen_run, fallback, first_cell, probe_cell
 from pfedla.benchmark.paths import REPO, Cell, Places
 from pfedla.benchmark.reductions import reduction_lines
+from pfedla.benchmark.run_dirs import diverged, diverged_run
 from pfedla.benchmark.spec import BenchmarkSpec, budget
 from pfedla.benchmark.tuning_page import tuning_page
 from pfedla.benchmark.verdicts import ablation_lines, comparisons, detectable_line, verdict_table

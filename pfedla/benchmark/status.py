@@ -2,7 +2,7 @@
 that finished.
 
 A final cell (split x method x seed) is done (the store holds its finished run; ``diverged`` if the server rejected
-most of its updates, ``grid.diverged``), partial (its work folder has a
+most of its updates, ``run_dirs.diverged``), partial (its work folder has a
 checkpoint; ``rounds`` is how far its metrics.csv got, and a resume goes on from the last checkpoint at or before
 it) or new. A round's seconds, for the estimate, come from finished cells of the same method on the same split,
 else of any method on that split, else the split is unmeasured: per cell, its CPU seconds a round
@@ -25,16 +25,9 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pfedla.benchmark.grid import (
-    checked_methods,
-    diverged,
-    extension_cells,
-    finished,
-    proxy_check_cells,
-    rounds_of,
-    still_rising,
-)
+from pfedla.benchmark.grid import checked_methods, extension_cells, proxy_check_cells
 from pfedla.benchmark.paths import Cell, Places
+from pfedla.benchmark.run_dirs import diverged, finished, rounds_of, still_rising
 from pfedla.benchmark.spec import BenchmarkSpec
 from pfedla.compute import cpu_model
 from pfedla.timing import cpu_models, cpu_round_seconds, round_seconds
@@ -50,7 +43,7 @@ class SplitStatus:
     cell_seconds_left: float  # nan: the split has no finished cell to measure a round by
     unmeasured: int  # cells left whose round seconds are the split's, not their method's
     by_cpu: int = 0  # finished cells measured by their CPU seconds (the rest by their wall seconds)
-    diverged: list[str] = field(default_factory=list)  # finished cells that diverged (grid.diverged)
+    diverged: list[str] = field(default_factory=list)  # finished cells that diverged (run_dirs.diverged)
     cpus: Counter = field(default_factory=Counter)  # finished cells per CPU they ran on ("" : not recorded)
     here: int = 0  # finished cells measured on this machine's CPU alone (by their CPU seconds)
     per_method: dict[str, float] = field(default_factory=dict)  # method -> its seconds a round (as estimated)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from pfedla.benchmark.grid import chosen_run, probe_cell
+from pfedla.benchmark.fallback import chosen_run, probe_cell
 from pfedla.benchmark.paths import Places
 from pfedla.benchmark.spec import BenchmarkSpec, budget
 
