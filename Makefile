@@ -61,7 +61,9 @@ run: data
 	$(PY) -m pfedla.run $(ARGS)
 
 # The whole suite needs the flower extra's environment too (tests/test_flower.py runs a real deployment).
+# Lint first: a second, and style left to `make lint` alone had drifted.
 test: install-dev install-flower data
+	$(VENV)/bin/ruff check pfedla tests benchmarks
 	PFEDLA_DATA_ROOT=$(abspath $(DATA)) $(PY) -m pytest -q --durations=25
 
 test-fast: install-dev
