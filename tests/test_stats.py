@@ -120,3 +120,33 @@ def test_a_page_with_one_seed_per_method_says_no_test_was_run_rather_than_a_fami
         "No paired test yet: each needs two or more seeds that both methods finished with a score."]
     two = comparisons("pfedla", {"split": [_row("pfedla", {0: 0.9, 1: 0.91}), _row("fedavg", {0: 0.8, 1: 0.82})]})
     assert "family: these 2 paired t-tests" in verdict_table(two, "pfedla", 0.05)[0]
+
+
+def test_a_comparison_not_tested_yet_stays_in_the_family_with_p_1():
+    """The family is the planned one: a method with one seed so far, and one with no runs at all, count in Holm's
+    correction with p = 1. A difference that a family of the two tested comparisons would call ahead (Holm p =
+    2p <= 0.05) is not ahead in the planned family of six (6p > 0.05)."""
+    from pfedla.benchmark.verdicts import ablation_lines, comparisons, detectable_line, verdict_table
+
+    pfedla = _row("pfedla", {0: 0.90, 1: 0.91, 2: 0.92}, {0: 0.90, 1: 0.91, 2: 0.92})
+    fedavg = _row("fedavg", {0: 0.89, 1: 0.896, 2: 0.909}, {0: 0.89, 1: 0.896, 2: 0.909})  # +1.0, +1.4, +1.1
+    fedbn = _row("fedbn", {0: 0.8}, {0: 0.8})  # one seed: too few
+    found = comparisons("pfedla", {"split": [pfedla, fedavg, fedbn]}, 0.05, ["pfedla", "fedavg", "fedbn", "ditto"])
+    assert [(c.other, c.score) for c in found] == [(m, s) for s in ("(a)", "(b)") for m in ("fedavg", "fedbn", "ditto")]
+    tested = [c for c in found if c.result is not None]
+    assert [c.other for c in tested] == ["fedavg", "fedavg"]
+    p = tested[0].result.p
+    assert 0.05 / 6 < p < 0.05 / 2  # the case this test is about
+    assert [c.holm for c in tested] == pytest.approx([6 * p, 6 * p])  # Holm by hand: m = 6, the four others p = 1
+    assert [c.verdict(0.05) for c in found] == ["no difference shown", "too few seeds", "too few seeds"] * 2
+    shrunk = comparisons("pfedla", {"split": [pfedla, fedavg]})  # the family of the tested alone: smaller, wrongly
+    assert [c.verdict(0.05) for c in shrunk] == ["ahead", "ahead"]
+    assert "all 6 comparisons below, 2 of them tested so far" in verdict_table(found, "pfedla", 0.05)[0]
+    assert "0.05 / 6" in detectable_line(found, 0.05)
+    ablation = _row("pfedla_self", {0: 0.89, 1: 0.896, 2: 0.909}, {0: 0.89, 1: 0.896, 2: 0.909})
+    fixed = comparisons("pfedla", {"split": [pfedla, ablation], "other": [pfedla]}, 0.05, ["pfedla", "pfedla_self"])
+    lines = "\n".join(ablation_lines(fixed, "pfedla", 0.05))
+    # ahead where tested (4p <= 0.05 in this family of four), but two are not tested: no "yes" yet
+    assert "**not settled yet**: after correction, ahead in 2 of the 2 comparisons tested (2 more not tested yet)" \
+        in lines, lines
+    assert "2 more are not tested yet (too few seeds)" in lines

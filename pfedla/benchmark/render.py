@@ -261,7 +261,7 @@ def results_page(spec: BenchmarkSpec, places: Places) -> str:
         section, rows = split_markdown(spec, places, split, folder)
         lines += section
         rows_by_split[split] = rows
-    tests = comparisons(spec.reference, rows_by_split, spec.alpha)
+    tests = comparisons(spec.reference, rows_by_split, spec.alpha, list(spec.methods))
     detectable = detectable_line(tests, spec.alpha)
     lines += ["## Verdicts", "", *verdict_table(tests, spec.reference, spec.alpha), "",
               *([detectable, ""] if detectable else []), *ablation_lines(tests, spec.reference, spec.alpha), ""]

@@ -1,6 +1,10 @@
 """The verdicts of a results page: the reference method minus every other, on each split and score, paired by seed,
 and Holm's correction over that whole family (pfedla.stats). A verdict is "ahead" or "behind" only where the
-Holm-adjusted p-value is at most the family-wise error rate; anything else is "no difference shown"."""
+Holm-adjusted p-value is at most the family-wise error rate; anything else is "no difference shown".
+
+The family is the planned one: every method of the benchmark on every split, both scores, whether or not its
+runs are finished. A comparison without two common seeds yet counts in the correction with p = 1, so a grid cut
+short, or a page rendered half way, is never corrected over a smaller family than the one planned."""
 
 from __future__ import annotations
 
@@ -36,22 +40,26 @@ def _per_seed(row: dict, key: str) -> dict[int, float]:
     return values
 
 
-def comparisons(reference: str, rows_by_split: dict[str, list[dict]], alpha: float = 0.05) -> list[Comparison]:
-    """The page's family: the reference minus each other method, on each split and both scores, Holm- and
-    Benjamini-Hochberg-adjusted together."""
+def comparisons(reference: str, rows_by_split: dict[str, list[dict]], alpha: float = 0.05,
+                methods: list[str] | None = None) -> list[Comparison]:
+    """The page's family: the reference minus each other method (``methods``, the benchmark's, where given; else
+    those with rows), on each split and both scores, Holm- and Benjamini-Hochberg-adjusted together. One without
+    two common seeds (or without runs) is in the family with p = 1 and has no verdict yet."""
     found = []
     for split, rows in rows_by_split.items():
         by_label = {r["label"]: r for r in rows}
-        if reference not in by_label:
-            continue
+        ours = by_label.get(reference)
         for score, key in SCORES:
-            for label, row in by_label.items():
-                if label != reference:
-                    found.append(Comparison(split, score, label, paired(_per_seed(by_label[reference], key),
-                                                                        _per_seed(row, key))))
-    tested = [c for c in found if c.result is not None]
-    for c, h, b in zip(tested, holm([c.result.p for c in tested]), benjamini_hochberg([c.result.p for c in tested])):
-        c.holm, c.bh = h, b
+            for label in (methods if methods is not None else list(by_label)):
+                if label == reference:
+                    continue
+                row = by_label.get(label)
+                result = None if ours is None or row is None else paired(_per_seed(ours, key), _per_seed(row, key))
+                found.append(Comparison(split, score, label, result))
+    pvalues = [c.result.p if c.result is not None else 1.0 for c in found]
+    for c, h, b in zip(found, holm(pvalues), benjamini_hochberg(pvalues)):
+        if c.result is not None:
+            c.holm, c.bh = h, b
     return found
 
 
@@ -61,9 +69,12 @@ def verdict_table(tests: list[Comparison], reference: str, alpha: float) -> list
     tested = [c for c in tests if c.result is not None]
     if not tested:
         return ["No paired test yet: each needs two or more seeds that both methods finished with a score."]
+    family = (f"these {len(tests)} paired t-tests" if len(tested) == len(tests) else
+              f"all {len(tests)} comparisons below, {len(tested)} of them tested so far (one without two common seeds "
+              "counts with p = 1: the correction is the planned family's, never a smaller one's)")
     lines = [f"{reference} minus each method, in points (score at the best-validation round), seed by seed; family: "
-             f"these {len(tested)} paired t-tests, Holm-adjusted p (family-wise error {alpha:g}); BH: the "
-             "Benjamini-Hochberg q-value of the same family, for reference.", "",
+             f"{family}, Holm-adjusted p (family-wise error {alpha:g}); BH: the Benjamini-Hochberg q-value of the "
+             "same family, for reference.", "",
              "| split | score | minus | seeds | per seed | mean [95% CI] | p | Holm p | BH q | verdict |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in tests:
@@ -84,7 +95,7 @@ def detectable_line(tests: list[Comparison], alpha: float) -> str:
     tested = [c for c in tests if c.result is not None]
     if not tested:
         return ""
-    m = len(tested)
+    m = len(tests)  # the whole family, tested or not
     needs = [f"{n} seeds need |t| >= {holm_first_step_t(m, n, alpha):.1f} (a mean difference of at least "
              f"{holm_first_step_t(m, n, alpha) / math.sqrt(n):.1f} standard deviations of the per-seed differences)"
              for n in sorted({c.result.n for c in tested})]
@@ -107,14 +118,17 @@ def ablation_lines(tests: list[Comparison], reference: str, alpha: float) -> lis
     behind = [f"{c.other} ({c.split} {c.score}, {c.result.mean:+.2f})" for c in tested if c.verdict(alpha) == "behind"]
     lines = [f"- After Holm's correction, {reference} is ahead of: {', '.join(ahead) or 'none'}.",
              f"- After Holm's correction, {reference} is behind: {', '.join(behind) or 'none'}.",
-             f"- Every other comparison ({len(tested) - len(ahead) - len(behind)} of {len(tested)}) shows no "
-             "difference at this number of seeds."]
+             f"- Every other comparison tested ({len(tested) - len(ahead) - len(behind)} of {len(tested)}) shows no "
+             "difference at this number of seeds" + (f"; {len(tests) - len(tested)} more are not tested yet (too few "
+                                                      "seeds)." if len(tested) < len(tests) else ".")]
     fixed = [c for c in tested if c.other.startswith(f"{reference}_")]
     if fixed:
         beaten = [c for c in fixed if c.verdict(alpha) == "ahead"]
-        answer = "yes" if len(beaten) == len(fixed) else "no"
+        untested = sum(c.result is None and c.other.startswith(f"{reference}_") for c in tests)
+        answer = "no" if len(beaten) < len(fixed) else "not settled yet" if untested else "yes"
         lines.append(f"- Does learned alpha beat every fixed alpha ({', '.join(sorted({c.other for c in fixed}))})? "
                      f"**{answer}**: after correction, ahead in {len(beaten)} of the {len(fixed)} comparisons"
+                     + (f" tested ({untested} more not tested yet)" if untested else "")
                      + "".join(f"; {_outcomes(fixed, score, alpha)}" for score in sorted({c.score for c in fixed}))
                      + ".")
     return lines
