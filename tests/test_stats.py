@@ -150,3 +150,16 @@ def test_a_comparison_not_tested_yet_stays_in_the_family_with_p_1():
     assert "**not settled yet**: after correction, ahead in 2 of the 2 comparisons tested (2 more not tested yet)" \
         in lines, lines
     assert "2 more are not tested yet (too few seeds)" in lines
+    # one fixed alpha tested and not shown behind, another untested: its verdict may still change, no "no" yet
+    methods = ["pfedla", "pfedla_self", "pfedla_uniform"]
+    uniform = _row("pfedla_uniform", {0: 0.8}, {0: 0.8})
+    tied = _row("pfedla_self", {0: 0.903, 1: 0.907, 2: 0.92}, {0: 0.903, 1: 0.907, 2: 0.92})  # -0.3, +0.3, 0.0
+    lines = "\n".join(ablation_lines(comparisons("pfedla", {"split": [pfedla, tied, uniform]}, 0.05, methods),
+                                      "pfedla", 0.05))
+    assert "(pfedla_self, pfedla_uniform)? **not settled yet**: after correction, ahead in 0 of the 2" in lines, lines
+    # a fixed alpha shown ahead of the learned one settles it, untested ones or not
+    ahead = _row("pfedla_self", {0: 0.95, 1: 0.961, 2: 0.969}, {0: 0.95, 1: 0.961, 2: 0.969})  # -5.0, -5.1, -4.9
+    lines = "\n".join(ablation_lines(comparisons("pfedla", {"split": [pfedla, ahead, uniform]}, 0.05, methods),
+                                      "pfedla", 0.05))
+    assert "**no**: after correction, ahead in 0 of the 2 comparisons tested (2 more not tested yet)" in lines, lines
+    assert "behind in 1 (pfedla_self on split: -5.00)" in lines, lines

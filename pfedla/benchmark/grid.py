@@ -28,7 +28,6 @@ from pathlib import Path
 
 from pfedla.benchmark.fallback import (
     NotSearched,
-    diverged_run,
     fallback,
     first_cell,
     probe_cell,
@@ -36,7 +35,7 @@ from pfedla.benchmark.fallback import (
     values_for,
 )
 from pfedla.benchmark.paths import REPO, Cell, Places
-from pfedla.benchmark.run_dirs import finished, rounds_of, still_rising
+from pfedla.benchmark.run_dirs import diverged_run, finished, rounds_of, still_rising
 from pfedla.benchmark.spec import BenchmarkSpec
 
 

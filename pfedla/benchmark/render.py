@@ -214,7 +214,7 @@ def cells_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
 
 def diverged_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
     """The methods whose first cell diverged at the chosen values, the trials tried at full scale and the one each
-    ended on (pfedla/benchmark/grid.py, ``fallback``), and every finished final cell that diverged."""
+    ended on (pfedla/benchmark/fallback.py, ``fallback``), and every finished final cell that diverged."""
     lines = []
     for method in spec.methods:
         if not places.search_record(method).is_file() or (settled := fallback(spec, places, method)) is None:
@@ -245,7 +245,7 @@ def diverged_markdown(spec: BenchmarkSpec, places: Places) -> list[str]:
     return ["## Runs that diverged", "",
             "A run diverged when the server rejected more than half of its client updates as non-finite. A method "
             "whose first cell diverged at the chosen values takes the next-best trial of its own search that does "
-            "not diverge at full scale, for all of its cells (pfedla/benchmark/grid.py).", "", *lines,
+            "not diverge at full scale, for all of its cells (pfedla/benchmark/fallback.py).", "", *lines,
             *([""] if lines else []),
             "Final cells that diverged (in the tables as they are): " + (", ".join(cells) or "none") + "."]
 
