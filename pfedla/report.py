@@ -176,8 +176,8 @@ SCORES_EXPLAINED = (
     "personal head; FedBABU: the global model, its head untrained). **(b)** is that model after the client's "
     "local adaptation (`client.epochs` of local SGD on its train split, on a copy; Per-FedAvg: one SGD step of "
     "lr alpha on one batch; FedBABU: `finetune_epochs` at `finetune_lr`). \"best val\": test accuracy at the "
-    "round whose *validation* accuracy was best (the test split chooses nothing). The headline is (a) "
-    "at best val. Local has one score: its (b) is its (a)."
+    "round whose *validation* accuracy was best (the test split chooses nothing); \"best-val round\" is that "
+    "round of (a), its mean over seeds. The headline is (a) at best val. Local has one score: its (b) is its (a)."
 )
 
 
