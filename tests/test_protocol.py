@@ -25,7 +25,6 @@ UNCOUNTED = {  # what a deployment of these methods sends beyond the bytes the r
     "fedpac": "the alignment flag goes down, the client's alignment target up",
     "fedproto": "prototypes travel as dense [classes, features] tensors; the count is the rows of present classes",
     "pfedgraph": "the cluster model goes down from round 1 (zeros before the first graph); the count starts with it",
-    "pfedme": "the personal model goes down and up (it starts from the global model, and comes back to be scored)",
 }
 
 
@@ -103,7 +102,7 @@ def test_every_method_through_the_protocol_equals_its_simulation(tmp_path, algor
     assert all(not c.kept & (c.down | c.up) for c in crossed), "a kept tensor travelled"
     assert all(not c.held & c.down for c in crossed), "a held tensor went down"
     # in training: the server's copy of those tensors never moves (BatchNorm statistics no server aggregates too)
-    keeps = algorithm not in ("fedavg", "fedprox", "fedbabu", "perfedavg", "pfedme", "fedpac", "pfedgraph")
+    keeps = algorithm not in ("fedavg", "fedprox", "fedbabu", "perfedavg", "fedpac", "pfedgraph")
     holds = algorithm in ("fedamp", "fedala", "fedfomo")  # own models that go up trained, never down
     assert any(c.kept for c in crossed if c.type == TRAIN) == keeps
     assert any(c.held for c in crossed) == holds

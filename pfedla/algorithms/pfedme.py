@@ -6,10 +6,12 @@ f(theta) + lambda/2 ||theta - w_i||^2, then w_i <- w_i - client.lr * lambda (w_i
 lambda/2 ||w_i - theta_i||^2). theta_i starts each round from the received global model, as in the public
 code (it sets both to the global model). The server averages the local models (sample-weighted) and
 takes a step of size ``beta``: w <- (1 - beta) w + beta mean_i w_i (beta = 1: FedAvg's average). The scored
-model is theta_i; score (b) adapts it by plain local SGD. ``train/loss`` is the first inner step's objective
-(the cross-entropy plus the pull). personal_lr x lam > 1 overshoots the pull each inner step (the public
-MNIST values, 0.09 x 15, do: the pull's contraction factor is -0.35); client.momentum applies to the inner
-steps too (the paper: plain SGD; its default is 0).
+model is theta_i; score (b) adapts it by plain local SGD. In a deployment (pfedla/flower/) theta_i never travels
+down (the node copies it from w: ClientModel.copied) and its weights never up (kept on the node, scored there);
+its BatchNorm statistics go up as w_i's, so the messages carry exactly the bytes the run counts (FedAvg's).
+``train/loss`` is the first inner step's objective (the cross-entropy plus the pull). personal_lr x lam > 1
+overshoots the pull each inner step (the public MNIST values, 0.09 x 15, do: the pull's contraction factor is
+-0.35); client.momentum applies to the inner steps too (the paper: plain SGD; its default is 0).
 """
 
 from __future__ import annotations
@@ -55,7 +57,11 @@ class PFedMe(FedAvg):
         sent = super().model_for(i)  # the global model; theta_i starts from it (pFedMe's set_parameters)
         start = prefixed(ClientModel({n: t.clone() for n, t in sent.params.items()},
                                      {n: t.clone() for n, t in sent.buffers.items()}), PERSONAL)
-        return ClientModel({**sent.params, **start.params}, {**sent.buffers, **start.buffers})
+        # a deployment: theta_i is made on the node from the w it was sent (copied), and its weights stay there
+        # (kept: scored there); its BatchNorm statistics go up, as they are w_i's too (receive)
+        return ClientModel({**sent.params, **start.params}, {**sent.buffers, **start.buffers},
+                           sent.kept | frozenset(start.params), PERSONAL, sent.held,
+                           frozenset([*start.params, *start.buffers]))
 
     def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
         # w_i runs no forward pass of its own: its BatchNorm statistics are theta_i's, from the same batches
@@ -73,7 +79,8 @@ class PFedMe(FedAvg):
                 target.copy_((1 - self.beta) * before[n] + self.beta * target)
 
     def personalized_model(self, i: int) -> ClientModel:
-        return self.own_model(i)
+        own = self.own_model(i)  # theta_i: its weights are on the client (kept), its BatchNorm statistics came up
+        return ClientModel(own.params, own.buffers, frozenset(own.params))
 
     def local_plan(self, epochs: int) -> LocalPlan:
         lam, names = self.lam, self.param_names

@@ -21,14 +21,18 @@ class ClientModel:
     ``kept`` names the tensors (params or buffers) that are the client's own copy as of its last accepted local
     training, which the protocol keeps on the client (FedPer's head, LG-FedAvg's body, FedBN's BatchNorm,
     HeurpFedLA's retained layers, all of Local's, Ditto's personal model, APFL's local model, FedRoD's personal
-    head): a simulation holds that copy on the server, a deployment never sends it either way (pfedla/flower/).
-    The client's own tensor behind a kept name is the one named without ``kept_prefix`` (Ditto trains its
-    personal model under ``personal/`` + its name).
+    head, pFedMe's personal weights): a simulation holds that copy on the server, a deployment never sends it
+    either way (pfedla/flower/). The client's own tensor behind a kept name is the one named without
+    ``kept_prefix`` (Ditto trains its personal model under ``personal/`` + its name).
 
     ``held`` names tensors of the client's own model, under their own names, that the client already holds (its
     copy as of its last accepted local training, as for ``kept``) but that go up with the trained model, because
     the server reads them (FedAMP's and FedALA's own models, which it aggregates; FedFomo's, which it relays to
     peers; FedALA's weights, which the run's summary reports): a deployment does not send them down.
+
+    ``copied`` names tensors that start as a copy of the one named without ``kept_prefix``, which the model also
+    carries (pFedMe's personal model starts every round as the global model it was sent): a deployment does not
+    send them down, and the node makes the copy.
     """
 
     params: Tensors
@@ -36,6 +40,7 @@ class ClientModel:
     kept: frozenset[str] = frozenset()
     kept_prefix: str = ""
     held: frozenset[str] = frozenset()
+    copied: frozenset[str] = frozenset()
 
     def own_name(self, name: str) -> str:
         """The client's own tensor that kept tensor ``name`` is."""

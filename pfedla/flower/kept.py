@@ -1,13 +1,14 @@
 """What a SuperNode keeps of its clients' own models (ClientModel.kept, .held).
 
 A method that keeps tensors on the client (FedPer's head, LG-FedAvg's body, FedBN's BatchNorm, HeurpFedLA's
-retained layers, all of Local's, Ditto's and APFL's second models, FedRoD's personal head, the BatchNorm statistics
-no server aggregates) is sent its model without them, and uploads it without them; a method whose client's own
-model the server reads (FedAMP, FedALA, FedFomo: held) is sent its model without it, and uploads it trained. The
-node fills them in from its last accepted training, which it keeps as one file per (client, version) under its
-state directory (``--node-config state-dir=...``), so a SuperNode that restarts recovers them, and a run resumed
-from its last checkpoint finds the versions that checkpoint expects. A version is the round of the client's last
-accepted local training (0: none yet, the run's initial model, which every node builds from the seed).
+retained layers, all of Local's, Ditto's and APFL's second models, FedRoD's personal head, pFedMe's personal
+weights, the BatchNorm statistics no server aggregates) is sent its model without them, and uploads it without
+them; a method whose client's own model the server reads (FedAMP, FedALA, FedFomo: held) is sent its model without
+it, and uploads it trained. The node fills them in from its last accepted training, which it keeps as one file per
+(client, version) under its state directory (``--node-config state-dir=...``), so a SuperNode that restarts
+recovers them, and a run resumed from its last checkpoint finds the versions that checkpoint expects. A version is
+the round of the client's last accepted local training (0: none yet, the run's initial model, which every node
+builds from the seed).
 
 The server says which version it expects; a version the node does not hold (its state directory was lost or
 belongs to another node) is one clear error naming the client, never a silent stand-in.

@@ -69,8 +69,9 @@ def unflat(tensors: Tensors) -> tuple[Tensors, Tensors, Tensors]:
 
 
 def to_node(model: ClientModel) -> Tensors:
-    """What the server sends of ``model``: all of it but what the client keeps or holds."""
-    return without(model, model.kept | model.held)
+    """What the server sends of ``model``: all of it but what the client keeps or holds, and the copies the node
+    makes of what it is sent (``ClientModel.copied``)."""
+    return without(model, model.kept | model.held | model.copied)
 
 
 def without(model: ClientModel, names: frozenset[str], **extra: torch.Tensor) -> Tensors:
@@ -225,7 +226,10 @@ class Remote:
             request.task["clients"].append(c)
             if model.kept:
                 request.task[f"kept/{c}"] = sorted(model.kept)
+            if model.kept or model.copied:
                 request.task[f"kept-prefix/{c}"] = model.kept_prefix
+            if model.copied:
+                request.task[f"copied/{c}"] = sorted(model.copied)
             if model.held:
                 request.task[f"held/{c}"] = sorted(model.held)
             if model.kept or model.held:
@@ -305,7 +309,7 @@ class NodeWork:
 
     def _received(self, task: dict, models: dict[int, Tensors]) -> dict[int, ClientModel]:
         """{client: the model the server sent it, its kept and held tensors filled in from the version the server
-        names}."""
+        names, then its copied ones made from what it was sent}."""
         clients = [int(c) for c in task["clients"]]
         foreign = sorted(set(clients) - set(self.clients))
         if foreign:
@@ -320,5 +324,10 @@ class NodeWork:
                 own = self.algorithm.own_model(c) if version == 0 else self.kept.load(c, version)
                 fill_kept(params, buffers, kept, own, prefix)
                 fill_kept(params, buffers, held, own)
-            out[c] = ClientModel(params, buffers, kept, prefix, held)
+            copied = frozenset(task.get(f"copied/{c}", []))
+            for n in sorted(copied):  # a copy of the tensor named without the prefix, which came down
+                source = n.removeprefix(prefix)
+                tensors = params if source in params else buffers
+                tensors[n] = tensors[source].clone()
+            out[c] = ClientModel(params, buffers, kept, prefix, held, copied)
         return out
