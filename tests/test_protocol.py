@@ -20,7 +20,6 @@ from tests.conftest import SYNTHETIC
 ALGORITHMS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "conf/algorithm").glob("*.yaml"))
 CLIENTS = 4  # SYNTHETIC's; nodes 0 and 1 hold clients 0-1 and 2-3
 UNCOUNTED = {  # what a deployment of these methods sends beyond the bytes the run counts (comm/bytes_*), and why
-    "apfl": "alpha_i goes down and up (one number; the run's summary reports it)",
     "fedala": "W and the first-adaptation flag go up (the run's summary reports W)",
     "fedpac": "the alignment flag goes down, the client's alignment target up",
     "fedproto": "prototypes travel as dense [classes, features] tensors; the count is the rows of present classes",

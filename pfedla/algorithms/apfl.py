@@ -10,6 +10,7 @@ of its local model); with alpha fixed at 0 or 1 (and no BatchNorm) APFL is FedAv
 model. client.momentum and weight_decay apply to every tensor of the state, alpha included (the paper: plain
 SGD; both default to 0). ``train/loss`` is f(w) + f(v_bar). v_i never leaves the client (ClientModel.kept): a
 deployment's node keeps it and composes v_bar itself from the w and alpha_i the server sends (``compose``).
+alpha_i goes down with w and up with w_i (the server reports it): the run counts its bytes both ways.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 from pfedla.algorithms.base import LocalPlan, Objective, Options, options
 from pfedla.algorithms.fedavg import FedAvg
-from pfedla.algorithms.stacked import ClientModel, StackedTensors, prefixed, unprefixed
+from pfedla.algorithms.stacked import ClientModel, StackedTensors, nbytes, prefixed, unprefixed
 from pfedla.errors import check
 
 LOCAL, ALPHA = "local/", "mix/alpha"
@@ -49,7 +50,9 @@ class APFL(FedAvg):
     def model_for(self, i: int) -> ClientModel:
         sent = super().model_for(i)  # the global model (FedAvg's download)
         local = prefixed(self.own_model(i), LOCAL)  # v_i: never communicated, it lives on the client
-        return ClientModel({**sent.params, **local.params, ALPHA: self.alpha["alpha"][i].clone()},
+        alpha = {ALPHA: self.alpha["alpha"][i].clone()}  # goes down, and up trained: counted both ways
+        self.count_bytes(down=nbytes(alpha))
+        return ClientModel({**sent.params, **local.params, **alpha},
                            {**sent.buffers, **local.buffers}, frozenset([*local.params, *local.buffers]), LOCAL)
 
     def receive(self, i: int, sent: ClientModel, trained: ClientModel, num_samples: int) -> None:
@@ -57,6 +60,7 @@ class APFL(FedAvg):
         local = unprefixed(trained.params, trained.buffers, LOCAL, self.param_names, self.buffer_names)
         local.params[ALPHA] = trained.params[ALPHA]
         self._trained[i] = local
+        self.count_bytes(up=nbytes({ALPHA: trained.params[ALPHA]}))
 
     def end_round(self) -> None:
         for i, trained in self._trained.items():
