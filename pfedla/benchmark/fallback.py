@@ -5,7 +5,7 @@ rejected most of its updates as non-finite) falls back to the next-best trial of
 diverge at full scale (``fallback``): trials in order of proxy value, repeats of the same values skipped, each run
 as a proxy-check cell of the first split's first seed. That trial's values then stand in for the chosen ones in all
 of the method's final cells; the diverged run moves to ``diverged/`` in the store and the work folder, and the
-fallback trial's run becomes the first cell (``settle_fallback``).
+fallback trial's run becomes the first cell (grid.py's ``settle_fallback``).
 """
 
 from __future__ import annotations

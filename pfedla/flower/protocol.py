@@ -318,13 +318,13 @@ class NodeWork:
         for c in clients:
             params, buffers, _ = unflat(models[c])
             kept, prefix = frozenset(task.get(f"kept/{c}", [])), str(task.get(f"kept-prefix/{c}", ""))
-            held = frozenset(task.get(f"held/{c}", []))
-            if kept or held:
+            held, copied = frozenset(task.get(f"held/{c}", [])), frozenset(task.get(f"copied/{c}", []))
+            stored = kept - copied  # a kept tensor that is also copied starts from the copy: no stored version needed
+            if stored or held:
                 version = int(task[f"version/{c}"])
                 own = self.algorithm.own_model(c) if version == 0 else self.kept.load(c, version)
-                fill_kept(params, buffers, kept, own, prefix)
+                fill_kept(params, buffers, stored, own, prefix)
                 fill_kept(params, buffers, held, own)
-            copied = frozenset(task.get(f"copied/{c}", []))
             for n in sorted(copied):  # a copy of the tensor named without the prefix, which came down
                 source = n.removeprefix(prefix)
                 tensors = params if source in params else buffers
